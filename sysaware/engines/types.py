@@ -1,0 +1,105 @@
+"""What crosses the engine boundary: requests in, results and replica stats out.
+
+Every engine (twin, vLLM, remote) speaks these types, so the layers above never know which one runs.
+Field names follow vLLM's metrics (``num_requests_waiting`` is ``vllm:num_requests_waiting``); units are in the
+names (``_s`` seconds, ``_ms`` milliseconds, ``_perc`` a fraction in [0, 1]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Protocol
+
+
+class FinishReason(str, Enum):
+    STOP = "stop"  # the model ended its answer
+    LENGTH = "length"  # max_tokens reached
+    ABORT = "abort"  # cancelled by the client
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One completion request, as an OpenAI chat call would carry it."""
+
+    request_id: str
+    model: str
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int = 1024
+    temperature: float = 0.0
+    seed: int = 0  # the twin's answer (and its length noise) is a pure function of (model, messages, seed)
+    priority: float = 0.0  # lower is served first under priority scheduling (e.g. the deadline, in seconds)
+
+    def prompt_text(self) -> str:
+        return "\n".join(m.content for m in self.messages)
+
+
+@dataclass
+class GenerationResult:
+    """What one request measured, end to end, on the engine's clock."""
+
+    request_id: str
+    model: str
+    text: str
+    prompt_tokens: int
+    output_tokens: int
+    finish_reason: FinishReason
+    arrival_s: float  # engine clock when the request arrived
+    first_scheduled_s: float | None  # when it first got compute (end of queueing)
+    first_token_s: float | None  # when the first output token was emitted
+    finished_s: float  # when the last token was emitted (or it was aborted)
+    num_preemptions: int = 0
+    replica_id: str = ""
+    token_times_s: list[float] = field(default_factory=list)  # emission time of every output token
+
+    @property
+    def queue_time_s(self) -> float:
+        return (self.first_scheduled_s if self.first_scheduled_s is not None else self.finished_s) - self.arrival_s
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
+
+    @property
+    def tpot_s(self) -> float | None:
+        """Mean inter-token latency after the first token (vLLM's TPOT); None with fewer than two tokens."""
+        if self.first_token_s is None or self.output_tokens < 2:
+            return None
+        return (self.finished_s - self.first_token_s) / (self.output_tokens - 1)
+
+    @property
+    def e2e_s(self) -> float:
+        return self.finished_s - self.arrival_s
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """A snapshot of one replica's scheduler, with vLLM's metric names."""
+
+    replica_id: str
+    model: str
+    timestamp_s: float  # engine clock when the snapshot was taken
+    num_requests_waiting: int  # vllm:num_requests_waiting
+    num_requests_running: int  # vllm:num_requests_running
+    kv_cache_usage_perc: float  # vllm:kv_cache_usage_perc, fraction of KV blocks in use
+    ema_ttft_ms: float  # exponential moving average of recent TTFTs (0 before the first)
+    prompt_tokens_total: int  # vllm:prompt_tokens_total
+    generation_tokens_total: int  # vllm:generation_tokens_total
+    num_preemptions_total: int  # vllm:num_preemptions_total
+    requests_finished_total: int  # vllm:request_success_total
+    num_gpu_blocks: int  # KV cache capacity, blocks
+    block_size: int  # tokens per block
+
+
+class Engine(Protocol):
+    """The async surface every backend offers (twin driven in wall-clock time, vLLM, remote)."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    async def stats(self) -> ReplicaStats: ...
