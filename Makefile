@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/sysaware demo --pool configs/pool_twin.yaml
+	HF_HUB_OFFLINE=1 $(BIN)/sysaware sim-sweep --pool configs/pool_twin.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=15

@@ -1,0 +1,73 @@
+"""Background load generators on the simulated cluster's virtual clock.
+
+Closed loop: N clients, each sends a request, waits for its answer (plus an optional think time) and sends the next,
+so N requests are always in the system: the load level of the research notes (N = 1, 10, 50). Open loop: Poisson
+arrivals at a fixed rate, whatever the system does, which is how overload builds queues without bound.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from sysaware.engines.types import GenerationResult
+from sysaware.sim.cluster import SimulatedCluster
+from sysaware.sim.workload import RequestFactory
+
+
+@dataclass
+class ClosedLoopLoad:
+    """``concurrency`` clients hammering one model back to back until ``stop_s``."""
+
+    cluster: SimulatedCluster
+    model: str
+    concurrency: int
+    factory: RequestFactory
+    seed: int = 0
+    think_time_s: float = 0.0
+    stop_s: float = float("inf")
+    completed: list[GenerationResult] = field(default_factory=list)
+
+    def start(self, at: float = 0.0) -> "ClosedLoopLoad":
+        if self.concurrency < 0:
+            raise ValueError("concurrency must be >= 0")
+        self._rng = random.Random(f"closed/{self.model}/{self.seed}")
+        for i in range(self.concurrency):
+            # Stagger the first requests by a few ms so the clients do not arrive in lock-step.
+            self._send(at + i * 0.002)
+        return self
+
+    def _send(self, t: float) -> None:
+        if t >= self.stop_s:
+            return
+        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self._on_complete)
+
+    def _on_complete(self, result: GenerationResult) -> None:
+        self.completed.append(result)
+        self._send(self.cluster.now + self.think_time_s)
+
+
+@dataclass
+class PoissonLoad:
+    """Open-loop arrivals at ``rate_per_s`` to one model until ``stop_s``."""
+
+    cluster: SimulatedCluster
+    model: str
+    rate_per_s: float
+    factory: RequestFactory
+    seed: int = 0
+    stop_s: float = float("inf")
+    completed: list[GenerationResult] = field(default_factory=list)
+
+    def start(self, at: float = 0.0) -> "PoissonLoad":
+        if self.rate_per_s <= 0:
+            raise ValueError("rate_per_s must be > 0")
+        self._rng = random.Random(f"poisson/{self.model}/{self.seed}")
+        self.cluster.call_at(at + self._rng.expovariate(self.rate_per_s), self._arrive)
+        return self
+
+    def _arrive(self, t: float) -> None:
+        if t >= self.stop_s:
+            return
+        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self.completed.append)
+        self.cluster.call_at(t + self._rng.expovariate(self.rate_per_s), self._arrive)

@@ -1,0 +1,128 @@
+"""The load sweep on the simulated cluster: per model, TTFT and TPOT under N concurrent background clients.
+
+For each load level N a fresh cluster is built; every model gets N closed-loop clients; after a warm-up, the requests
+that arrive in the measurement window are measured, and the replicas' stats are sampled every 100 ms as the
+telemetry actor would. The same table comes from the live pool later (`sysaware load-sweep`); both run one engine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from sysaware.config import PoolConfig
+from sysaware.engines.twin.protocols import Responder
+from sysaware.sim.cluster import SimulatedCluster
+from sysaware.sim.load import ClosedLoopLoad
+from sysaware.sim.workload import MbppRequestFactory
+
+DEFAULT_LEVELS = (1, 10, 50)
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    concurrency_levels: Sequence[int] = DEFAULT_LEVELS  # background clients per model
+    warmup_s: float = 20.0  # virtual seconds before measuring (queues reach steady state)
+    measure_s: float = 60.0  # virtual seconds of measurement
+    telemetry_period_s: float = 0.1  # how often replica stats are sampled
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LevelRun:
+    concurrency: int
+    cluster: SimulatedCluster
+    loads: dict[str, ClosedLoopLoad]
+    telemetry: pd.DataFrame  # one row per (sample time, replica)
+    wall_s: float  # wall-clock seconds the simulation took
+
+
+def run_level(
+    pool: PoolConfig, concurrency: int, settings: SweepSettings, responder: Responder | None = None
+) -> LevelRun:
+    cluster = SimulatedCluster.from_pool(pool, responder=responder, seed=settings.seed)
+    factory = MbppRequestFactory.for_split("train", prefix=f"n{concurrency}")
+    stop = settings.warmup_s + settings.measure_s
+    loads = {
+        m: ClosedLoopLoad(cluster, m, concurrency, factory, seed=settings.seed, stop_s=stop).start()
+        for m in cluster.models
+    }
+    samples: list[dict] = []
+
+    def sample(t: float) -> None:
+        if t >= settings.warmup_s:
+            for s in cluster.stats():
+                samples.append(
+                    {
+                        "t_s": t,
+                        "model": s.model,
+                        "replica_id": s.replica_id,
+                        "queue_waiting": s.num_requests_waiting,
+                        "queue_running": s.num_requests_running,
+                        "kv_utilization": s.kv_cache_usage_perc,
+                        "ema_ttft_ms": s.ema_ttft_ms,
+                    }
+                )
+        if t + settings.telemetry_period_s < stop:
+            cluster.call_at(t + settings.telemetry_period_s, sample)
+
+    cluster.call_at(0.0, sample)
+    started = time.perf_counter()
+    cluster.run(until=stop)
+    wall = time.perf_counter() - started
+    return LevelRun(concurrency, cluster, loads, pd.DataFrame(samples), wall)
+
+
+def summarise_level(run: LevelRun, settings: SweepSettings) -> pd.DataFrame:
+    """One row per model: latency percentiles of requests that arrived in the window, and the mean state seen."""
+    rows = []
+    for model, load in run.loads.items():
+        done = [r for r in load.completed if r.arrival_s >= settings.warmup_s and r.ttft_s is not None]
+        ttft = np.array([r.ttft_s for r in done]) * 1e3
+        tpot = np.array([r.tpot_s for r in done if r.tpot_s is not None]) * 1e3
+        tel = run.telemetry[run.telemetry.model == model] if len(run.telemetry) else run.telemetry
+        rows.append(
+            {
+                "model": model,
+                "concurrency": run.concurrency,
+                "requests": len(done),
+                "ttft_p50_ms": _pct(ttft, 50),
+                "ttft_p95_ms": _pct(ttft, 95),
+                "tpot_p50_ms": _pct(tpot, 50),
+                "tpot_p95_ms": _pct(tpot, 95),
+                "out_tokens_mean": float(np.mean([r.output_tokens for r in done])) if done else float("nan"),
+                "queue_waiting_mean": float(tel.queue_waiting.mean()) if len(tel) else float("nan"),
+                "queue_running_mean": float(tel.queue_running.mean()) if len(tel) else float("nan"),
+                "kv_util_mean": float(tel.kv_utilization.mean()) if len(tel) else float("nan"),
+                "preemptions": sum(r.num_preemptions for r in done),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def sweep(
+    pool: PoolConfig,
+    settings: SweepSettings = SweepSettings(),
+    responder: Responder | None = None,
+    on_level: Callable[[LevelRun], None] | None = None,
+) -> pd.DataFrame:
+    """Run every load level; returns the per-model table (and calls ``on_level`` after each, for progress)."""
+    if responder is None:
+        from sysaware.engines.twin.responder import TwinResponder
+
+        responder = TwinResponder(pool)
+    tables = []
+    for n in settings.concurrency_levels:
+        run = run_level(pool, n, settings, responder)
+        tables.append(summarise_level(run, settings))
+        if on_level is not None:
+            on_level(run)
+    return pd.concat(tables, ignore_index=True)

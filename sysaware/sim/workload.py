@@ -1,0 +1,57 @@
+"""Requests to load a cluster with: single-agent MBPP prompts with a random role and strategy.
+
+Background load must look like what agents send (a role's system prompt, the task, a strategy instruction), so its
+prompt and answer lengths, and hence its KV pressure, are realistic. Phase 2 later draws from harvested workflow
+prompts instead; this is the stand-alone version.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from sysaware.engines.types import ChatMessage, GenerationRequest
+from sysaware.tasks.mbpp import MbppTask, Split, load_tasks
+from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
+
+RequestFactory = Callable[[str, random.Random], GenerationRequest]
+
+
+def build_messages(task: MbppTask, role_id: str, strategy: Strategy | None) -> tuple[ChatMessage, ...]:
+    """A single agent's chat: the role's system prompt, the task and (optionally) the strategy's instruction."""
+    user = task_prompt(task.text, task.example_test)
+    if strategy is not None:
+        user = f"{user}\n\n{STRATEGY_INSTRUCTIONS[strategy]}"
+    return (ChatMessage("system", ROLES[role_id].system_prompt), ChatMessage("user", user))
+
+
+@dataclass
+class MbppRequestFactory:
+    """Draws (task, role, strategy) at random; request ids are unique per factory."""
+
+    tasks: Sequence[MbppTask]
+    roles: Sequence[str] = tuple(ROLES)
+    strategies: Sequence[Strategy] = tuple(Strategy)
+    max_tokens: int = 1024
+    prefix: str = "bg"
+
+    def __post_init__(self) -> None:
+        self._count = 0
+
+    @classmethod
+    def for_split(cls, split: Split | str = Split.TRAIN, sanitized: bool = True, **kw) -> "MbppRequestFactory":
+        return cls(tasks=load_tasks(split, sanitized=sanitized), **kw)
+
+    def __call__(self, model: str, rng: random.Random) -> GenerationRequest:
+        task = rng.choice(self.tasks)
+        role = rng.choice(self.roles)
+        strategy = rng.choice(self.strategies)
+        self._count += 1
+        return GenerationRequest(
+            request_id=f"{self.prefix}-{self._count}",
+            model=model,
+            messages=build_messages(task, role, strategy),
+            max_tokens=self.max_tokens,
+            seed=rng.randrange(2**31),
+        )
