@@ -1,0 +1,283 @@
+"""The twin engine core: one vLLM v1 replica's scheduler and KV cache, driven step by step, without a clock.
+
+``add_request(req, now)``, ``step(now, until) -> StepOutcome``, ``abort(id, now)``, ``stats(now)``: the caller owns
+time. A live driver sleeps ``duration_s / time_scale`` between steps; a simulated driver advances a virtual clock on
+an event heap. Every time the core reports is ``now`` plus the durations of the steps it ran.
+
+Simulation cost follows events, not tokens: a step that is a steady decode batch (see
+``Scheduler.steady_decode_steps``) is fast-forwarded over all the identical steps that follow, up to the first
+internal event (a request finishing, a block allocation that would fail) and never starting a step at or after
+``until``, the driver's next external event. The run's durations come from one vectorised
+``StepTimeModel.decode_run_s`` call and its token times are one numpy array shared by the batch.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
+from sysaware.engines.tokenizer import count_tokens
+from sysaware.engines.twin.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.twin.protocols import Responder, StepTimeModel
+from sysaware.engines.twin.request import TwinRequest
+from sysaware.engines.twin.scheduler import Scheduler
+from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
+
+# Chat-template tokens around each message (role header and end-of-turn markers, e.g. ChatML's
+# "<|im_start|>user\n" ... "<|im_end|>\n"); Llama-2's [INST] wrappers cost about as much.
+CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 4
+
+
+def count_prompt_tokens(messages: tuple[ChatMessage, ...], count: Callable[[str], int] = count_tokens) -> int:
+    """Prompt length of a chat request: every message's tokens plus the template's per-message overhead."""
+    return sum(count(m.content) for m in messages) + CHAT_TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+
+class EventKind(enum.IntEnum):
+    """What happened inside a step. The order breaks ties between events at the same time."""
+
+    PREEMPTED = 0  # at the step's start: the request went back to the waiting queue
+    FIRST_TOKEN = 1  # at the step's end: its first output token (TTFT)
+    FINISHED = 2  # at the step's end: its last token; carries the GenerationResult
+
+
+@dataclass(frozen=True, slots=True)
+class EngineEvent:
+    kind: EventKind
+    request_id: str
+    time_s: float  # engine clock, s
+    result: GenerationResult | None = None  # FINISHED only
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    duration_s: float  # from `now` to the end of the last iteration run, s (0 when it only preempted)
+    events: list[EngineEvent]  # in time order
+    num_iterations: int = 1  # scheduler iterations simulated by this call (> 1 when fast-forwarded)
+
+
+class TwinEngineCore:
+    """Scheduler + KV cache + step-time model + responder of one replica."""
+
+    def __init__(
+        self,
+        model: str,
+        replica_id: str,
+        step_time: StepTimeModel,
+        responder: Responder,
+        num_gpu_blocks: int,
+        settings: TwinSettings = TwinSettings(),
+        tokenizer_count: Callable[[str], int] = count_tokens,
+        *,
+        max_model_len: int | None = None,
+    ) -> None:
+        self.model = model
+        self.replica_id = replica_id
+        self.step_time = step_time
+        self.responder = responder
+        self.settings = settings
+        self.tokenizer_count = tokenizer_count
+        self.max_model_len = max_model_len  # context length, tokens (None: only the KV cache limits it)
+        self.kv_cache = BlockPool(num_gpu_blocks, settings.block_size)
+        self.scheduler = Scheduler(settings, self.kv_cache)
+        self.requests: dict[str, TwinRequest] = {}  # unfinished requests by id
+        self._arrival_seq = itertools.count()
+        # Counters (vLLM's names in ReplicaStats).
+        self.prompt_tokens_total = 0  # counted when a request's prefill completes (its first token)
+        self.generation_tokens_total = 0
+        self.requests_finished_total = 0  # stopped or length-capped; aborts are not successes
+        self.iterations_total = 0  # scheduler iterations simulated, fast-forwarded ones included
+        self.ema_ttft_ms = 0.0
+        self._has_ttft = False
+
+    @classmethod
+    def for_deployment(
+        cls,
+        model: ModelDeployment,
+        pool: PoolConfig,
+        replica_id: str,
+        responder: Responder,
+        step_time: StepTimeModel | None = None,
+        tokenizer_count: Callable[[str], int] = count_tokens,
+    ) -> "TwinEngineCore":
+        """A replica of ``model`` as the pool deploys it: roofline step times and a KV cache sized like vLLM's.
+
+        ``step_time`` must also offer ``weight_bytes_per_gpu()`` and ``kv_bytes_per_token_per_gpu()`` (the
+        roofline model does); it defaults to the roofline of the model on its GPU.
+        """
+        gpu = pool.gpu_of(model)
+        if step_time is None:
+            from sysaware.engines.twin.step_time import RooflineStepTime
+
+            step_time = RooflineStepTime(model, gpu)
+        settings = model.twin
+        num_blocks = num_gpu_blocks_for(
+            memory_gib=gpu.memory_gib,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            weight_bytes_per_gpu=step_time.weight_bytes_per_gpu(),
+            activation_reserve_gib=settings.activation_reserve_gib,
+            kv_bytes_per_token_per_gpu=step_time.kv_bytes_per_token_per_gpu(),
+            block_size=settings.block_size,
+        )
+        return cls(
+            model.name,
+            replica_id,
+            step_time,
+            responder,
+            num_blocks,
+            settings,
+            tokenizer_count,
+            max_model_len=model.architecture.max_position_embeddings,
+        )
+
+    # ---- requests in ----------------------------------------------------------------------------------------
+
+    def add_request(self, req: GenerationRequest, now: float) -> None:
+        """Queue ``req``, arrived at ``now``. Its answer (text and length) is decided here, once.
+
+        Raises ValueError when the request can never be served: a duplicate id, no messages, max_tokens < 1, a
+        prompt that leaves no room in the model context, or prompt + answer that would not fit in the whole KV
+        cache (it would preempt itself forever).
+        """
+        rid = req.request_id
+        if rid in self.requests:
+            raise ValueError(f"request {rid!r} is already in the engine")
+        if not req.messages:
+            raise ValueError(f"request {rid!r} has no messages")
+        if req.max_tokens < 1:
+            raise ValueError(f"request {rid!r}: max_tokens must be at least 1, got {req.max_tokens}")
+        prompt_tokens = count_prompt_tokens(req.messages, self.tokenizer_count)
+        max_len = self.max_model_len
+        if max_len is not None and prompt_tokens >= max_len:
+            raise ValueError(
+                f"request {rid!r}: prompt of {prompt_tokens} tokens does not fit the model context of {max_len} "
+                f"tokens (max_model_len) with room for one output token"
+            )
+
+        response = self.responder.respond(req)
+        target = min(response.output_tokens, req.max_tokens)
+        if max_len is not None:
+            target = min(target, max_len - prompt_tokens)
+
+        # The KV cache holds prompt + output - 1 tokens at the last step (the last sampled token is never cached).
+        blocks = self.kv_cache.blocks_needed(prompt_tokens + target - 1)
+        if blocks > self.kv_cache.num_blocks:
+            raise ValueError(
+                f"request {rid!r}: {prompt_tokens} prompt + {target} output tokens need {blocks} KV blocks but the "
+                f"cache has only {self.kv_cache.num_blocks} (num_gpu_blocks x block_size = "
+                f"{self.kv_cache.num_blocks * self.kv_cache.block_size} tokens)"
+            )
+
+        request = TwinRequest(
+            request_id=rid,
+            model=self.model,
+            arrival_s=now,
+            arrival_seq=next(self._arrival_seq),
+            num_prompt_tokens=prompt_tokens,
+            num_target_tokens=target,
+            capped=target < response.output_tokens,
+            response_text=response.text,
+            response_tokens=response.output_tokens,
+            priority=req.priority,
+        )
+        self.requests[rid] = request
+        self.scheduler.add_request(request)
+
+    def abort(self, request_id: str, now: float) -> GenerationResult | None:
+        """Cancel a request: its blocks are freed and it finishes ABORTED with what it emitted so far.
+        None when the id is unknown or already finished (an abort can race with the last token)."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        self.scheduler.abort(request, now)
+        return request.result(self.replica_id)
+
+    # ---- one step -----------------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        """Whether ``step()`` would do anything (a request is waiting or running)."""
+        return self.scheduler.has_work()
+
+    def step(self, now: float, until: float | None = None) -> StepOutcome:
+        """Run one scheduler iteration starting at ``now``; when it is a steady decode batch, also every identical
+        iteration after it that starts before ``until`` (None: no bound) and before the first internal event."""
+        scheduler = self.scheduler
+        if not scheduler.has_work():
+            raise RuntimeError("step() called with no request waiting or running; check has_work() first")
+
+        out = scheduler.schedule(now)
+        events = [EngineEvent(EventKind.PREEMPTED, r.request_id, now) for r in out.preempted]
+        if not out.num_scheduled_tokens:
+            # The request that needed a block preempted itself: nothing runs this iteration.
+            return StepOutcome(0.0, events, 0)
+
+        shape = scheduler.batch_shape(out)
+        num_steps = scheduler.steady_decode_steps(out)
+        if num_steps > 1:
+            durations = self.step_time.decode_run_s(shape.decode_seqs, shape.decode_context, num_steps)
+            ends = now + np.cumsum(durations)
+            if until is not None:
+                # Step k+1 starts when step k ends: keep this step and those that start before `until`.
+                num_steps = 1 + int(np.searchsorted(ends[: num_steps - 1], until, side="left"))
+            if num_steps > 1:
+                times = ends[:num_steps]
+                finished = scheduler.advance_decode_run(out, times)
+                t_end = float(times[-1])
+                self.iterations_total += num_steps
+                self.generation_tokens_total += shape.decode_seqs * num_steps
+                self._finished_events(finished, t_end, events)
+                return StepOutcome(t_end - now, events, num_steps)
+            t_end = now + float(durations[0])
+        else:
+            t_end = now + self.step_time.step_time_s(shape)
+
+        self.iterations_total += 1
+        num_sampled, first_tokens, finished = scheduler.update_from_output(out, t_end)
+        self.generation_tokens_total += num_sampled
+        alpha = self.settings.ema_alpha
+        for req in first_tokens:
+            self.prompt_tokens_total += req.num_prompt_tokens
+            ttft_ms = (t_end - req.arrival_s) * 1e3
+            self.ema_ttft_ms = alpha * ttft_ms + (1.0 - alpha) * self.ema_ttft_ms if self._has_ttft else ttft_ms
+            self._has_ttft = True
+            events.append(EngineEvent(EventKind.FIRST_TOKEN, req.request_id, t_end))
+        self._finished_events(finished, t_end, events)
+        return StepOutcome(t_end - now, events, 1)
+
+    def _finished_events(self, finished: list[TwinRequest], t_end: float, events: list[EngineEvent]) -> None:
+        for req in finished:
+            del self.requests[req.request_id]
+            self.requests_finished_total += 1
+            events.append(EngineEvent(EventKind.FINISHED, req.request_id, t_end, req.result(self.replica_id)))
+
+    # ---- state out ----------------------------------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    def stats(self, now: float) -> ReplicaStats:
+        return ReplicaStats(
+            replica_id=self.replica_id,
+            model=self.model,
+            timestamp_s=now,
+            num_requests_waiting=len(self.scheduler.waiting),
+            num_requests_running=len(self.scheduler.running),
+            kv_cache_usage_perc=self.kv_cache.usage_perc,
+            ema_ttft_ms=self.ema_ttft_ms,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+            num_preemptions_total=self.scheduler.num_preemptions_total,
+            requests_finished_total=self.requests_finished_total,
+            num_gpu_blocks=self.kv_cache.num_blocks,
+            block_size=self.kv_cache.block_size,
+        )
