@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property, lru_cache
@@ -41,6 +42,13 @@ class RecordedAnswer:
     def code(self) -> str:
         """The solution code inside ``text`` (what the sandbox runs)."""
         return extract_code(self.text)
+
+
+def parse_quietly(code: str) -> ast.Module:
+    """``ast.parse`` without the warnings recorded code triggers (invalid escapes such as '\\d' in plain strings)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", (SyntaxWarning, DeprecationWarning))
+        return ast.parse(code)
 
 
 def renamed_answer(raw_text: str, task_id: int) -> str:
@@ -87,7 +95,7 @@ def _same_program(a: str, b: str) -> bool:
     if a == b:
         return True
     try:
-        return _without_docstrings(ast.parse(a)) == _without_docstrings(ast.parse(b))
+        return _without_docstrings(parse_quietly(a)) == _without_docstrings(parse_quietly(b))
     except (SyntaxError, ValueError):
         return False
 
@@ -192,41 +200,63 @@ class Solution:
 def program_key(code: str) -> str:
     """Identity of a program up to layout, comments and docstrings, so a copied solution is recognised."""
     try:
-        return _without_docstrings(ast.parse(code))
+        return _without_docstrings(parse_quietly(code))
     except (SyntaxError, ValueError):
         return "\n".join(line.rstrip() for line in code.strip().splitlines() if line.strip())
 
 
-@dataclass(frozen=True)
 class TaskSolutions:
-    """Every solution of one task the twin knows: recorded answers, the reference and a wrong variant."""
+    """Every solution of one task the twin knows: recorded answers, the reference and a wrong variant.
 
-    task_id: int
-    recorded: tuple[Solution, ...]  # in RouterBench's model order
-    reference: Solution
-    mutation: Solution
-    known: dict[str, bool | None]  # program_key -> graded correctness (None: graded both ways, e.g. flaky)
+    Lazy: a recorded answer's code is extracted only when it is chosen, and the index of known programs only
+    when a prompt shows code to recognise, so answering a plain prompt touches one answer.
+    """
+
+    def __init__(self, task_id: int) -> None:
+        self.task_id = task_id
+        self._answers = {a.model: a for a in load_recorded_answers().for_task(task_id)}
+
+    def grade_of(self, model: str) -> bool | None:
+        """The sandbox grade of ``model``'s recorded answer (None: no recording or no grade)."""
+        answer = self._answers.get(model)
+        return answer.sandbox_correct if answer is not None else None
+
+    def models_graded(self, correct: bool) -> list[str]:
+        """Recorded models whose answer has this grade, in RouterBench's order."""
+        return [m for m, a in self._answers.items() if a.sandbox_correct is correct]
+
+    def recorded(self, model: str) -> Solution | None:
+        """``model``'s recorded answer as a solution; None when it has none, or it holds no code."""
+        answer = self._answers.get(model)
+        if answer is None or not answer.code.strip():
+            return None
+        return Solution(answer.code, answer.sandbox_correct, Origin.RECORDED, model=model, text=answer.text)
+
+    @cached_property
+    def reference(self) -> Solution:
+        return Solution(get_task(self.task_id).reference_code.strip() + "\n", True, Origin.REFERENCE)
+
+    @cached_property
+    def mutation(self) -> Solution:
+        return Solution(wrong_variant(get_task(self.task_id).reference_code), False, Origin.MUTATION)
+
+    @cached_property
+    def known(self) -> dict[str, bool | None]:
+        """program_key -> graded correctness; None where the same program was graded both ways (a flaky run)."""
+        known: dict[str, bool | None] = {}
+        solutions = [self.recorded(m) for m in self._answers]
+        for s in (*[s for s in solutions if s is not None], self.reference, self.mutation):
+            key = program_key(s.code)
+            known[key] = s.correct if key not in known or known[key] == s.correct else None
+        return known
 
     def correctness_of(self, code: str) -> bool | None:
         return self.known.get(program_key(code))
 
 
-@lru_cache(maxsize=2048)
+@lru_cache(maxsize=4096)
 def task_solutions(task_id: int) -> TaskSolutions:
-    task = get_task(task_id)
-    answers = load_recorded_answers().for_task(task_id)
-    recorded = tuple(
-        Solution(code=a.code, correct=a.sandbox_correct, origin=Origin.RECORDED, model=a.model, text=a.text)
-        for a in answers
-        if a.code.strip()
-    )
-    reference = Solution(code=task.reference_code.strip() + "\n", correct=True, origin=Origin.REFERENCE)
-    mutation = Solution(code=wrong_variant(task.reference_code), correct=False, origin=Origin.MUTATION)
-    known: dict[str, bool | None] = {}
-    for s in (*recorded, reference, mutation):
-        key = program_key(s.code)
-        known[key] = s.correct if key not in known or known[key] == s.correct else None
-    return TaskSolutions(task_id, recorded, reference, mutation, known)
+    return TaskSolutions(task_id)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -346,7 +376,7 @@ class _PrintInsteadOfReturn(ast.NodeTransformer):
 def wrong_variant(code: str) -> str:
     """``code`` with typical bugs injected (see the comment above); the asserts fail for 97% of MBPP."""
     try:
-        tree = ast.parse(code)
+        tree = parse_quietly(code)
     except (SyntaxError, ValueError):
         return code.replace("return ", "print(", 1) if "return " in code else code + "\n# unfinished\n"
     has_compare = any(isinstance(n, ast.Compare) for n in ast.walk(tree))

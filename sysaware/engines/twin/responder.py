@@ -5,14 +5,15 @@ works against real vLLM): the MBPP task by its statement, the role by its system
 instruction, and the upstream work (candidate code, a plan, tests, a critique, test-run feedback) by how it
 appears in the prompt. Then, for a role that writes code:
 
-1. P(correct) = sigmoid(ability - difficulty + shifts) (irt.py), the shifts from ``responder_params.yaml``
-   (strategy, plan, visible correct or wrong code, feedback, critique). It starts from the model's recorded
-   outcome on the task (a model or task without recordings gets a "virtual recording": one fixed draw per
+1. P(own answer correct) = sigmoid(ability - difficulty + shifts) (irt.py), the shifts from
+   ``responder_params.yaml`` (strategy, plan, tests, test-run feedback, critique). It starts from the model's
+   recorded outcome on the task (a model or task without recordings gets a "virtual recording": one fixed draw per
    (model, task) from the IRT probability) and the shifts move it by a monotone coupling that keeps the marginal
-   at the IRT probability.
-2. One uniform draw per (model, task, seed), shared by every prompt, decides the outcome: contexts are compared on
-   common random numbers. The text is then a real solution with that graded outcome: a visible upstream solution
-   (copied), the model's own recorded answer, another model's answer (closest in size), MBPP's reference, or the
+   at the IRT probability. A visible upstream solution known to be right (or wrong) may then be adopted instead,
+   with the table's per-role probabilities.
+2. Uniform draws fixed per (model, task, seed), shared by every prompt, decide: contexts are compared on common
+   random numbers. The text is then a real solution with that graded outcome: the adopted or copied upstream
+   solution, the model's own recorded answer, another model's answer (closest in size), MBPP's reference, or the
    reference with injected bugs. The twin never asserts correctness: the sandbox grades the text later.
 3. The text is shaped by the strategy (Flash: code only; Concise: code and one sentence; DeepThink: reasoning
    paragraphs, then code; none: the recorded answer as it was), its prose taken from the recorded explanation and
@@ -45,6 +46,7 @@ from sysaware.engines.twin.answers import (
     Solution,
     TaskSolutions,
     load_recorded_answers,
+    parse_quietly,
     prose_of,
     task_solutions,
 )
@@ -80,12 +82,15 @@ class ResponderParams:
     # correctness.collaboration: logit shifts
     plan_shift: float
     tests_shift: float
-    correct_upstream_shift: float
-    wrong_upstream_shift: float
     failing_feedback_shift: float
     passing_feedback_shift: float
     right_critique_shift: float
     wrong_critique_shift: float
+    # correctness.adoption: P(emit a visible upstream solution instead of its own), by role
+    adopt_right_decision_maker: float
+    adopt_right_bug_fixer: float
+    adopt_right_programmer: float
+    adopt_wrong_upstream: float
     # correctness.copy: P(emit the matching upstream solution), by role
     copy_decision_maker: float
     copy_bug_fixer: float
@@ -154,6 +159,8 @@ def load_responder_params(path: str | Path = RESPONDER_PARAMS_YAML) -> Responder
             flat[("review_" if section == "review" else "") + key] = _number(node, f"{section}.{key}")
     for key, node in raw["correctness"]["copy"].items():
         flat[f"copy_{key}"] = _number(node, f"correctness.copy.{key}")
+    for key, node in raw["correctness"]["adoption"].items():
+        flat[f"adopt_{key}"] = _number(node, f"correctness.adoption.{key}")
     flat["recorded_model_params_b"] = {
         m: _number(node, f"recorded_model_params_b.{m}") for m, node in raw["recorded_model_params_b"].items()
     }
@@ -211,7 +218,7 @@ _FAILING = re.compile(
 )
 _PASSING = re.compile(r"\ball (?:\d+ )?(?:example )?tests? passed\b|\bpassed all (?:the )?tests?\b|\bstatus: passed\b", re.I)
 _COUNT = re.compile(r"\b(\d+) of (\d+) tests? passed\b", re.I)
-_VERDICT = re.compile(r"^\W*verdict\W*:?\s*(.+)$", re.I | re.M)
+_VERDICT = re.compile(r"\bverdict\s*:\s*(.+)$", re.I | re.M)
 _REJECT_WORDS = re.compile(r"\b(incorrect|not correct|needs? changes?|bug|wrong|fails?|must change|broken)\b", re.I)
 _APPROVE_WORDS = re.compile(r"\b(correct|looks (?:right|good)|no changes?|approve[sd]?|lgtm)\b", re.I)
 _PLAN_MARK = re.compile(r"^\W*(?:key idea|approach|plan|algorithm)\W*:", re.I | re.M)
@@ -447,7 +454,7 @@ _IDEAS: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 @lru_cache(maxsize=4096)
 def code_facts(code: str, entry_hint: str | None = None) -> CodeFacts:
     try:
-        tree = ast.parse(code)
+        tree = parse_quietly(code)
     except (SyntaxError, ValueError):
         name = entry_hint or (defined_functions(code) or ["solution"])[-1]
         return CodeFacts(name, (), (), "follows the problem statement directly", (), 0, False, "the overall logic")
@@ -462,7 +469,14 @@ def code_facts(code: str, entry_hint: str | None = None) -> CodeFacts:
     )
     loops = _loop_depth(entry_node)
     if idea is None:
-        idea = "iterates over the input and builds the answer step by step" if loops else "computes the result with a direct formula"
+        branches = any(isinstance(n, (ast.If, ast.IfExp)) for n in ast.walk(entry_node))
+        idea = (
+            "iterates over the input and builds the answer step by step"
+            if loops
+            else "checks the conditions the statement gives and returns accordingly"
+            if branches
+            else "computes the result with a direct formula"
+        )
     return CodeFacts(
         entry=entry_node.name,
         params=tuple(a.arg for a in entry_node.args.args),
@@ -526,7 +540,8 @@ def _suspicious(func: ast.AST) -> str:
             return f"the loop bound `{_short(node)}` (an off-by-one there changes the result)"
     for node in ast.walk(func):
         if isinstance(node, ast.Compare):
-            return f"the comparison `{_short(node)}` at its boundary"
+            ordering = any(isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in node.ops)
+            return f"the comparison `{_short(node)}` at its boundary" if ordering else f"the condition `{_short(node)}`"
     for node in ast.walk(func):
         if isinstance(node, ast.Return) and node.value is not None:
             return f"the returned value `{_short(node.value)}` (its type must match the example's)"
@@ -692,7 +707,8 @@ def _lead(reading: PromptReading) -> str:
     if role_id == "bug_fixer" and reading.feedback is Feedback.PASSING:
         return "The candidate already passes its test, so it stays as it is:"
     if role_id == "decision_maker" and reading.upstream_code:
-        return f"After comparing the team's {len(reading.upstream_code)} candidate(s), the final solution is:"
+        n = len(reading.upstream_code)
+        return f"After comparing the team's {n} candidates, the final solution is:" if n > 1 else "After checking the team's candidate, the final solution is:"
     return ""
 
 
@@ -708,8 +724,7 @@ def compose_code_answer(task: MbppTask, solution: Solution, ctx: Context) -> str
     if strategy is Strategy.DEEPTHINK:
         target = max(ctx.noisy(ctx.profile.verbosity.median_extra_tokens * ctx.params.deepthink_prose_factor), ctx.params.deepthink_min_prose_tokens)
         units = _take_until(_reasoning_units(task, solution), target, minimum=3)
-        opening = "Let me reason through this step by step."
-        parts = [opening, *([lead] if lead else []), *units, "Here is the implementation:", _fence(code)]
+        parts = ["Let me reason through this step by step.", *units, lead or "Here is the implementation:", _fence(code)]
         return "\n\n".join(parts)
     # No strategy: a recorded answer keeps its own shape; other solutions get the model's usual explanation.
     if solution.text is not None and not lead:
@@ -874,8 +889,8 @@ class TwinResponder:
         u = _uniform("virtual-recording", profile.name, str(task_id))
         return u < float(expit(profile.ability - self.irt.task_difficulty(task_id)))
 
-    def p_correct(self, reading: PromptReading, profile: ModelProfile) -> float:
-        """P(this agent's solution is correct), given what the prompt shows (see responder_params.yaml)."""
+    def own_p_correct(self, reading: PromptReading, profile: ModelProfile) -> float:
+        """P(the agent's own solution is correct): its base outcome moved by the strategy and context shifts."""
         assert reading.task is not None
         task_id = reading.task.task_id
         logit = profile.ability - self.irt.task_difficulty(task_id)
@@ -884,65 +899,103 @@ class TwinResponder:
             shift += self._collaboration_shift(reading)
         return coupled_p_correct(self.base_outcome(profile, task_id), logit, shift)
 
+    def p_correct(self, reading: PromptReading, profile: ModelProfile) -> float:
+        """P(the emitted solution is correct): its own, or a visible upstream solution it adopts instead."""
+        p_own = self.own_p_correct(reading, profile)
+        if reading.kind is not RoleKind.CODE:
+            return p_own
+        adopt_right, adopt_wrong = self._adoption(reading)
+        return p_own * (1.0 - adopt_wrong) + (1.0 - p_own) * adopt_right
+
+    def _adoption(self, reading: PromptReading) -> tuple[float, float]:
+        """P(adopting a visible correct solution instead of a wrong own one), P(adopting a wrong one instead of a
+        right own one): the latter only when nothing visible is right and no failing test run warns it off."""
+        graded = [c for _, c in self._graded_upstream(reading)]
+        right = self._adopt_right(reading) if True in graded else 0.0
+        wrong = (
+            self.params.adopt_wrong_upstream
+            if False in graded and True not in graded and reading.feedback is not Feedback.FAILING
+            else 0.0
+        )
+        return right, wrong
+
+    def _adopt_right(self, reading: PromptReading) -> float:
+        role_id = reading.role.role_id if reading.role else "programmer"
+        return getattr(self.params, f"adopt_right_{role_id}", self.params.adopt_right_programmer)
+
     def _collaboration_shift(self, reading: PromptReading) -> float:
+        """Logit shifts from what the prompt shows: a plan, tests, a test run, a critique."""
         p = self.params
         shift = p.plan_shift * reading.has_plan + p.tests_shift * reading.has_tests
-        graded = self._graded_upstream(reading)
         if reading.feedback is Feedback.PASSING:
             shift += p.passing_feedback_shift
         elif reading.feedback is Feedback.FAILING:
             shift += p.failing_feedback_shift
-        elif any(c is True for _, c in graded):
-            shift += p.correct_upstream_shift
-        elif graded and all(c is False for _, c in graded):
-            shift += p.wrong_upstream_shift
-        if reading.critique is not Verdict.NONE and graded and all(c is not None for _, c in graded):
-            truth = any(c for _, c in graded)
+        graded = [c for _, c in self._graded_upstream(reading)]
+        if reading.critique is not Verdict.NONE and graded and None not in graded:
+            truth = True in graded
             said = reading.critique is Verdict.APPROVE
             shift += p.right_critique_shift if said == truth else p.wrong_critique_shift
         return shift
 
     def _graded_upstream(self, reading: PromptReading) -> list[tuple[str, bool | None]]:
-        if reading.task is None:
+        if reading.task is None or not reading.upstream_code:
             return []
         known = task_solutions(reading.task.task_id)
         return [(code, known.correctness_of(code)) for code in reading.upstream_code]
 
     def solution(self, request: GenerationRequest, reading: PromptReading, profile: ModelProfile) -> Solution:
-        """The solution this agent writes: a seeded draw of its outcome, then a real text with that outcome."""
+        """The solution this agent writes: seeded draws of its outcome, then a real text with that outcome.
+
+        Uniform draws are fixed per (model, task, seed), whatever else the prompt holds: contexts are compared on
+        common random numbers, so more help never turns a success into a failure.
+        """
         assert reading.task is not None
-        rng = _rng(request, "outcome")
-        # One uniform per (model, task, seed), whatever the rest of the prompt: contexts are compared on common
-        # random numbers, so a larger P(correct) never turns a success into a failure.
-        u = _uniform("outcome", request.model, str(reading.task.task_id), str(request.seed))
-        correct = bool(u < self.p_correct(reading, profile))
-        known = task_solutions(reading.task.task_id)
-        # 1. Copy a visible solution with the drawn outcome (what a decision maker or a fixer mostly does).
-        if reading.kind is RoleKind.CODE:
-            matching = [code for code, c in self._graded_upstream(reading) if c is correct]
+        task_id = str(reading.task.task_id)
+        rng = _rng(request, "solution")
+        own_correct = _uniform("outcome", request.model, task_id, str(request.seed)) < self.own_p_correct(reading, profile)
+        solutions = task_solutions(reading.task.task_id)
+        if reading.kind is RoleKind.CODE and reading.upstream_code:
+            graded = self._graded_upstream(reading)
+            right = [code for code, c in graded if c is True]
+            wrong = [code for code, c in graded if c is False]
+            adopt_right, adopt_wrong = self._adoption(reading)
+            u_adopt = _uniform("adopt", request.model, task_id, str(request.seed))
+            # 1. Adopt a visible solution instead of its own: a right one over its failure, or (anchoring) a
+            #    wrong one over its success.
+            if not own_correct and right and u_adopt < adopt_right:
+                return Solution(right[-1], True, Origin.UPSTREAM)
+            if own_correct and wrong and u_adopt < adopt_wrong:
+                return Solution(wrong[-1], False, Origin.UPSTREAM)
+            # 2. Its own outcome; a visible solution with that outcome is copied rather than rewritten, mostly.
+            same = right if own_correct else wrong
             role_id = reading.role.role_id if reading.role else "programmer"
-            copy_p = getattr(self.params, f"copy_{role_id}", self.params.copy_programmer)
-            if matching and rng.random() < copy_p:
-                return Solution(code=matching[-1], correct=correct, origin=Origin.UPSTREAM)
-        # 2. The model's own recorded answer, 3. another model's (closest in size), 4. reference or bug-injected.
-        return self._recorded_with_outcome(known, correct, profile, rng)
+            if same and rng.random() < getattr(self.params, f"copy_{role_id}", self.params.copy_programmer):
+                return Solution(same[-1], own_correct, Origin.UPSTREAM)
+        # 3. The model's own recorded answer, else another model's (closest in size), else reference / bug-injected.
+        return self._recorded_with_outcome(solutions, own_correct, profile, rng)
 
     def _recorded_with_outcome(
-        self, known: TaskSolutions, correct: bool, profile: ModelProfile, rng: np.random.Generator
+        self, solutions: TaskSolutions, correct: bool, profile: ModelProfile, rng: np.random.Generator
     ) -> Solution:
-        own = next((s for s in known.recorded if s.model == profile.recorded_as), None)
-        if own is not None and own.correct is correct:
-            return own
-        others = [s for s in known.recorded if s.correct is correct and s.model != profile.recorded_as]
-        if others:
-            sizes = self.params.recorded_model_params_b
-            jitter = rng.random(len(others))  # breaks ties between models of equal distance, seeded
-            def distance(i: int) -> tuple[float, float]:
-                size = sizes.get(others[i].model or "")
-                gap = abs(math.log(size / max(profile.params_b, 1e-3))) if size else math.inf
-                return (gap, jitter[i])
-            return others[min(range(len(others)), key=distance)]
-        return known.reference if correct else known.mutation
+        if profile.recorded_as is not None and solutions.grade_of(profile.recorded_as) is correct:
+            own = solutions.recorded(profile.recorded_as)
+            if own is not None:
+                return own
+        sizes = self.params.recorded_model_params_b
+        others = [m for m in solutions.models_graded(correct) if m != profile.recorded_as]
+        jitter = rng.random(len(others))  # breaks ties between models of equal distance, seeded
+
+        def distance(i: int) -> tuple[float, float]:
+            size = sizes.get(others[i])
+            gap = abs(math.log(size / max(profile.params_b, 1e-3))) if size else math.inf  # API models: last
+            return (gap, float(jitter[i]))
+
+        for i in sorted(range(len(others)), key=distance):
+            chosen = solutions.recorded(others[i])
+            if chosen is not None:
+                return chosen
+        return solutions.reference if correct else solutions.mutation
 
     def _verdicts(self, request: GenerationRequest, reading: PromptReading, profile: ModelProfile) -> list[tuple[str, bool]]:
         """Per upstream candidate, whether this reviewer approves it: right with P = its accuracy."""
