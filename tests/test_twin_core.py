@@ -386,6 +386,42 @@ def test_fast_forward_never_starts_a_step_at_or_after_until():
     assert out.duration_s == pytest.approx(d[:3].sum())
 
 
+def test_truncate_cuts_a_run_after_the_fact_exactly_like_until():
+    # A driver that learns of an arrival only when it happens runs step(t) to the end and cuts the run back.
+    lengths = {"req-0": 30, "req-1": 12}
+
+    def started_core():
+        core = create_core(responder=FakeResponder(lambda r: lengths.get(r.request_id, 5)))
+        for r in create_requests(2):
+            core.add_request(r, 0.0)
+        return core, core.step(0.0).duration_s  # prefill: both have their first token
+
+    bounded_core, t = started_core()
+    cut_core, _ = started_core()
+    full = cut_core.step(t)
+    # req-1 has 12 - 1 = 11 tokens left: an 11-iteration run whose last step finishes it.
+    assert full.num_iterations == 11 and kinds(full) == [(EventKind.FINISHED, "req-1")]
+    assert cut_core.truncate(t + full.duration_s * 0.999) is None  # inside the last step: nothing to cut
+
+    arrival = t + full.duration_s * 0.6
+    new_end = cut_core.truncate(arrival)
+    bounded = bounded_core.step(t, until=arrival)
+    assert new_end == pytest.approx(t + bounded.duration_s)
+    assert cut_core.last_outcome.num_iterations == bounded.num_iterations < 11
+    assert cut_core.last_outcome.events == []
+    assert cut_core.requests["req-1"].status is RequestStatus.RUNNING  # its finishing step was undone
+    assert cut_core.stats(new_end) == bounded_core.stats(new_end)
+    assert cut_core.truncate(arrival) is None  # the shortened run ends at the first boundary after `arrival`
+
+    [late] = create_requests(1, prefix="late")
+    for core in (bounded_core, cut_core):
+        core.add_request(late, arrival)
+    cut_log, bounded_log = drive(cut_core, [], start_s=new_end), drive(bounded_core, [], start_s=new_end)
+    assert cut_log.results == bounded_log.results
+    assert cut_log.results["req-1"].output_tokens == 12
+    assert_drained(cut_core)
+
+
 # ---- stats -------------------------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -25,7 +26,7 @@ from sysaware.engines.tokenizer import count_tokens
 from sysaware.engines.twin.kv_cache import BlockPool, num_gpu_blocks_for
 from sysaware.engines.twin.protocols import Responder, StepTimeModel
 from sysaware.engines.twin.request import TwinRequest
-from sysaware.engines.twin.scheduler import Scheduler
+from sysaware.engines.twin.scheduler import DecodeRun, Scheduler
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 
 # Chat-template tokens around each message (role header and end-of-turn markers, e.g. ChatML's
@@ -82,6 +83,8 @@ class TwinEngineCore:
         self.responder = responder
         self.settings = settings
         self.tokenizer_count = tokenizer_count
+        # Agents resend the same system prompts and shared context over and over: count each text once.
+        self._count_cached = lru_cache(maxsize=1024)(tokenizer_count)
         self.max_model_len = max_model_len  # context length, tokens (None: only the KV cache limits it)
         self.kv_cache = BlockPool(num_gpu_blocks, settings.block_size)
         self.scheduler = Scheduler(settings, self.kv_cache)
@@ -94,6 +97,9 @@ class TwinEngineCore:
         self.iterations_total = 0  # scheduler iterations simulated, fast-forwarded ones included
         self.ema_ttft_ms = 0.0
         self._has_ttft = False
+        self.last_outcome: StepOutcome | None = None  # what the latest step() (or truncate()) returned
+        self._last_run: DecodeRun | None = None  # the latest step()'s fast-forwarded run, while it can be cut
+        self._last_run_start_s = 0.0
 
     @classmethod
     def for_deployment(
@@ -114,7 +120,7 @@ class TwinEngineCore:
         if step_time is None:
             from sysaware.engines.twin.step_time import RooflineStepTime
 
-            step_time = RooflineStepTime(model, gpu)
+            step_time = RooflineStepTime.for_deployment(model, pool)
         settings = model.twin
         num_blocks = num_gpu_blocks_for(
             memory_gib=gpu.memory_gib,
@@ -151,7 +157,7 @@ class TwinEngineCore:
             raise ValueError(f"request {rid!r} has no messages")
         if req.max_tokens < 1:
             raise ValueError(f"request {rid!r}: max_tokens must be at least 1, got {req.max_tokens}")
-        prompt_tokens = count_prompt_tokens(req.messages, self.tokenizer_count)
+        prompt_tokens = count_prompt_tokens(req.messages, self._count_cached)
         max_len = self.max_model_len
         if max_len is not None and prompt_tokens >= max_len:
             raise ValueError(
@@ -194,6 +200,7 @@ class TwinEngineCore:
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
+        self._last_run = None
         self.scheduler.abort(request, now)
         return request.result(self.replica_id)
 
@@ -209,14 +216,16 @@ class TwinEngineCore:
         scheduler = self.scheduler
         if not scheduler.has_work():
             raise RuntimeError("step() called with no request waiting or running; check has_work() first")
+        self._last_run = None
 
         out = scheduler.schedule(now)
         events = [EngineEvent(EventKind.PREEMPTED, r.request_id, now) for r in out.preempted]
         if not out.num_scheduled_tokens:
             # The request that needed a block preempted itself: nothing runs this iteration.
-            return StepOutcome(0.0, events, 0)
+            self.last_outcome = StepOutcome(0.0, events, 0)
+            return self.last_outcome
 
-        shape = scheduler.batch_shape(out)
+        shape = out.shape
         num_steps = scheduler.steady_decode_steps(out)
         if num_steps > 1:
             durations = self.step_time.decode_run_s(shape.decode_seqs, shape.decode_context, num_steps)
@@ -225,16 +234,17 @@ class TwinEngineCore:
                 # Step k+1 starts when step k ends: keep this step and those that start before `until`.
                 num_steps = 1 + int(np.searchsorted(ends[: num_steps - 1], until, side="left"))
             if num_steps > 1:
-                times = ends[:num_steps]
-                finished = scheduler.advance_decode_run(out, times)
-                t_end = float(times[-1])
+                run = scheduler.advance_decode_run(out, ends[:num_steps])
+                t_end = float(run.times_s[-1])
                 self.iterations_total += num_steps
                 self.generation_tokens_total += shape.decode_seqs * num_steps
-                self._finished_events(finished, t_end, events)
-                return StepOutcome(t_end - now, events, num_steps)
-            t_end = now + float(durations[0])
+                self._finished_events(run.finished, t_end, events)
+                self._last_run, self._last_run_start_s = run, now
+                self.last_outcome = StepOutcome(t_end - now, events, num_steps)
+                return self.last_outcome
+            t_end = float(now + durations[0])
         else:
-            t_end = now + self.step_time.step_time_s(shape)
+            t_end = float(now + self.step_time.step_time_s(shape))
 
         self.iterations_total += 1
         num_sampled, first_tokens, finished = scheduler.update_from_output(out, t_end)
@@ -247,7 +257,33 @@ class TwinEngineCore:
             self._has_ttft = True
             events.append(EngineEvent(EventKind.FIRST_TOKEN, req.request_id, t_end))
         self._finished_events(finished, t_end, events)
-        return StepOutcome(t_end - now, events, 1)
+        self.last_outcome = StepOutcome(t_end - now, events, 1)
+        return self.last_outcome
+
+    def truncate(self, now: float) -> float | None:
+        """Cut the fast-forwarded run of the latest ``step()`` at the first step boundary at or after ``now``, as
+        if that step had been called with ``until=now``; returns the run's new end time, or None when there is
+        nothing to cut (no run, or ``now`` falls in its last step). ``last_outcome`` then holds the shorter run.
+
+        For drivers that learn of an arrival only once it happens. Call it before anything but ``add_request``
+        touches the core (``step`` and ``abort`` close the run); stats taken meanwhile describe the run's end.
+        """
+        run = self._last_run
+        if run is None:
+            return None
+        num_steps = len(run.times_s)
+        keep = 1 + int(np.searchsorted(run.times_s[: num_steps - 1], now, side="left"))
+        if keep >= num_steps:
+            return None
+        for req in run.finished:  # they finish in the run's last step, which is now undone
+            self.requests[req.request_id] = req
+        self.requests_finished_total -= len(run.finished)
+        self.generation_tokens_total -= len(run.requests) * (num_steps - keep)
+        self.iterations_total -= num_steps - keep
+        self._last_run = self.scheduler.truncate_decode_run(run, keep)
+        t_end = float(self._last_run.times_s[-1])
+        self.last_outcome = StepOutcome(t_end - self._last_run_start_s, [], keep)
+        return t_end
 
     def _finished_events(self, finished: list[TwinRequest], t_end: float, events: list[EngineEvent]) -> None:
         for req in finished:

@@ -12,10 +12,12 @@ sets ``num_computed_tokens`` to 0 and keeps the output, so the resumed request r
 
 Life cycle (every transition is a method that asserts where it starts from)::
 
-    WAITING --schedule--> RUNNING --finish--> FINISHED_STOPPED | FINISHED_LENGTH_CAPPED
-       ^                   |   ^
-       |                preempt  \\--schedule-- PREEMPTED (back at the front of the waiting queue)
-    any unfinished status --abort--> FINISHED_ABORTED
+    WAITING --start_running--> RUNNING --finish--> FINISHED_STOPPED | FINISHED_LENGTH_CAPPED
+                                |    ^                  |
+                         preempt|    |start_running     |reopen: a driver cut short the fast-forwarded run
+                                v    |                  |        that finished it; RUNNING again
+                               PREEMPTED (front of the waiting queue)
+    WAITING | RUNNING | PREEMPTED --finish(FINISHED_ABORTED)--> FINISHED_ABORTED   (abort)
 """
 
 from __future__ import annotations
@@ -159,6 +161,13 @@ class TwinRequest:
         self.status = status
         self.finished_s = t
 
+    def reopen(self) -> None:
+        """FINISHED_STOPPED or FINISHED_LENGTH_CAPPED -> RUNNING: the fast-forwarded run that finished it was cut
+        short before its last step (the driver learnt of an earlier arrival). The caller restores its blocks."""
+        assert self.status is RequestStatus.FINISHED_STOPPED or self.status is RequestStatus.FINISHED_LENGTH_CAPPED
+        self.status = RequestStatus.RUNNING
+        self.finished_s = None
+
     # ---- token emission --------------------------------------------------------------------------------------
 
     def emit_token(self, t: float) -> bool:
@@ -179,13 +188,21 @@ class TwinRequest:
         self.num_tokens += n
         self.token_time_chunks.append(times_s)
 
+    def undo_decode_steps(self, num_steps: int, kept_times_s: np.ndarray) -> None:
+        """Take back the last ``num_steps`` steps of the decode run that ``emit_decode_run`` recorded last."""
+        self.num_computed_tokens -= num_steps
+        self.num_output_tokens -= num_steps
+        self.num_tokens -= num_steps
+        self.token_time_chunks[-1] = kept_times_s
+
     def token_times_s(self) -> list[float]:
         times: list[float] = []
+        append, extend = times.append, times.extend
         for chunk in self.token_time_chunks:
-            if isinstance(chunk, np.ndarray):
-                times.extend(chunk.tolist())
+            if chunk.__class__ is float:  # single steps stamp plain floats (the core passes float(t))
+                append(chunk)
             else:
-                times.append(float(chunk))
+                extend(chunk.tolist())
         return times
 
     # ---- what leaves the engine ------------------------------------------------------------------------------

@@ -97,6 +97,45 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[TwinRequest, int] = field(default_factory=dict)  # tokens computed this step, tokens
     preempted: list[TwinRequest] = field(default_factory=list)  # preempted during this schedule, in order
     num_admitted: int = 0  # waiting requests that joined the running batch
+    # The batch's shape, summed while scheduling (see protocols.BatchShape for the meaning of each sum).
+    prefill_tokens: int = 0  # tokens
+    prefill_attended: int = 0  # token pairs
+    decode_seqs: int = 0
+    decode_context: int = 0  # tokens
+
+    def add(self, req: TwinRequest, num_new: int) -> None:
+        self.num_scheduled_tokens[req] = num_new
+        if _is_decode(req, num_new):
+            self.decode_seqs += 1
+            self.decode_context += req.num_tokens
+        else:
+            self.prefill_tokens += num_new
+            self.prefill_attended += num_new * (req.num_computed_tokens + num_new)
+
+    def remove(self, req: TwinRequest) -> int:
+        """Take back a request scheduled earlier in this step (a victim of priority preemption): its tokens."""
+        num_new = self.num_scheduled_tokens.pop(req)
+        if _is_decode(req, num_new):
+            self.decode_seqs -= 1
+            self.decode_context -= req.num_tokens
+        else:
+            self.prefill_tokens -= num_new
+            self.prefill_attended -= num_new * (req.num_computed_tokens + num_new)
+        return num_new
+
+    @property
+    def shape(self) -> BatchShape:
+        return BatchShape(self.prefill_tokens, self.prefill_attended, self.decode_seqs, self.decode_context)
+
+
+@dataclass(slots=True)
+class DecodeRun:
+    """A fast-forwarded run of identical decode steps, kept so that a driver can cut it short."""
+
+    requests: list[TwinRequest]  # the batch, every one advanced by len(times_s) tokens
+    times_s: np.ndarray  # end of each step, engine clock, s
+    finished: list[TwinRequest]  # finished at the last step
+    running_before: list[TwinRequest]  # the running list before they were removed, in order
 
 
 class Scheduler:
@@ -136,42 +175,60 @@ class Scheduler:
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int:
+        # The hottest loop of the twin (every running request, every step): locals, integer arithmetic, the pool's
+        # counter updated in place, and the decode case (one token, usually no new block) kept straight.
         running = self.running
         pool = self.pool
         block_size = pool.block_size
         scheduled = out.num_scheduled_tokens
+        decode_seqs = decode_context = 0
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            num_new = req.num_tokens - req.num_computed_tokens
+            computed = req.num_computed_tokens
+            num_new = req.num_tokens - computed
             if num_new > budget:
                 num_new = budget
-            need = -(-(req.num_computed_tokens + num_new) // block_size) - req.num_blocks
+            need = -(-(computed + num_new) // block_size) - req.num_blocks
 
-            # Not enough free blocks: preempt until it fits, or until it was the one preempted.
-            fits = True
-            while need > pool.num_free_blocks:
-                if self.is_priority:
-                    victim = max(running, key=_priority_key)
-                    running.remove(victim)
-                    if victim in scheduled:  # it was scheduled earlier in this loop: undo that
-                        budget += scheduled.pop(victim)
-                        i -= 1
-                else:
-                    victim = running.pop()
-                self._preempt(victim)
-                out.preempted.append(victim)
-                if victim is req:
-                    fits = False
+            if need > pool.num_free_blocks:
+                # Not enough free blocks: preempt until it fits, or until it was the one preempted.
+                fits = True
+                while need > pool.num_free_blocks:
+                    if self.is_priority:
+                        victim = max(running, key=_priority_key)
+                        running.remove(victim)
+                        if victim in scheduled:  # it was scheduled earlier in this loop: undo that
+                            if _is_decode(victim, scheduled[victim]):
+                                decode_seqs -= 1
+                                decode_context -= victim.num_tokens
+                                budget += scheduled.pop(victim)
+                            else:
+                                budget += out.remove(victim)
+                            i -= 1
+                    else:
+                        victim = running.pop()
+                    self._preempt(victim)
+                    out.preempted.append(victim)
+                    if victim is req:
+                        fits = False
+                        break
+                if not fits:
                     break
-            if not fits:
-                break
 
-            pool.allocate(need)
-            req.num_blocks += need
-            scheduled[req] = num_new
+            if need:
+                pool.num_free_blocks -= need
+                req.num_blocks += need
             budget -= num_new
+            if num_new == 1 and req.num_output_tokens and computed + 1 == req.num_tokens:
+                scheduled[req] = 1
+                decode_seqs += 1
+                decode_context += computed + 1
+            else:
+                out.add(req, num_new)  # a prefill chunk (first, continued, or recompute after preemption)
             i += 1
+        out.decode_seqs += decode_seqs
+        out.decode_context += decode_context
         return budget
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> int:
@@ -204,7 +261,7 @@ class Scheduler:
             req.num_blocks = need
             req.start_running(now)
             running.append(req)
-            out.num_scheduled_tokens[req] = num_new
+            out.add(req, num_new)
             out.num_admitted += 1
             budget -= num_new
         return budget
@@ -228,22 +285,11 @@ class Scheduler:
         refund = 0
         for victim in chosen:
             self.running.remove(victim)
-            refund += out.num_scheduled_tokens.pop(victim, 0)
+            if victim in out.num_scheduled_tokens:
+                refund += out.remove(victim)
             self._preempt(victim)
             out.preempted.append(victim)
         return refund
-
-    def batch_shape(self, out: SchedulerOutput) -> BatchShape:
-        """The work of the scheduled step, for the step-time model."""
-        prefill_tokens = prefill_attended = decode_seqs = decode_context = 0
-        for req, num_new in out.num_scheduled_tokens.items():
-            if num_new == 1 and req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1:
-                decode_seqs += 1
-                decode_context += req.num_tokens
-            else:
-                prefill_tokens += num_new
-                prefill_attended += num_new * (req.num_computed_tokens + num_new)
-        return BatchShape(prefill_tokens, prefill_attended, decode_seqs, decode_context)
 
     def update_from_output(
         self, out: SchedulerOutput, t_end: float
@@ -276,22 +322,16 @@ class Scheduler:
         (No arrival can intervene: the caller bounds the run by the next external event.)
         """
         scheduled = out.num_scheduled_tokens
-        if out.preempted or out.num_admitted or not scheduled or len(scheduled) != len(self.running):
+        num_seqs = len(scheduled)
+        if out.preempted or out.num_admitted or out.decode_seqs != num_seqs or num_seqs != len(self.running):
             return 1
-        block_size = self.pool.block_size
-        steps_to_finish = 1 << 62
+        steps_to_finish = min([req.num_target_tokens - req.num_output_tokens for req in scheduled])
+        if steps_to_finish <= 1:
+            return 1
         # The step (1-based, this one is 1) at which each request first needs one more block. Blocks for step 1 are
         # already held, so every offset lies in [2, block_size + 1].
-        first_block_steps = []
-        for req, num_new in scheduled.items():
-            if num_new != 1 or req.num_output_tokens == 0 or req.num_computed_tokens != req.num_tokens - 1:
-                return 1
-            remaining = req.num_target_tokens - req.num_output_tokens
-            if remaining < steps_to_finish:
-                steps_to_finish = remaining
-            first_block_steps.append(req.num_blocks * block_size - req.num_computed_tokens + 1)
-        if steps_to_finish == 1:
-            return 1
+        block_size = self.pool.block_size
+        first_block_steps = [req.num_blocks * block_size - req.num_computed_tokens + 1 for req in scheduled]
         # Every request needs a block each block_size steps, at its offset; offsets span less than block_size, so
         # crossings come in rounds and the (free+1)-th crossing, 0-based index `free`, is the first that fails.
         first_block_steps.sort()
@@ -300,10 +340,11 @@ class Scheduler:
         steps_before_full = first_block_steps[free % n] + block_size * (free // n) - 1
         return min(steps_to_finish, steps_before_full)
 
-    def advance_decode_run(self, out: SchedulerOutput, times_s: np.ndarray) -> list[TwinRequest]:
+    def advance_decode_run(self, out: SchedulerOutput, times_s: np.ndarray) -> DecodeRun:
         """Apply ``len(times_s)`` steps of a steady decode batch (see ``steady_decode_steps``) in one go.
         ``times_s`` holds the end of each step; every request keeps a reference to the same array."""
         block_size = self.pool.block_size
+        running_before = list(self.running)
         new_blocks = 0
         finished: list[TwinRequest] = []
         for req in out.num_scheduled_tokens:
@@ -316,7 +357,30 @@ class Scheduler:
         self.pool.allocate(new_blocks)
         if finished:
             self._finish_all(finished, float(times_s[-1]))
-        return finished
+        return DecodeRun(list(out.num_scheduled_tokens), times_s, finished, running_before)
+
+    def truncate_decode_run(self, run: DecodeRun, keep_steps: int) -> DecodeRun:
+        """Undo the steps of ``run`` after the first ``keep_steps``, as if it had stopped there: a driver learnt of
+        an arrival inside the run. Only valid while nothing else happened since the run (arrivals may have been
+        queued: they do not touch running requests or blocks). The requests the run finished are running again."""
+        num_steps = len(run.times_s)
+        assert 1 <= keep_steps < num_steps, (keep_steps, num_steps)
+        kept = run.times_s[:keep_steps]
+        for req in run.finished:
+            req.reopen()
+        self.running[:] = run.running_before
+        block_size = self.pool.block_size
+        surplus_blocks = 0
+        for req in run.requests:
+            req.undo_decode_steps(num_steps - keep_steps, kept)
+            held = -(-req.num_computed_tokens // block_size)
+            surplus_blocks += req.num_blocks - held  # negative for the reopened requests, which had freed theirs
+            req.num_blocks = held
+        if surplus_blocks >= 0:
+            self.pool.free(surplus_blocks)
+        else:
+            self.pool.allocate(-surplus_blocks)
+        return DecodeRun(run.requests, kept, [], run.running_before)
 
     # ---- transitions that touch the queues and the pool ---------------------------------------------------
 
@@ -344,6 +408,12 @@ class Scheduler:
         self.pool.free(req.num_blocks)
         req.num_blocks = 0
         req.finish(RequestStatus.FINISHED_ABORTED, now)
+
+
+def _is_decode(req: TwinRequest, num_new: int) -> bool:
+    """One token and only the last sampled one lacks KV (a recompute's last chunk of one token counts too: same
+    work)."""
+    return num_new == 1 and req.num_output_tokens > 0 and req.num_computed_tokens == req.num_tokens - 1
 
 
 def _priority_key(req: TwinRequest) -> tuple[float, float, int]:
