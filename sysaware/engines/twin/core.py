@@ -8,7 +8,9 @@ Simulation cost follows events, not tokens: a step that is a steady decode batch
 ``Scheduler.steady_decode_steps``) is fast-forwarded over all the identical steps that follow, up to the first
 internal event (a request finishing, a block allocation that would fail) and never starting a step at or after
 ``until``, the driver's next external event. The run's durations come from one vectorised
-``StepTimeModel.decode_run_s`` call and its token times are one numpy array shared by the batch.
+``StepTimeModel.decode_run_s`` call and its token times are one numpy array shared by the batch. A driver that
+cannot know its next event in advance calls ``step(now)`` and, when an arrival lands inside the run, ``truncate(t)``:
+the result is the same as ``step(now, until=t)``.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ class BlockPool:
         """Give back blocks a request held."""
         if num_blocks < 0 or self.num_free_blocks + num_blocks > self.num_blocks:
             raise RuntimeError(
-                f"freeing {num_blocks} KV blocks would exceed capacity ({self.num_free_blocks} free of {self.num_blocks})"
+                f"freeing {num_blocks} KV blocks would exceed capacity "
+                f"({self.num_free_blocks} free of {self.num_blocks})"
             )
         self.num_free_blocks += num_blocks
 

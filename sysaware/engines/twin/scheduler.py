@@ -10,7 +10,9 @@ preemption are one rule. Order of one step:
 2. Then waiting requests, in queue order (FCFS, or (priority, arrival) under priority), up to ``max_num_seqs``, as
    long as budget and blocks last. Skipped entirely in a step that preempted (vLLM does the same, so that a freed
    block goes to the preempted request rather than to a newcomer). Under priority, a waiting request that does not
-   fit may preempt running requests of strictly lower priority (vLLM v0's ``_schedule_priority_preemption``).
+   fit may preempt running requests of strictly lower priority (vLLM v0's ``_schedule_priority_preemption``;
+   v0 compares (priority, arrival), so an older request of equal priority preempts too: we do not, so that
+   equal-priority work is never churned by recompute).
 
 The scheduler never reads a clock: ``schedule(now)`` stamps first-scheduled times with the ``now`` it is given and
 ``update_from_output(out, t_end)`` stamps tokens with ``t_end``.
