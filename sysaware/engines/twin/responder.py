@@ -219,8 +219,8 @@ _FAILING = re.compile(
 _PASSING = re.compile(r"\ball (?:\d+ )?(?:example )?tests? passed\b|\bpassed all (?:the )?tests?\b|\bstatus: passed\b", re.I)
 _COUNT = re.compile(r"\b(\d+) of (\d+) tests? passed\b", re.I)
 _VERDICT = re.compile(r"\bverdict\s*:\s*(.+)$", re.I | re.M)
-_REJECT_WORDS = re.compile(r"\b(incorrect|not correct|needs? changes?|bug|wrong|fails?|must change|broken)\b", re.I)
-_APPROVE_WORDS = re.compile(r"\b(correct|looks (?:right|good)|no changes?|approve[sd]?|lgtm)\b", re.I)
+_REJECT_WORDS = re.compile(r"\b(incorrect|not correct|needs? changes?|has a bug|bugs? in|wrong|fails?|must change|broken)\b", re.I)
+_APPROVE_WORDS = re.compile(r"\b(correct|looks (?:right|good)|no (?:bugs?|issues?|problems?|changes?)|approve[sd]?|lgtm)\b", re.I)
 _PLAN_MARK = re.compile(r"^\W*(?:key idea|approach|plan|algorithm)\W*:", re.I | re.M)
 _TESTS_MARK = re.compile(r"^\W*edge cases\W*:", re.I | re.M)
 
@@ -254,6 +254,18 @@ def find_task(text: str) -> MbppTask | None:
 
 @lru_cache(maxsize=8192)
 def read_prompt(messages: tuple[ChatMessage, ...]) -> PromptReading:
+    """Understand a prompt from its text, as a model would. What counts as what:
+
+    - task: an MBPP statement in a non-system message (``find_task``); role: a role's system prompt anywhere;
+      strategy: the last strategy instruction anywhere.
+    - upstream code: every fenced block (or CodeLlama ``[PYTHON]`` block) outside the system prompt that defines a
+      function; a block of two or more asserts and no function is a test analyst's work.
+    - a plan: the Algorithm Designer's title, or a line opening with "Key idea:", "Approach:", "Plan:" or
+      "Algorithm:"; tests: the Test Analyst's title, or a line opening with "Edge cases:".
+    - a test run, outside code blocks: "N of M tests passed", the sandbox's "test 0 failed: ..." / "status: ...",
+      a traceback or AssertionError (failing), "all tests passed" (passing).
+    - a critique: a "Verdict: ..." line, approving or asking for changes (the last one counts).
+    """
     full = "\n".join(m.content for m in messages)
     body = _non_system_text(messages) or full
     task = find_task(body)
@@ -325,6 +337,7 @@ class ModelProfile:
     params_b: float  # total parameters, billions
     verbosity: Verbosity
     verbosity_from: str  # the recorded model whose answers set the verbosity
+    relative_verbosity: float  # its median extra tokens over the median of all recorded open models
 
 
 @lru_cache(maxsize=32)
@@ -353,6 +366,7 @@ def build_profile(model: ModelDeployment, irt: IrtModel, params: ResponderParams
         verbosity_from = min(
             _open_models_by_size(params), key=lambda kv: abs(math.log(kv[1] / max(params_b, 1e-3)))
         )[0]
+    typical = float(np.median([measured_verbosity(m).median_extra_tokens for m in params.recorded_model_params_b]))
     return ModelProfile(
         name=model.name,
         recorded_as=model.recorded_as,
@@ -361,6 +375,7 @@ def build_profile(model: ModelDeployment, irt: IrtModel, params: ResponderParams
         params_b=params_b,
         verbosity=measured_verbosity(verbosity_from),
         verbosity_from=verbosity_from,
+        relative_verbosity=measured_verbosity(verbosity_from).median_extra_tokens / typical,
     )
 
 
@@ -671,6 +686,10 @@ class Context:
         sd = self.profile.verbosity.log_sd
         return tokens * math.exp(self.rng.normal(0.0, sd) - sd * sd / 2)
 
+    def count(self, base: float) -> int:
+        """How many sentences or asserts: ``base`` scaled by the model's verbosity, with noise, at least one."""
+        return max(1, round(self.noisy(base * self.profile.relative_verbosity)))
+
 
 def _reasoning_units(task: MbppTask, solution: Solution) -> list[str]:
     """Paragraph-sized pieces of step-by-step reasoning, most important first."""
@@ -777,8 +796,7 @@ def compose_plan(task: MbppTask, solution: Solution, ctx: Context) -> str:
 
 def compose_tests(task: MbppTask, ctx: Context) -> str:
     """A test analyst's answer: edge cases and a few asserts derived from the example assert only."""
-    count = int(ctx.params.by_strategy("tests_asserts", ctx.reading.strategy))
-    count = max(1, count + int(ctx.rng.integers(-1, 2)))  # seeded +-1
+    count = ctx.count(ctx.params.by_strategy("tests_asserts", ctx.reading.strategy))
     example = example_facts(task.example_test)
     asserts = [task.example_test.strip()]
     if example:
@@ -804,25 +822,30 @@ def compose_tests(task: MbppTask, ctx: Context) -> str:
 
 def compose_review(task: MbppTask | None, verdicts: Sequence[tuple[str, bool]], ctx: Context) -> str:
     """A critique of each candidate: what it does, what to check, and a verdict (True: it looks right)."""
-    n = int(ctx.params.by_strategy("review_sentences", ctx.reading.strategy))
     paragraphs = []
+    if ctx.reading.strategy is Strategy.DEEPTHINK and verdicts:
+        paragraphs.append("Let me go through the code step by step before judging it.")
+    example = example_facts(task.example_test) if task else None
     for i, (code, approve) in enumerate(verdicts, 1):
         facts = code_facts(code, task.entry_point if task else None)
-        steps = [f"{s[0].lower()}{s[1:].rstrip('.')}" for s in facts.steps[:3]]
         said = [f"Candidate {i} defines `{facts.entry}` and {facts.key_idea}."]
-        if steps:
-            said.append("It works like this: " + "; then ".join(steps) + ".")
+        said += [f"{'First' if j == 0 else 'Then'}, it does this: {s[0].lower()}{s[1:]}" for j, s in enumerate(facts.steps[:4])]
         said.append(f"The part to watch is {facts.suspicious}.")
-        if task and (example := example_facts(task.example_test)) and example.expected:
+        if example and example.expected:
             said.append(f"On the example, `{example.call}` {'gives' if approve else 'does not give'} `{example.expected}`.")
         else:
             said.append("It is consistent with the problem statement." if approve else "It does not match the problem statement.")
+        if task:
+            said.append(f"Inputs such as {', '.join(edge_cases(task)[:2])} {'are handled' if approve else 'should be tried as well'}.")
         verdict = (
             "Verdict: the code looks correct; no changes needed."
             if approve
             else f"Verdict: needs changes: fix {facts.suspicious}."
         )
-        paragraphs.append(" ".join([*said[: max(n - 1, 0)], verdict]))
+        n = ctx.count(ctx.params.by_strategy("review_sentences", ctx.reading.strategy))
+        # the opening and the point to watch come first; the walk through the steps fills the rest
+        ordered = [said[0], *said[-3:], *said[1:-3]]
+        paragraphs.append(" ".join([*ordered[: max(n - 1, 0)], verdict]))
     if not verdicts:
         name = f"`{task.entry_point}`" if task and task.entry_point else "the function"
         paragraphs.append(f"There is no candidate solution to review yet. A solution must define {name} and satisfy the example test. Verdict: needs changes: write the solution first.")
