@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from functools import lru_cache
 
 import numpy as np
@@ -398,3 +401,26 @@ def test_unknown_or_garbage_prompts_still_get_a_sensible_answer(messages):
 def test_unknown_model_is_an_error():
     with pytest.raises(KeyError, match="unknown model"):
         make_responder().respond(make_request(get_task(12), model="gpt-17"))
+
+
+def test_answers_do_not_depend_on_the_process_hash_seed():
+    """Seeds come from SHA-256, never from Python's per-process hash(): two interpreters agree."""
+    script = (
+        "from sysaware.config import CONFIG_DIR, load_pool\n"
+        "from sysaware.engines.twin.responder import TwinResponder\n"
+        "from sysaware.engines.types import ChatMessage, GenerationRequest\n"
+        "from sysaware.tasks.mbpp import get_task\n"
+        "from sysaware.tasks.prompts import ROLES, task_prompt\n"
+        "r = TwinResponder(load_pool(CONFIG_DIR / 'pool_llama3.yaml'))\n"
+        "for tid in (12, 20, 600):\n"
+        "    t = get_task(tid)\n"
+        "    m = (ChatMessage('system', ROLES['programmer'].system_prompt),\n"
+        "         ChatMessage('user', task_prompt(t.text, t.example_test) + '\\n\\nReason step by step before answering.'))\n"
+        "    print(r.respond(GenerationRequest('x', 'llama-3.1-8b-instruct', m, seed=5)).output_tokens)\n"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                       env={**os.environ, "PYTHONHASHSEED": str(hash_seed)}).stdout
+        for hash_seed in (1, 2)
+    }
+    assert len(outputs) == 1
