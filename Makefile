@@ -22,7 +22,7 @@ run: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/sysaware sim-sweep --pool configs/pool_twin.yaml
 
 test: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --durations=15
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done

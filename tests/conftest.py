@@ -1,0 +1,53 @@
+"""Shared fixtures. Ray: one local session per test run (per xdist worker that needs it, and every Ray test is put
+in one xdist group so only one worker ever starts it), 2 CPUs, no GPUs, dashboard on for job submission."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))  # test helpers (twin_factories) import as top-level modules
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    # Every test that touches Ray runs on the same xdist worker (see the Makefile's --dist loadgroup).
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A real local Ray cluster for the whole run; yields the ray.init context (dashboard_url for job tests)."""
+    import ray
+
+    ctx = ray.init(
+        num_cpus=2,
+        num_gpus=0,
+        include_dashboard=True,
+        dashboard_port=free_port(),
+        ignore_reinit_error=True,
+        logging_level="warning",
+        _system_config={"metrics_report_interval_ms": 1000},
+    )
+    yield ctx
+    try:
+        from ray import serve
+
+        serve.shutdown()
+    except Exception:
+        pass
+    ray.shutdown()
