@@ -12,8 +12,9 @@ Layers, outermost first (each stops what slipped through the one before):
    not): not even loopback is up, so nothing on the host is reachable.
 4. An audit hook (PEP 578) installed before the code runs. It refuses process creation (``os.fork`` and friends,
    ``subprocess``, ``os.system``, ``exec*``, ``posix_spawn``), signals to other processes, sockets, ``ctypes``
-   foreign calls, raising resource limits, and any file write, removal, rename or permission change outside the
-   temporary directory. As root RLIMIT_NPROC stops nothing, so the hook is what stops a fork bomb.
+   foreign calls, raising resource limits, any file write, removal, rename or permission change outside the
+   temporary directory, and opening a descriptor on an outside directory (a ``dir_fd`` route around the path
+   checks); reading files anywhere stays allowed, since imports need it. As root RLIMIT_NPROC stops nothing, so the hook is what stops a fork bomb.
    A refused action raises ``SandboxViolation`` (a ``PermissionError``) in the code and is also reported at once
    over the result channel, so a program that swallows the exception is still graded ``forbidden``.
 
@@ -183,6 +184,8 @@ _FS_MUTATING = {
     "os.setxattr": ((0,), None), "os.removexattr": ((0,), None),
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_isdir = os.path.isdir
 _violations = []
 _guard = threading.local()  # the hook's own work (repr of a user object, realpath) must not re-enter it
 
@@ -213,6 +216,9 @@ def _audit(event, args):
             path, mode, flags = args
             writes = any(c in mode for c in "wax+") if isinstance(mode, str) else bool(flags & _WRITE_FLAGS)
             if writes and not _inside(path):
+                _refuse(event, path)
+            # A descriptor on an outside directory would let os.open(name, ..., dir_fd=fd) write there unseen.
+            if not writes and not isinstance(path, int) and (flags & _DIRECTORY or _isdir(path)) and not _inside(path):
                 _refuse(event, path)
         elif event in _FS_MUTATING:
             paths, dir_fd_at = _FS_MUTATING[event]
