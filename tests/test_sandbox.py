@@ -65,6 +65,11 @@ def test_syntax_error_is_reported_as_syntax():
     assert [t.status for t in result.tests] == [TestStatus.NOT_RUN]
 
 
+def test_main_guard_of_the_solution_does_not_run():
+    result = run(ADD + "if __name__ == '__main__':\n    raise SystemExit('demo ran')\n", ADD_TESTS)
+    assert result.passed
+
+
 def test_exception_while_defining_the_solution_is_an_error_and_no_test_runs():
     result = run("raise ValueError('boom')\n", ADD_TESTS)
     assert result.status is ExecutionStatus.ERROR and "ValueError: boom" in result.message
@@ -84,6 +89,12 @@ def test_os_exit_in_a_test_keeps_the_outcomes_of_earlier_tests():
     result = run(code, ["assert add(1, 1) == 2", "leave()", "assert add(2, 2) == 4"])
     assert result.status is ExecutionStatus.ERROR and result.exit_code == 7
     assert [t.status for t in result.tests] == [TestStatus.PASSED, TestStatus.NOT_RUN, TestStatus.NOT_RUN]
+
+
+def test_exception_whose_message_cannot_be_printed_is_still_reported():
+    code = "class Odd(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n\ndef f():\n    raise Odd()\n"
+    result = run(code, ["assert f()"])
+    assert result.status is ExecutionStatus.ERROR and "Odd" in result.message
 
 
 def test_raising_a_bare_base_exception_subclass_is_an_error():

@@ -176,12 +176,12 @@ _BLOCKED = {
     "ctypes.PyObj_FromPtr", "ctypes.string_at", "ctypes.wstring_at",
     "resource.setrlimit", "resource.prlimit", "sys.addaudithook", "os.chroot", "os.setns", "os.unshare",
 }
-# event -> (indices of path arguments, index of the dir_fd argument or None)
+# event -> ((index of a path argument, index of the dir_fd it is relative to, or None), ...)
 _FS_MUTATING = {
-    "os.remove": ((0,), 1), "os.rmdir": ((0,), 1), "os.mkdir": ((0,), 2), "os.chmod": ((0,), 2),
-    "os.chown": ((0,), 3), "os.utime": ((0,), 3), "os.rename": ((0, 1), 2), "os.link": ((0, 1), 2),
-    "os.symlink": ((1,), 2), "os.truncate": ((0,), None), "shutil.rmtree": ((0,), 1),
-    "os.setxattr": ((0,), None), "os.removexattr": ((0,), None),
+    "os.remove": ((0, 1),), "os.rmdir": ((0, 1),), "os.mkdir": ((0, 2),), "os.chmod": ((0, 2),),
+    "os.chown": ((0, 3),), "os.utime": ((0, 3),), "os.rename": ((0, 2), (1, 3)), "os.link": ((0, 2), (1, 3)),
+    "os.symlink": ((1, 2),), "os.truncate": ((0, None),), "shutil.rmtree": ((0, 1),),
+    "os.setxattr": ((0, None),), "os.removexattr": ((0, None),),
 }
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
@@ -221,22 +221,25 @@ def _audit(event, args):
             if not writes and not isinstance(path, int) and (flags & _DIRECTORY or _isdir(path)) and not _inside(path):
                 _refuse(event, path)
         elif event in _FS_MUTATING:
-            paths, dir_fd_at = _FS_MUTATING[event]
-            dir_fd = args[dir_fd_at] if dir_fd_at is not None and dir_fd_at < len(args) else None
-            for i in paths:
-                if i < len(args) and not _inside(args[i], dir_fd):
-                    _refuse(event, args[i])
+            for path_at, dir_fd_at in _FS_MUTATING[event]:
+                dir_fd = args[dir_fd_at] if dir_fd_at is not None and dir_fd_at < len(args) else None
+                if path_at < len(args) and not _inside(args[path_at], dir_fd):
+                    _refuse(event, args[path_at])
     finally:
         _guard.active = False
 
 def _describe(exc):
-    text = "%s: %s" % (type(exc).__name__, exc)
+    try:
+        text = "%s: %s" % (type(exc).__name__, exc)
+    except BaseException:  # an exception whose __str__ itself fails
+        text = type(exc).__name__
     return text[:_MSG]
 
 def _run(source, name, namespace):
     exec(compile(source, name, "exec"), namespace)
 
-namespace = {"__name__": "__main__", "__builtins__": __builtins__}
+# Not "__main__": the solution is a module under test, and its `if __name__ == "__main__":` demo must not run.
+namespace = {"__name__": "solution", "__builtins__": __builtins__}
 try:
     solution = compile(payload["code"], "<solution>", "exec")
 except BaseException as exc:  # SyntaxError, ValueError (NUL bytes), RecursionError, MemoryError
