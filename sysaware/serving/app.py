@@ -1,0 +1,160 @@
+"""Config -> builder -> application: the pool as one Ray Serve application.
+
+``build_app(pool)`` binds one deployment per model (``deployment_for``: the pool's replica count, the latency-aware
+router) and the FastAPI ingress over their handles. ``build(AppArgs)`` is the same for Serve's own tools::
+
+    serve run serve_app:build pool=configs/pool_twin.yaml time_scale=5 models=mistral-7b-instruct,wizardlm-13b
+    serve deploy configs/serve_twin.yaml
+
+``deploy(app, port)`` starts Serve's HTTP proxy on a chosen port and runs the application (the CLI and tests).
+Building touches no Ray state, so ``serve run`` can import the module before it connects; the telemetry actor is
+created here when Ray is already up, and otherwise by the first replica or ingress that needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray import serve
+from ray.serve import Application
+
+from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
+
+APP_NAME = "sysaware"
+INGRESS_NAME = "ingress"
+# Every open stream holds a slot: a load sweep at 50 clients x 5 models is 250, an executor adds its own.
+INGRESS_MAX_ONGOING_REQUESTS = 2048
+
+
+class AppArgs(BaseModel):
+    """Arguments of the pool application (``serve run serve_app:build key=value ...`` or a Serve config's ``args``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pool: str = Field(default=str(DEFAULT_POOL), description="Pool YAML: models, GPUs, replicas, backend.")
+    time_scale: float = Field(
+        default=1.0, gt=0, description="Twin speed: engine seconds per wall second (1 = real time, 10 = ten times faster)."
+    )
+    models: list[str] | None = Field(default=None, description="Serve only these models of the pool (comma-separated).")
+    replicas: int | None = Field(default=None, gt=0, description="Replicas per model, overriding the pool file.")
+    health_check_period_s: float = Field(
+        default=1.0, gt=0, description="How often Serve checks each model replica; a dead one is replaced after it."
+    )
+    ingress_max_ongoing_requests: int = Field(
+        default=INGRESS_MAX_ONGOING_REQUESTS, gt=0, description="Concurrent HTTP requests (open streams) the ingress takes."
+    )
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        # Serve's CLI passes every argument as a string.
+        if isinstance(value, str):
+            return [m.strip() for m in value.split(",") if m.strip()]
+        return value
+
+
+def select_models(pool: PoolConfig, models: list[str] | None = None, replicas: int | None = None) -> PoolConfig:
+    """A sub-pool: only ``models`` (in the pool's order), each with ``replicas`` replicas if given; re-validated."""
+    if models is not None:
+        unknown = [m for m in models if m not in {d.name for d in pool.models}]
+        if unknown:
+            raise ValueError(f"unknown models {unknown}; the pool has {[d.name for d in pool.models]}")
+    raw = pool.model_dump(mode="json")
+    raw["models"] = [m for m in raw["models"] if models is None or m["name"] in models]
+    if replicas is not None:
+        for m in raw["models"]:
+            m["replicas"] = replicas
+    return PoolConfig.model_validate(raw)
+
+
+def build_app(
+    pool: PoolConfig | str | Path = DEFAULT_POOL,
+    time_scale: float = 1.0,
+    *,
+    models: list[str] | None = None,
+    replicas: int | None = None,
+    health_check_period_s: float = 1.0,
+    ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
+) -> Application:
+    """The pool application: a deployment per model (named after it) and the ingress bound to their handles."""
+    from sysaware.serving.ingress import Ingress
+    from sysaware.serving.replica import deployment_for
+
+    if time_scale <= 0:
+        raise ValueError(f"time_scale must be positive, got {time_scale}")
+    config = pool if isinstance(pool, PoolConfig) else load_pool(pool)
+    if models is not None or replicas is not None:
+        config = select_models(config, models, replicas)
+    _create_telemetry_if_connected()
+
+    pool_dict = config.model_dump(mode="json")  # plain data crosses to the replicas, which re-validate it
+    handles = {
+        m.name: deployment_for(m, health_check_period_s=health_check_period_s).bind(pool_dict, m.name, time_scale)
+        for m in config.models
+    }
+    ingress = serve.deployment(Ingress).options(
+        name=INGRESS_NAME,
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=ingress_max_ongoing_requests,
+    )
+    return ingress.bind(pool_dict, handles)
+
+
+def build(args: AppArgs) -> Application:
+    """Serve's application builder (exactly one argument, validated by pydantic from ``key=value`` pairs)."""
+    if isinstance(args, dict):
+        args = AppArgs.model_validate(args)
+    return build_app(
+        args.pool,
+        args.time_scale,
+        models=args.models,
+        replicas=args.replicas,
+        health_check_period_s=args.health_check_period_s,
+        ingress_max_ongoing_requests=args.ingress_max_ongoing_requests,
+    )
+
+
+def _create_telemetry_if_connected() -> None:
+    import ray
+
+    if ray.is_initialized():
+        from sysaware.serving.telemetry import get_or_create_telemetry
+
+        get_or_create_telemetry()
+
+
+def deploy(
+    app: Application,
+    *,
+    port: int = 8000,
+    host: str = "127.0.0.1",
+    name: str = APP_NAME,
+    log_level: str = "WARNING",
+) -> str:
+    """Run ``app`` on the connected Ray cluster and return the API's base URL (``http://host:port/v1``).
+
+    Serve's HTTP proxy binds once per cluster: if Serve already runs, its port stays and ``port`` is ignored, so
+    the URL returned is the one the proxy really listens on.
+    """
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(
+        app,
+        name=name,
+        route_prefix="/",
+        logging_config={"enable_access_log": False, "log_level": log_level},
+    )
+    http = _proxy_http_options()
+    return f"http://{http.get('host', host)}:{http.get('port', port)}/v1"
+
+
+def _proxy_http_options() -> dict:
+    """The HTTP options Serve's controller actually uses (they may predate this process's request)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        config = _get_global_client().http_config
+        return {"host": config.host, "port": config.port}
+    except Exception:  # private API: fall back to what was asked
+        return {}
