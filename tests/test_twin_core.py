@@ -387,10 +387,17 @@ def _mixed_workload():
     return list(zip(arrivals, requests)), outputs
 
 
-def _run_mixed(single_step=False):
+def _run_mixed(single_step=False, policy="fcfs", general_path_only=False, **drive_options):
     arrivals, outputs = _mixed_workload()
-    core = create_core(num_gpu_blocks=40, max_num_batched_tokens=256, max_num_seqs=8, responder=FakeResponder(outputs))
-    log = drive(core, arrivals, single_step=single_step)
+    core = create_core(
+        num_gpu_blocks=40,
+        max_num_batched_tokens=256,
+        max_num_seqs=8,
+        responder=FakeResponder(outputs),
+        scheduling_policy=policy,
+    )
+    core.scheduler.general_path_only = general_path_only
+    log = drive(core, arrivals, single_step=single_step, **drive_options)
     assert_drained(core)
     return core, log
 
@@ -412,6 +419,7 @@ def test_fast_forward_matches_single_steps_with_far_fewer_calls():
         assert f.finish_reason is s.finish_reason
         np.testing.assert_allclose(f.token_times_s, s.token_times_s, rtol=0, atol=1e-9)
         assert f.first_scheduled_s == pytest.approx(s.first_scheduled_s, abs=1e-9)
+    assert fast.results == slow.results  # and in fact to the last bit: times are added one step at a time
     assert fast.num_iterations == slow.num_iterations == slow.num_step_calls
     assert fast_core.stats(0).num_preemptions_total == slow_core.stats(0).num_preemptions_total > 0
     assert fast.num_step_calls * 4 < slow.num_step_calls
@@ -564,3 +572,124 @@ def test_bad_calls_are_errors():
     core.add_request(req, 0.0)
     with pytest.raises(ValueError, match="already in the engine"):
         core.add_request(req, 0.0)
+
+
+# ---- a prefill step followed by its decode run in one call --------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+@pytest.mark.parametrize("learn_late", [False, True])
+def test_run_after_prefill_matches_single_steps_exactly(policy, learn_late):
+    # The mixed workload preempts (40 blocks for up to 8 requests), admits mid-run and chunks prefills: every kind of
+    # step. Calls that begin with a prefill go on with the steady run behind it; a late-learning driver cuts runs back
+    # when an arrival lands inside them. Every result must equal single stepping's to the last bit.
+    _, slow = _run_mixed(single_step=True, policy=policy)
+    fast_core, fast = _run_mixed(policy=policy, run_after_prefill=True, learn_late=learn_late)
+    _, plain = _run_mixed(policy=policy)
+    assert fast.results == slow.results
+    assert fast.num_iterations == slow.num_iterations == fast_core.iterations_total
+    assert fast.num_step_calls < plain.num_step_calls < slow.num_step_calls
+    assert fast_core.stats(fast.end_s).num_preemptions_total > 0
+
+
+@pytest.mark.parametrize("policy", ["fcfs", "priority"])
+def test_the_batched_path_decides_like_the_general_path(policy):
+    # The decode batch schedules from counters; the general path walks every running request as vLLM does.
+    _, batched = _run_mixed(policy=policy, run_after_prefill=True)
+    _, general = _run_mixed(policy=policy, run_after_prefill=True, general_path_only=True)
+    assert batched.results == general.results
+    _, general_single = _run_mixed(single_step=True, policy=policy, general_path_only=True)
+    assert batched.results == general_single.results
+
+
+def _prefill_then_run_core():
+    core = create_core(responder=FakeResponder({"old-0": 30, "new-0": 12, "late-0": 5}))
+    [old] = create_requests(1, prefix="old")
+    [new] = create_requests(1, prompt_tokens=64, prefix="new")
+    core.add_request(old, 0.0)
+    t = core.step(0.0, until=0.0).end_s  # old: prefill and first token
+    core.add_request(new, t)
+    return core, t
+
+
+def test_prefill_step_goes_on_with_the_run_and_events_keep_their_times():
+    core, t = _prefill_then_run_core()
+    out = core.step(t, run_after_prefill=True)
+    # Iteration 1: old decodes, new prefills 64 tokens and emits its first token at t1. Then both decode, steadily,
+    # until new's 12th token: 11 more iterations, the last one finishing it.
+    t1 = out.events[0].time_s
+    assert kinds(out) == [(EventKind.FIRST_TOKEN, "new-0"), (EventKind.FINISHED, "new-0")]
+    assert out.num_iterations == 1 + 11
+    assert t < t1 < out.events[1].time_s == out.end_s
+    assert out.events[1].result.first_token_s == t1 and out.events[1].result.output_tokens == 12
+
+    plain_core, _ = _prefill_then_run_core()
+    assert plain_core.step(t).num_iterations == 1  # without the option: the prefill step alone, as before
+
+
+@pytest.mark.parametrize("cut_at", ["before_first_token", "at_first_token", "mid_run"])
+def test_truncate_after_a_prefill_step_matches_until(cut_at):
+    cut_core, t = _prefill_then_run_core()
+    full = cut_core.step(t, run_after_prefill=True)
+    t1 = full.events[0].time_s
+    arrival = {"before_first_token": (t + t1) / 2, "at_first_token": t1, "mid_run": (t1 + full.end_s) / 2}[cut_at]
+    bounded_core, _ = _prefill_then_run_core()
+    bounded = bounded_core.step(t, until=arrival, run_after_prefill=True)
+
+    new_end = cut_core.truncate(arrival)
+    assert new_end == bounded.end_s
+    assert cut_core.last_outcome == bounded
+    if cut_at != "mid_run":
+        # The run is undone entirely: the prefill step (which ended at or after the arrival) stays, with its event.
+        assert kinds(bounded) == [(EventKind.FIRST_TOKEN, "new-0")] and bounded.num_iterations == 1
+    assert cut_core.stats(new_end) == bounded_core.stats(new_end)
+    assert cut_core.requests.keys() == bounded_core.requests.keys() == {"old-0", "new-0"}
+
+    [late] = create_requests(1, prefix="late")
+    for core in (cut_core, bounded_core):
+        core.add_request(late, arrival)
+    assert drive(cut_core, [], start_s=new_end).results == drive(bounded_core, [], start_s=new_end).results
+    assert_drained(cut_core)
+
+
+def test_stats_inside_a_run_are_those_of_single_steps():
+    # A run that ends with a finish, sampled at every step start, mid-step and at the end: stats(t) must be what a
+    # core stepped one iteration per call shows at t (the step in flight at t already applied).
+    def started():
+        core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
+        for r in create_requests(3, prompt_tokens=[30, 47, 16]):
+            core.add_request(r, 0.0)
+        return core
+
+    fast = started()
+    out = fast.step(0.0, run_after_prefill=True)
+    assert out.num_iterations == 23 and [e.kind for e in out.events][-1] is EventKind.FINISHED
+    slow = started()
+    boundaries = [0.0]
+    while len(boundaries) <= out.num_iterations:
+        boundaries.append(slow.step(boundaries[-1], until=boundaries[-1]).end_s)
+    assert boundaries[-1] == out.end_s
+    # Replay the slow core step by step again, comparing at each instant. At a boundary the next step has not
+    # started yet (the cluster runs timers before STEP_START); mid-step, the step in flight is applied.
+    slow = started()
+    slow.step(0.0, until=0.0)
+    assert fast.stats(boundaries[1] / 2) == slow.stats(boundaries[1] / 2)  # inside the prefill step
+    for start, end in zip(boundaries[1:], boundaries[2:]):
+        assert fast.stats(start) == slow.stats(start), start
+        slow.step(start, until=start)
+        assert fast.stats((start + end) / 2) == slow.stats((start + end) / 2), (start + end) / 2
+    assert fast.stats(out.end_s) == slow.stats(out.end_s)
+    assert fast.stats(out.end_s).num_requests_running == 2
+
+
+def test_old_iteration_times_are_forgotten_but_results_stay_whole(monkeypatch):
+    import sysaware.engines.twin.core as core_module
+
+    monkeypatch.setattr(core_module, "TIMELINE_COMPACT_AT", 50)
+    arrivals, outputs = _mixed_workload()
+    core = create_core(num_gpu_blocks=40, max_num_batched_tokens=256, max_num_seqs=8, responder=FakeResponder(outputs))
+    log = drive(core, arrivals, run_after_prefill=True)
+    _, reference = _run_mixed(run_after_prefill=True)
+    assert log.results == reference.results
+    assert core.timeline.num_kept < len(core.timeline)  # something was dropped
+    assert_drained(core)

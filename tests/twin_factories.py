@@ -161,12 +161,16 @@ def drive(
     single_step: bool = False,
     start_s: float = 0.0,
     max_calls: int = 1_000_000,
+    run_after_prefill: bool = False,
+    learn_late: bool = False,
 ) -> DriveLog:
     """Run ``core`` until every arrival is served: a virtual clock, arrivals as the only external events.
 
     An arrival is delivered before the first step that starts at or after its time, stamped with its own time.
-    ``single_step`` bounds every step by ``now + 1e-12`` so the core cannot fast-forward. ``start_s`` is the clock
-    where a test that stepped the core by hand left it.
+    ``single_step`` bounds every step by ``now`` so the core runs one iteration per call. ``learn_late`` drives like
+    a live driver: ``step(now)`` without a bound, then ``truncate(arrival)`` when the next arrival lands inside the
+    run. ``start_s`` is the clock where a test that stepped the core by hand left it. The clock moves to each
+    outcome's ``end_s``, so times are the core's own floats.
     """
     pending = sorted(arrivals, key=lambda a: a[0])
     log = DriveLog()
@@ -180,12 +184,21 @@ def drive(
             now = pending[i][0]
             continue
         next_arrival = pending[i][0] if i < len(pending) else None
-        until = now + 1e-12 if single_step else next_arrival
-        outcome = core.step(now, until)
+        if single_step:
+            until = now
+        elif learn_late:
+            until = None
+        else:
+            until = next_arrival
+        outcome = core.step(now, until, run_after_prefill=run_after_prefill)
+        if learn_late and next_arrival is not None and next_arrival < outcome.end_s:
+            if core.truncate(next_arrival) is not None:
+                outcome = core.last_outcome
         log.num_step_calls += 1
         log.num_iterations += outcome.num_iterations
         assert log.num_step_calls <= max_calls, "the core does not make progress"
-        now += outcome.duration_s
+        assert outcome.end_s == now + outcome.duration_s or abs(outcome.end_s - now - outcome.duration_s) < 1e-9
+        now = outcome.end_s
         for event in outcome.events:
             if event.kind is EventKind.FINISHED:
                 log.results[event.request_id] = event.result

@@ -1,17 +1,23 @@
 """The simulated cluster: many twin replicas on one virtual clock.
 
 One scheduler, two clocks (DESIGN.md): the twin core never reads a clock; here a discrete-event loop advances a
-virtual one. Replicas run fast-forwarded decode runs; an arrival that lands inside a run truncates it at the next
-step boundary, exactly where vLLM's engine loop would pick the new request up.
+virtual one. Replicas run fast-forwarded decode runs, and a step that admits a request goes straight on with the run
+behind it (``run_after_prefill``); an arrival that lands inside a run truncates it at the next step boundary, exactly
+where vLLM's engine loop would pick the new request up. With ``fast_forward=False`` every replica runs one iteration
+per event instead: slower, and the results are bit-identical (tests compare the two).
 
 Event order at equal times is (time, kind, sequence number): a step's end is handled before arrivals at that
 instant (so a request finishing at t frees its slot for a request arriving at t), and a replica starts its next step
 only after every arrival at that instant has joined its queue.
 
-    heap: (t, STEP_END, seq, replica)   -> deliver the step's events to their callbacks, then STEP_START at t
-          (t, ARRIVAL,  seq, submission)-> route, add to the core (truncating a run in flight), STEP_START if idle
-          (t, TIMER,    seq, callback)  -> load generators' own clocks (Poisson gaps, think times)
-          (t, STEP_START, seq, replica) -> core.step(t, until=None) and push its STEP_END
+    heap: (t, EVENT,      seq, replica, event)      -> an engine event inside a run (a first token), at its own time
+          (t, STEP_END,   seq, replica, version)    -> deliver the events at the run's end, then STEP_START at t
+          (t, ARRIVAL,    seq, submission, None)    -> route, add to the core (truncating a run in flight),
+                                                       STEP_START if idle
+          (t, TIMER,      seq, callback, None)      -> load generators' own clocks (Poisson gaps, think times)
+          (t, STEP_START, seq, replica, None)       -> core.step(t) and push its EVENTs and STEP_END
+
+Entries are plain tuples (the sequence number keeps the payloads from ever being compared).
 """
 
 from __future__ import annotations
@@ -23,39 +29,41 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.core import EventKind, StepOutcome, TwinEngineCore
+from sysaware.engines.twin.core import EngineEvent, EventKind, TwinEngineCore
 from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import GenerationRequest, GenerationResult, ReplicaStats
 from sysaware.sim.routing import ReplicaRouter, make_router
 
 CompletionCallback = Callable[[GenerationResult], None]
+FirstTokenCallback = Callable[[str, float], None]
 
 
 class _Kind(IntEnum):
-    STEP_END = 0
-    ARRIVAL = 1
-    TIMER = 2
-    STEP_START = 3
+    EVENT = 0
+    STEP_END = 1
+    ARRIVAL = 2
+    TIMER = 3
+    STEP_START = 4
 
 
-@dataclass
+@dataclass(slots=True)
 class Submission:
     request: GenerationRequest
     on_complete: CompletionCallback | None = None
-    on_first_token: Callable[[str, float], None] | None = None
+    on_first_token: FirstTokenCallback | None = None
     replica_index: int | None = None  # pin to one replica of the model; None = the router decides
 
 
-@dataclass
+@dataclass(slots=True)
 class SimReplica:
-    """One twin replica and the bookkeeping of the step it is executing."""
+    """One twin replica and the bookkeeping of the step (or run) it is executing."""
 
     core: TwinEngineCore
     model: str
     index: int
     step_end_s: float | None = None  # end of the step (or run) in flight; None when idle
     step_version: int = 0  # bumps on truncation, so a superseded STEP_END in the heap is ignored
-    pending: StepOutcome | None = None
+    end_events: list[EngineEvent] = field(default_factory=list)  # events at step_end_s, delivered by STEP_END
     submissions: dict[str, Submission] = field(default_factory=dict)
 
     @property
@@ -70,16 +78,20 @@ class SimReplica:
 class SimulatedCluster:
     """Twin replicas of a pool on a virtual clock, with per-model routing."""
 
-    def __init__(self, replicas: list[SimReplica], router: str = "least_loaded", seed: int = 0):
+    def __init__(
+        self, replicas: list[SimReplica], router: str = "least_loaded", seed: int = 0, fast_forward: bool = True
+    ):
         self.replicas = replicas
         self.by_model: dict[str, list[SimReplica]] = {}
         for r in replicas:
             self.by_model.setdefault(r.model, []).append(r)
         self._routers: dict[str, ReplicaRouter] = {m: make_router(router, seed) for m in self.by_model}
+        self.fast_forward = fast_forward  # False: one iteration per step() call (slow; for checks)
         self._heap: list[tuple] = []
         self._seq = itertools.count()
         self.now = 0.0
         self.steps_executed = 0  # core.step() calls: the simulation's cost
+        self.runs_truncated = 0  # runs cut short by an arrival inside them
         self.results: list[GenerationResult] = []
         self.keep_results = True
 
@@ -91,6 +103,7 @@ class SimulatedCluster:
         responder: Responder | None = None,
         router: str = "least_loaded",
         seed: int = 0,
+        fast_forward: bool = True,
     ) -> "SimulatedCluster":
         if responder is None:
             from sysaware.engines.twin.responder import TwinResponder
@@ -101,7 +114,7 @@ class SimulatedCluster:
             for i in range(model.replicas):
                 core = TwinEngineCore.for_deployment(model, pool, replica_id=f"{model.name}/{i}", responder=responder)
                 replicas.append(SimReplica(core=core, model=model.name, index=len(replicas)))
-        return cls(replicas, router=router, seed=seed)
+        return cls(replicas, router=router, seed=seed, fast_forward=fast_forward)
 
     @property
     def models(self) -> list[str]:
@@ -113,7 +126,7 @@ class SimulatedCluster:
         request: GenerationRequest,
         at: float | None = None,
         on_complete: CompletionCallback | None = None,
-        on_first_token: Callable[[str, float], None] | None = None,
+        on_first_token: FirstTokenCallback | None = None,
         replica_index: int | None = None,
     ) -> None:
         """Schedule ``request`` to arrive at virtual time ``at`` (default: now)."""
@@ -123,34 +136,39 @@ class SimulatedCluster:
         if t < self.now:
             raise ValueError(f"cannot submit in the past: at={t} < now={self.now}")
         sub = Submission(request, on_complete, on_first_token, replica_index)
-        self._push(t, _Kind.ARRIVAL, sub)
+        heapq.heappush(self._heap, (t, _Kind.ARRIVAL, next(self._seq), sub, None))
 
     def call_at(self, t: float, callback: Callable[[float], None]) -> None:
         """Run ``callback(t)`` at virtual time ``t`` (load generators' timers)."""
-        self._push(max(t, self.now), _Kind.TIMER, callback)
+        heapq.heappush(self._heap, (max(t, self.now), _Kind.TIMER, next(self._seq), callback, None))
 
     def stats(self, model: str | None = None) -> list[ReplicaStats]:
-        """Every replica's stats now (or one model's), as the telemetry actor would see them."""
+        """Every replica's stats now (or one model's), as the telemetry actor would see them (inside a
+        fast-forwarded run: the state at the next step boundary, as with one iteration per step)."""
         reps = self.replicas if model is None else self.by_model[model]
         return [r.core.stats(self.now) for r in reps]
 
     def run(self, until: float | None = None, max_events: int | None = None) -> None:
         """Process events in time order until the heap is empty or the next event is past ``until``."""
+        heap = self._heap
+        pop = heapq.heappop
         n = 0
-        while self._heap:
-            t = self._heap[0][0]
+        while heap:
+            t = heap[0][0]
             if until is not None and t > until:
                 break
-            _, kind, _, payload = heapq.heappop(self._heap)
+            _, kind, _, a, b = pop(heap)
             self.now = t
-            if kind == _Kind.STEP_END:
-                self._on_step_end(*payload)
+            if kind == _Kind.STEP_START:
+                self._on_step_start(a)
+            elif kind == _Kind.STEP_END:
+                self._on_step_end(a, b)
             elif kind == _Kind.ARRIVAL:
-                self._on_arrival(payload)
+                self._on_arrival(a)
             elif kind == _Kind.TIMER:
-                payload(t)
+                a(t)
             else:
-                self._on_step_start(payload)
+                self._deliver(a, b)
             n += 1
             if max_events is not None and n >= max_events:
                 return
@@ -161,9 +179,6 @@ class SimulatedCluster:
         return not self._heap
 
     # --- event handlers -------------------------------------------------------------------------------------------
-    def _push(self, t: float, kind: _Kind, payload) -> None:
-        heapq.heappush(self._heap, (t, kind, next(self._seq), payload))
-
     def _route(self, sub: Submission) -> SimReplica:
         reps = self.by_model[sub.request.model]
         if sub.replica_index is not None:
@@ -174,46 +189,72 @@ class SimulatedCluster:
 
     def _on_arrival(self, sub: Submission) -> None:
         replica = self._route(sub)
-        if replica.busy and replica.step_end_s > self.now:
+        now = self.now
+        if replica.step_end_s is not None and replica.step_end_s > now:
             # The replica is inside a fast-forwarded decode run: cut it at the first step boundary at or after now,
             # so the new request is scheduled in the very next step, as on the real engine.
-            new_end = replica.core.truncate(self.now)
-            if new_end is not None and new_end < replica.step_end_s:
+            new_end = replica.core.truncate(now)
+            if new_end is not None:
+                self.runs_truncated += 1
                 replica.step_version += 1
                 replica.step_end_s = new_end
-                replica.pending = replica.core.last_outcome
-                self._push(new_end, _Kind.STEP_END, (replica, replica.step_version))
-        replica.core.add_request(sub.request, self.now)
+                # The cut steps had no events but the run's last; the call's first step's events (before now) are
+                # on the heap already.
+                replica.end_events = []
+                heapq.heappush(self._heap, (new_end, _Kind.STEP_END, next(self._seq), replica, replica.step_version))
+        replica.core.add_request(sub.request, now)
         replica.submissions[sub.request.request_id] = sub
-        if not replica.busy:
-            self._push(self.now, _Kind.STEP_START, replica)
+        if replica.step_end_s is None:
+            heapq.heappush(self._heap, (now, _Kind.STEP_START, next(self._seq), replica, None))
 
     def _on_step_start(self, replica: SimReplica) -> None:
-        if replica.busy or not replica.core.has_work():
+        core = replica.core
+        if replica.step_end_s is not None or not core.has_work():
             return
-        outcome = replica.core.step(self.now)
+        now = self.now
+        if self.fast_forward:
+            outcome = core.step(now, run_after_prefill=True)
+        else:
+            outcome = core.step(now, until=now)  # no step but the first starts before `now`
         self.steps_executed += 1
+        end = outcome.end_s
         replica.step_version += 1
-        replica.step_end_s = self.now + outcome.duration_s
-        replica.pending = outcome
-        self._push(replica.step_end_s, _Kind.STEP_END, (replica, replica.step_version))
+        replica.step_end_s = end
+        heap, seq = self._heap, self._seq
+        end_events = outcome.events
+        if end_events and end_events[0].time_s < end:
+            # Events before the end (the first step's, ahead of a run): each is delivered at its own time.
+            later = []
+            for event in end_events:
+                if event.time_s < end:
+                    if event.kind is not EventKind.PREEMPTED:
+                        heapq.heappush(heap, (event.time_s, _Kind.EVENT, next(seq), replica, event))
+                else:
+                    later.append(event)
+            end_events = later
+        replica.end_events = end_events
+        heapq.heappush(heap, (end, _Kind.STEP_END, next(seq), replica, replica.step_version))
 
     def _on_step_end(self, replica: SimReplica, version: int) -> None:
         if version != replica.step_version:
             return  # superseded by a truncation
-        outcome = replica.pending
+        events = replica.end_events
         replica.step_end_s = None
-        replica.pending = None
-        for event in outcome.events:
-            sub = replica.submissions.get(event.request_id)
-            if event.kind is EventKind.FIRST_TOKEN:
-                if sub is not None and sub.on_first_token is not None:
-                    sub.on_first_token(event.request_id, event.time_s)
-            elif event.kind is EventKind.FINISHED:
-                replica.submissions.pop(event.request_id, None)
-                if self.keep_results:
-                    self.results.append(event.result)
-                if sub is not None and sub.on_complete is not None:
-                    sub.on_complete(event.result)
+        replica.end_events = []
+        for event in events:
+            self._deliver(replica, event)
         if replica.core.has_work():
-            self._push(self.now, _Kind.STEP_START, replica)
+            heapq.heappush(self._heap, (self.now, _Kind.STEP_START, next(self._seq), replica, None))
+
+    def _deliver(self, replica: SimReplica, event: EngineEvent) -> None:
+        kind = event.kind
+        if kind is EventKind.FIRST_TOKEN:
+            sub = replica.submissions.get(event.request_id)
+            if sub is not None and sub.on_first_token is not None:
+                sub.on_first_token(event.request_id, event.time_s)
+        elif kind is EventKind.FINISHED:
+            sub = replica.submissions.pop(event.request_id, None)
+            if self.keep_results:
+                self.results.append(event.result)
+            if sub is not None and sub.on_complete is not None:
+                sub.on_complete(event.result)

@@ -2,43 +2,61 @@
 
 ``add_request(req, now)``, ``step(now, until) -> StepOutcome``, ``abort(id, now)``, ``stats(now)``: the caller owns
 time. A live driver sleeps ``duration_s / time_scale`` between steps; a simulated driver advances a virtual clock on
-an event heap. Every time the core reports is ``now`` plus the durations of the steps it ran.
+an event heap. Every time the core reports is ``now`` plus the durations of the steps it ran, added one step at a
+time, so a fast-forwarded run stamps exactly the floats that stepping one iteration per call would.
 
 Simulation cost follows events, not tokens: a step that is a steady decode batch (see
-``Scheduler.steady_decode_steps``) is fast-forwarded over all the identical steps that follow, up to the first
+``Scheduler.next_step_is_steady``) is fast-forwarded over all the identical steps that follow, up to the first
 internal event (a request finishing, a block allocation that would fail) and never starting a step at or after
 ``until``, the driver's next external event. The run's durations come from one vectorised
-``StepTimeModel.decode_run_s`` call and its token times are one numpy array shared by the batch. A driver that
-cannot know its next event in advance calls ``step(now)`` and, when an arrival lands inside the run, ``truncate(t)``:
-the result is the same as ``step(now, until=t)``.
+``StepTimeModel.decode_run_s`` call, its token times are one slice of the replica's ``StepTimeline``, and its
+requests are not touched one by one (``DecodeBatch``). With ``run_after_prefill``, a step that admits or prefills
+is followed in the same call by the steady run behind it; its events then carry their own times (a FIRST_TOKEN at
+the first step's end, FINISHED at the run's end) and a driver delivers each at its ``time_s``.
+
+A driver that cannot know its next event in advance calls ``step(now)`` and, when an arrival lands inside the run,
+``truncate(t)``: the result is the same as ``step(now, until=t)``. Until then, ``stats(t)`` reports the state at
+``t`` as if the run had been cut there.
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-from dataclasses import dataclass
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import accumulate
 from typing import Callable
-
-import numpy as np
 
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokenizer import count_tokens
 from sysaware.engines.twin.kv_cache import BlockPool, num_gpu_blocks_for
 from sysaware.engines.twin.protocols import Responder, StepTimeModel
-from sysaware.engines.twin.request import TwinRequest
+from sysaware.engines.twin.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.scheduler import DecodeRun, Scheduler
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 
 # Chat-template tokens around each message (role header and end-of-turn markers, e.g. ChatML's
 # "<|im_start|>user\n" ... "<|im_end|>\n"); Llama-2's [INST] wrappers cost about as much.
 CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 4
+# Distinct message texts whose token counts are remembered (shared by every replica counting the same way).
+PROMPT_COUNT_CACHE_SIZE = 8192
+# Iteration times a replica keeps before it drops those no live request needs (a few MB at most).
+TIMELINE_COMPACT_AT = 1 << 16
 
 
 def count_prompt_tokens(messages: tuple[ChatMessage, ...], count: Callable[[str], int] = count_tokens) -> int:
     """Prompt length of a chat request: every message's tokens plus the template's per-message overhead."""
     return sum(count(m.content) for m in messages) + CHAT_TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+
+
+@lru_cache(maxsize=None)
+def shared_count_cache(count: Callable[[str], int]) -> Callable[[str], int]:
+    """A memo of ``count`` shared by every replica that counts with it: agents resend the same system prompts and
+    tasks to every model, and a real tokenizer costs tens of microseconds a text. (A pure function's memo: sharing
+    it changes no result.)"""
+    return lru_cache(maxsize=PROMPT_COUNT_CACHE_SIZE)(count)
 
 
 class EventKind(enum.IntEnum):
@@ -60,8 +78,23 @@ class EngineEvent:
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
     duration_s: float  # from `now` to the end of the last iteration run, s (0 when it only preempted)
-    events: list[EngineEvent]  # in time order
+    events: list[EngineEvent]  # in time order, each at its own time_s
     num_iterations: int = 1  # scheduler iterations simulated by this call (> 1 when fast-forwarded)
+    # Engine clock at the end of the last iteration, s: `now + duration_s` as the core added it, step by step (a
+    # driver that continues from here stays bit-identical to one that stepped one iteration per call).
+    end_s: float | None = None
+
+
+@dataclass(slots=True)
+class _LastRun:
+    """The latest step()'s fast-forwarded run, while a driver may still cut it short."""
+
+    run: DecodeRun
+    times_s: list[float]  # end of each of its steps, engine clock, s
+    call_start_s: float  # the `now` of the step() call
+    run_start_s: float  # start of its first step: call_start_s, or the end of the step the call began with
+    prefix_events: list[EngineEvent] = field(default_factory=list)  # that first step's events (never cut)
+    prefix_iterations: int = 0  # 1 when the call began with a step outside the run
 
 
 class TwinEngineCore:
@@ -85,23 +118,22 @@ class TwinEngineCore:
         self.responder = responder
         self.settings = settings
         self.tokenizer_count = tokenizer_count
-        # Agents resend the same system prompts and shared context over and over: count each text once.
-        self._count_cached = lru_cache(maxsize=1024)(tokenizer_count)
+        self._count_cached = shared_count_cache(tokenizer_count)
         self.max_model_len = max_model_len  # context length, tokens (None: only the KV cache limits it)
         self.kv_cache = BlockPool(num_gpu_blocks, settings.block_size)
         self.scheduler = Scheduler(settings, self.kv_cache)
+        self.timeline = StepTimeline()  # end time of every iteration, by index: the requests' token times
+        self._timeline_compact_at = TIMELINE_COMPACT_AT
         self.requests: dict[str, TwinRequest] = {}  # unfinished requests by id
         self._arrival_seq = itertools.count()
         # Counters (vLLM's names in ReplicaStats).
         self.prompt_tokens_total = 0  # counted when a request's prefill completes (its first token)
         self.generation_tokens_total = 0
         self.requests_finished_total = 0  # stopped or length-capped; aborts are not successes
-        self.iterations_total = 0  # scheduler iterations simulated, fast-forwarded ones included
         self.ema_ttft_ms = 0.0
         self._has_ttft = False
         self.last_outcome: StepOutcome | None = None  # what the latest step() (or truncate()) returned
-        self._last_run: DecodeRun | None = None  # the latest step()'s fast-forwarded run, while it can be cut
-        self._last_run_start_s = 0.0
+        self._last_run: _LastRun | None = None
 
     @classmethod
     def for_deployment(
@@ -142,6 +174,11 @@ class TwinEngineCore:
             tokenizer_count,
             max_model_len=model.architecture.max_position_embeddings,
         )
+
+    @property
+    def iterations_total(self) -> int:
+        """Scheduler iterations simulated, fast-forwarded ones included."""
+        return self.scheduler.iteration
 
     # ---- requests in ----------------------------------------------------------------------------------------
 
@@ -198,13 +235,14 @@ class TwinEngineCore:
 
     def abort(self, request_id: str, now: float) -> GenerationResult | None:
         """Cancel a request: its blocks are freed and it finishes ABORTED with what it emitted so far.
-        None when the id is unknown or already finished (an abort can race with the last token)."""
+        None when the id is unknown or already finished (an abort can race with the last token).
+        Inside a fast-forwarded run, ``truncate(now)`` first: the abort closes the run."""
         request = self.requests.pop(request_id, None)
         if request is None:
             return None
         self._last_run = None
         self.scheduler.abort(request, now)
-        return request.result(self.replica_id)
+        return request.result(self.replica_id, self.timeline)
 
     # ---- one step -----------------------------------------------------------------------------------------
 
@@ -212,43 +250,31 @@ class TwinEngineCore:
         """Whether ``step()`` would do anything (a request is waiting or running)."""
         return self.scheduler.has_work()
 
-    def step(self, now: float, until: float | None = None) -> StepOutcome:
+    def step(self, now: float, until: float | None = None, *, run_after_prefill: bool = False) -> StepOutcome:
         """Run one scheduler iteration starting at ``now``; when it is a steady decode batch, also every identical
-        iteration after it that starts before ``until`` (None: no bound) and before the first internal event."""
+        iteration after it that starts before ``until`` (None: no bound) and before the first internal event.
+
+        ``run_after_prefill``: when the first iteration is not such a step (it admits, prefills or preempts) but
+        leaves the batch steady, go on with the steady run in the same call, unless the iteration finished a
+        request (its driver is likely to send more work at that moment). Events then carry their own times.
+        """
         scheduler = self.scheduler
         if not scheduler.has_work():
             raise RuntimeError("step() called with no request waiting or running; check has_work() first")
         self._last_run = None
+        self._compact_timeline()
+        if scheduler.next_step_is_steady():
+            return self._fast_forward(now, now, until, [], 0)
 
         out = scheduler.schedule(now)
         events = [EngineEvent(EventKind.PREEMPTED, r.request_id, now) for r in out.preempted]
-        if not out.num_scheduled_tokens:
+        if not out.num_tokens:
             # The request that needed a block preempted itself: nothing runs this iteration.
-            self.last_outcome = StepOutcome(0.0, events, 0)
+            self.last_outcome = StepOutcome(0.0, events, 0, now)
             return self.last_outcome
 
-        shape = out.shape
-        num_steps = scheduler.steady_decode_steps(out)
-        if num_steps > 1:
-            durations = self.step_time.decode_run_s(shape.decode_seqs, shape.decode_context, num_steps)
-            ends = now + np.cumsum(durations)
-            if until is not None:
-                # Step k+1 starts when step k ends: keep this step and those that start before `until`.
-                num_steps = 1 + int(np.searchsorted(ends[: num_steps - 1], until, side="left"))
-            if num_steps > 1:
-                run = scheduler.advance_decode_run(out, ends[:num_steps])
-                t_end = float(run.times_s[-1])
-                self.iterations_total += num_steps
-                self.generation_tokens_total += shape.decode_seqs * num_steps
-                self._finished_events(run.finished, t_end, events)
-                self._last_run, self._last_run_start_s = run, now
-                self.last_outcome = StepOutcome(t_end - now, events, num_steps)
-                return self.last_outcome
-            t_end = float(now + durations[0])
-        else:
-            t_end = float(now + self.step_time.step_time_s(shape))
-
-        self.iterations_total += 1
+        t_end = now + self.step_time.step_time_s(out.shape)
+        self.timeline.append(t_end)
         num_sampled, first_tokens, finished = scheduler.update_from_output(out, t_end)
         self.generation_tokens_total += num_sampled
         alpha = self.settings.ema_alpha
@@ -258,40 +284,87 @@ class TwinEngineCore:
             self.ema_ttft_ms = alpha * ttft_ms + (1.0 - alpha) * self.ema_ttft_ms if self._has_ttft else ttft_ms
             self._has_ttft = True
             events.append(EngineEvent(EventKind.FIRST_TOKEN, req.request_id, t_end))
-        self._finished_events(finished, t_end, events)
-        self.last_outcome = StepOutcome(t_end - now, events, 1)
+        if finished:
+            self._finished_events(finished, t_end, events)
+        elif run_after_prefill and (until is None or t_end < until) and scheduler.next_step_is_steady():
+            return self._fast_forward(now, t_end, until, events, 1)
+        self.last_outcome = StepOutcome(t_end - now, events, 1, t_end)
+        return self.last_outcome
+
+    def _fast_forward(
+        self, call_start_s: float, run_start_s: float, until: float | None, events: list[EngineEvent], prefix: int
+    ) -> StepOutcome:
+        """The steady decode run from ``run_start_s`` (``prefix`` iterations of this call already ran)."""
+        scheduler = self.scheduler
+        batch = scheduler.batch
+        num_steps = scheduler.steady_run_steps()
+        num_seqs = batch.num_seqs
+        durations = self.step_time.decode_run_s(num_seqs, batch.context_tokens(), num_steps).tolist()
+        # Each end is the previous end plus one duration, in that order: the floats single steps would give.
+        ends = list(accumulate(durations, initial=run_start_s))
+        del ends[0]
+        if until is not None and num_steps > 1:
+            # Step k+1 starts when step k ends: keep the first step and those that start before `until`.
+            num_steps = 1 + bisect_left(ends, until, 0, num_steps - 1)
+            del ends[num_steps:]
+        t_end = ends[-1]
+        self.timeline.extend(ends)
+        run = scheduler.advance_decode_run(num_steps, t_end)
+        self.generation_tokens_total += num_seqs * num_steps
+        self._last_run = _LastRun(run, ends, call_start_s, run_start_s, list(events), prefix)
+        if run.finished:
+            self._finished_events(run.finished, t_end, events)
+        self.last_outcome = StepOutcome(t_end - call_start_s, events, prefix + num_steps, t_end)
         return self.last_outcome
 
     def truncate(self, now: float) -> float | None:
         """Cut the fast-forwarded run of the latest ``step()`` at the first step boundary at or after ``now``, as
         if that step had been called with ``until=now``; returns the run's new end time, or None when there is
-        nothing to cut (no run, or ``now`` falls in its last step). ``last_outcome`` then holds the shorter run.
+        nothing to cut (no run, or ``now`` falls in its last step). ``last_outcome`` then holds the shorter run
+        (with the events of the step the call began with, if any: they happened before ``now``).
 
         For drivers that learn of an arrival only once it happens. Call it before anything but ``add_request``
-        touches the core (``step`` and ``abort`` close the run); stats taken meanwhile describe the run's end.
+        touches the core (``step`` and ``abort`` close the run).
         """
-        run = self._last_run
-        if run is None:
+        last = self._last_run
+        if last is None:
             return None
-        num_steps = len(run.times_s)
-        keep = 1 + int(np.searchsorted(run.times_s[: num_steps - 1], now, side="left"))
-        if keep >= num_steps:
+        run = last.run
+        keep = _run_steps_started_before(last, now)
+        if keep >= run.num_steps:
             return None
         for req in run.finished:  # they finish in the run's last step, which is now undone
             self.requests[req.request_id] = req
         self.requests_finished_total -= len(run.finished)
-        self.generation_tokens_total -= len(run.requests) * (num_steps - keep)
-        self.iterations_total -= num_steps - keep
-        self._last_run = self.scheduler.truncate_decode_run(run, keep)
-        t_end = float(self._last_run.times_s[-1])
-        self.last_outcome = StepOutcome(t_end - self._last_run_start_s, [], keep)
+        self.generation_tokens_total -= run.num_seqs * (run.num_steps - keep)
+        self.timeline.truncate(run.start_iteration + keep)
+        shortened = self.scheduler.truncate_decode_run(run, keep)
+        t_end = last.times_s[keep - 1] if keep else last.run_start_s
+        self._last_run = (
+            _LastRun(shortened, last.times_s[:keep], last.call_start_s, last.run_start_s, last.prefix_events,
+                     last.prefix_iterations)
+            if keep
+            else None
+        )
+        self.last_outcome = StepOutcome(
+            t_end - last.call_start_s, list(last.prefix_events), last.prefix_iterations + keep, t_end
+        )
         return t_end
 
     def _finished_events(self, finished: list[TwinRequest], t_end: float, events: list[EngineEvent]) -> None:
         for req in finished:
             del self.requests[req.request_id]
             self.requests_finished_total += 1
-            events.append(EngineEvent(EventKind.FINISHED, req.request_id, t_end, req.result(self.replica_id)))
+            events.append(EngineEvent(EventKind.FINISHED, req.request_id, t_end, req.result(self.replica_id,
+                                                                                             self.timeline)))
+
+    def _compact_timeline(self) -> None:
+        """Now and then, forget the iteration times no live request refers to (memory stays bounded)."""
+        timeline = self.timeline
+        if timeline.num_kept > self._timeline_compact_at:
+            oldest = min((r.token_spans[0] for r in self.requests.values() if r.token_spans), default=len(timeline))
+            timeline.forget_before(oldest)
+            self._timeline_compact_at = max(TIMELINE_COMPACT_AT, 2 * timeline.num_kept)
 
     # ---- state out ----------------------------------------------------------------------------------------
 
@@ -304,18 +377,42 @@ class TwinEngineCore:
         return len(self.scheduler.running)
 
     def stats(self, now: float) -> ReplicaStats:
+        """The replica's state at ``now``. Inside the latest fast-forwarded run, the state at the first step
+        boundary at or after ``now``: what ``truncate(now)`` would leave, and what one-iteration steps would show."""
+        scheduler, pool = self.scheduler, self.kv_cache
+        num_running = len(scheduler.running)
+        used_blocks = pool.num_blocks - pool.num_free_blocks
+        generation_tokens = self.generation_tokens_total
+        requests_finished = self.requests_finished_total
+        last = self._last_run
+        if last is not None and now < last.times_s[-1]:
+            run = last.run
+            keep = _run_steps_started_before(last, now)
+            if keep < run.num_steps:
+                used_blocks -= scheduler.blocks_returned_by_cut(run, keep)
+                generation_tokens -= run.num_seqs * (run.num_steps - keep)
+                num_running += len(run.finished)
+                requests_finished -= len(run.finished)
         return ReplicaStats(
             replica_id=self.replica_id,
             model=self.model,
             timestamp_s=now,
-            num_requests_waiting=len(self.scheduler.waiting),
-            num_requests_running=len(self.scheduler.running),
-            kv_cache_usage_perc=self.kv_cache.usage_perc,
+            num_requests_waiting=len(scheduler.waiting),
+            num_requests_running=num_running,
+            kv_cache_usage_perc=used_blocks / pool.num_blocks,
             ema_ttft_ms=self.ema_ttft_ms,
             prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
-            num_preemptions_total=self.scheduler.num_preemptions_total,
-            requests_finished_total=self.requests_finished_total,
-            num_gpu_blocks=self.kv_cache.num_blocks,
-            block_size=self.kv_cache.block_size,
+            generation_tokens_total=generation_tokens,
+            num_preemptions_total=scheduler.num_preemptions_total,
+            requests_finished_total=requests_finished,
+            num_gpu_blocks=pool.num_blocks,
+            block_size=pool.block_size,
         )
+
+
+def _run_steps_started_before(last: _LastRun, t: float) -> int:
+    """Steps of the run that start before ``t`` (those a driver learning of an event at ``t`` cannot undo); the
+    first step of a call always counts, since it started at the call's ``now``."""
+    times = last.times_s
+    started = bisect_left(times, t, 0, len(times) - 1) + (last.run_start_s < t)
+    return started if last.prefix_iterations else max(started, 1)

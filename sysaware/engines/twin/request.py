@@ -18,15 +18,27 @@ Life cycle (every transition is a method that asserts where it starts from)::
                                 v    |                  |        that finished it; RUNNING again
                                PREEMPTED (front of the waiting queue)
     WAITING | RUNNING | PREEMPTED --finish(FINISHED_ABORTED)--> FINISHED_ABORTED   (abort)
+
+A RUNNING request that is decoding usually sits in the scheduler's ``DecodeBatch``, which advances all its members
+together without touching them: while ``batch`` is set, the token counts are derived from the batch's iteration
+counter (``num_computed_tokens = batch.iteration + batch_offset``), so a decode step costs nothing per request. The
+properties below read either form; only the scheduler writes them, and only while the request is out of the batch.
+
+Token times are not stored per request either: every replica keeps one ``StepTimeline`` (the end time of each
+iteration it ran, by iteration index) and a request keeps the index spans of the iterations that sampled one of its
+tokens. A request samples at every iteration from its first token until it finishes or is preempted, so this is one
+span, or one per preemption. ``result()`` slices the timeline once, at the end.
 """
 
 from __future__ import annotations
 
 import enum
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from sysaware.engines.types import FinishReason, GenerationResult
+
+if TYPE_CHECKING:
+    from sysaware.engines.twin.scheduler import DecodeBatch
 
 
 class RequestStatus(enum.IntEnum):
@@ -41,13 +53,14 @@ class RequestStatus(enum.IntEnum):
 
     @property
     def is_finished(self) -> bool:
-        return self > RequestStatus.PREEMPTED
+        return self._value_ > _PREEMPTED  # plain ints: this is asserted on every transition
 
     @property
     def finish_reason(self) -> FinishReason | None:
         return _FINISH_REASONS.get(self)
 
 
+_PREEMPTED = RequestStatus.PREEMPTED.value
 _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: FinishReason.STOP,
     RequestStatus.FINISHED_LENGTH_CAPPED: FinishReason.LENGTH,
@@ -55,8 +68,55 @@ _FINISH_REASONS = {
 }
 
 
+class StepTimeline:
+    """End time of every scheduler iteration one replica ran, by iteration index (0-based), engine clock, s.
+
+    A plain list of floats: runs between two events are a handful of steps, where numpy's per-call cost exceeds the
+    work, and a request's token times are then one list slice. The prefix that no live request refers to any more
+    is dropped now and then (``forget_before``), so a long simulation keeps memory bounded by its live requests.
+    """
+
+    __slots__ = ("_times", "_offset")
+
+    def __init__(self) -> None:
+        self._times: list[float] = []
+        self._offset = 0  # iteration index of _times[0]
+
+    def __len__(self) -> int:
+        """Iterations recorded (the index the next one gets)."""
+        return self._offset + len(self._times)
+
+    @property
+    def num_kept(self) -> int:
+        """Times held in memory."""
+        return len(self._times)
+
+    def append(self, t: float) -> None:
+        self._times.append(t)
+
+    def extend(self, times_s: list[float]) -> None:
+        self._times += times_s
+
+    def truncate(self, length: int) -> None:
+        """Forget the iterations from index ``length`` on (a driver cut a run short)."""
+        assert self._offset <= length <= len(self), (self._offset, length, len(self))
+        del self._times[length - self._offset :]
+
+    def forget_before(self, index: int) -> None:
+        """Drop the times of iterations before ``index`` (no live request refers to them)."""
+        index = min(index, len(self))
+        if index > self._offset:
+            del self._times[: index - self._offset]
+            self._offset = index
+
+    def times(self, start: int, stop: int) -> list[float]:
+        """Times of iterations ``start`` .. ``stop - 1``."""
+        assert self._offset <= start <= stop <= len(self), (self._offset, start, stop, len(self))
+        return self._times[start - self._offset : stop - self._offset]
+
+
 class TwinRequest:
-    """Scheduler-side state of one request. Plain slots: this object is touched every step."""
+    """Scheduler-side state of one request. Plain slots: this object is touched every step it is not batched."""
 
     __slots__ = (
         "request_id",
@@ -70,15 +130,17 @@ class TwinRequest:
         "response_text",
         "response_tokens",
         "status",
-        "num_tokens",
-        "num_computed_tokens",
-        "num_output_tokens",
-        "num_blocks",
+        "_num_tokens",
+        "_num_computed_tokens",
+        "_num_blocks",
         "num_preemptions",
         "first_scheduled_s",
         "first_token_s",
         "finished_s",
-        "token_time_chunks",
+        "token_spans",
+        "running_seq",
+        "batch",
+        "batch_offset",
     )
 
     def __init__(
@@ -108,17 +170,54 @@ class TwinRequest:
         self.response_tokens = response_tokens  # its full length, tokens (>= num_target_tokens)
 
         self.status = RequestStatus.WAITING
-        self.num_tokens = num_prompt_tokens  # prompt + output so far
-        self.num_computed_tokens = 0  # tokens with KV in the cache
-        self.num_output_tokens = 0
-        self.num_blocks = 0  # KV blocks held
+        self._num_tokens = num_prompt_tokens  # prompt + output so far (valid while out of the batch)
+        self._num_computed_tokens = 0  # tokens with KV in the cache (valid while out of the batch)
+        self._num_blocks = 0  # KV blocks held (valid while out of the batch)
         self.num_preemptions = 0
         self.first_scheduled_s: float | None = None
         self.first_token_s: float | None = None
         self.finished_s: float | None = None
-        # Emission times of the output tokens, in order: a float per single step, or one numpy array per
-        # fast-forwarded run (the same array object is shared by every request of that run).
-        self.token_time_chunks: list[float | np.ndarray] = []
+        # Iterations that sampled its tokens, as flat [start, stop) index pairs into the replica's StepTimeline;
+        # while batched, the last pair's stop is the batch's iteration counter.
+        self.token_spans: list[int] = []
+        self.running_seq = -1  # position in the running order (set on every admission; orders same-step events)
+        self.batch: DecodeBatch | None = None  # the decode batch that advances it, if any
+        self.batch_offset = 0  # while batched: num_computed_tokens - batch.iteration
+
+    # ---- token counts (derived from the batch while batched) -------------------------------------------------
+
+    @property
+    def num_computed_tokens(self) -> int:
+        batch = self.batch
+        return self._num_computed_tokens if batch is None else batch.iteration + self.batch_offset
+
+    @num_computed_tokens.setter
+    def num_computed_tokens(self, value: int) -> None:
+        assert self.batch is None, "a batched request's counts move with its batch"
+        self._num_computed_tokens = value
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt + output so far. Batched, it is always decoding: one more than the computed tokens."""
+        batch = self.batch
+        return self._num_tokens if batch is None else batch.iteration + self.batch_offset + 1
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def num_blocks(self) -> int:
+        """KV blocks held. Between steps a running request holds exactly the blocks of its computed tokens."""
+        batch = self.batch
+        if batch is None:
+            return self._num_blocks
+        return -(-(batch.iteration + self.batch_offset) // batch.block_size)
+
+    @num_blocks.setter
+    def num_blocks(self, value: int) -> None:
+        assert self.batch is None, "a batched request's blocks move with its batch"
+        self._num_blocks = value
 
     # ---- derived --------------------------------------------------------------------------------------------
 
@@ -138,26 +237,29 @@ class TwinRequest:
 
     # ---- transitions -----------------------------------------------------------------------------------------
 
-    def start_running(self, now: float) -> None:
-        """WAITING or PREEMPTED -> RUNNING: admitted into the batch."""
+    def start_running(self, now: float, running_seq: int) -> None:
+        """WAITING or PREEMPTED -> RUNNING: admitted into the batch, at position ``running_seq`` of the order."""
         assert self.status is RequestStatus.WAITING or self.status is RequestStatus.PREEMPTED, self.status
         self.status = RequestStatus.RUNNING
+        self.running_seq = running_seq
         if self.first_scheduled_s is None:
             self.first_scheduled_s = now
 
     def preempt(self) -> None:
         """RUNNING -> PREEMPTED by recompute. The caller frees the blocks first; generated tokens are kept."""
         assert self.status is RequestStatus.RUNNING, self.status
-        assert self.num_blocks == 0, "free the KV blocks before preempting"
+        assert self.batch is None, "take it out of the decode batch first"
+        assert self._num_blocks == 0, "free the KV blocks before preempting"
         self.status = RequestStatus.PREEMPTED
-        self.num_computed_tokens = 0
+        self._num_computed_tokens = 0
         self.num_preemptions += 1
 
     def finish(self, status: RequestStatus, t: float) -> None:
         """Any unfinished status -> a FINISHED_* status. The caller frees the blocks first."""
         assert not self.status.is_finished, f"{self.request_id} already {self.status.name}"
         assert status.is_finished, status
-        assert self.num_blocks == 0, "free the KV blocks before finishing"
+        assert self.batch is None, "take it out of the decode batch first"
+        assert self._num_blocks == 0, "free the KV blocks before finishing"
         self.status = status
         self.finished_s = t
 
@@ -168,57 +270,77 @@ class TwinRequest:
         self.status = RequestStatus.RUNNING
         self.finished_s = None
 
+    # ---- the decode batch ------------------------------------------------------------------------------------
+
+    def join_batch(self, batch: DecodeBatch) -> int:
+        """Hand the token counts over to ``batch`` (between steps, while decoding); returns the offset."""
+        assert self.batch is None and self.status is RequestStatus.RUNNING, self
+        computed = self._num_computed_tokens
+        assert self._num_tokens == computed + 1 and computed >= self.num_prompt_tokens, self  # decoding
+        assert self._num_blocks == -(-computed // batch.block_size), self  # exactly its computed tokens' blocks
+        iteration = batch.iteration
+        offset = computed - iteration
+        self.batch, self.batch_offset = batch, offset
+        spans = self.token_spans
+        if spans[-1] != iteration:  # it did not sample in the last iteration: a new span starts here
+            spans += (iteration, iteration)
+        return offset
+
+    def leave_batch(self) -> None:
+        """Take the token counts back from the batch, as they stand at its current iteration."""
+        batch = self.batch
+        assert batch is not None
+        iteration = batch.iteration
+        computed = iteration + self.batch_offset
+        self._num_computed_tokens = computed
+        self._num_tokens = computed + 1
+        self._num_blocks = -(-computed // batch.block_size)
+        spans = self.token_spans
+        spans[-1] = iteration
+        if spans[-2] == iteration:  # joined and left without a step in between: drop the empty span
+            del spans[-2:]
+        self.batch = None
+
     # ---- token emission --------------------------------------------------------------------------------------
 
-    def emit_token(self, t: float) -> bool:
-        """One sampled token at time ``t``; True if it is the request's first (its TTFT)."""
-        self.num_output_tokens += 1
-        self.num_tokens += 1
-        self.token_time_chunks.append(t)
+    def emit_token(self, iteration: int, t: float) -> bool:
+        """One token sampled by iteration ``iteration``, which ended at ``t``; True if it is the request's first.
+        Only for a request out of the batch (the batch's members sample without being touched)."""
+        self._num_tokens += 1
+        spans = self.token_spans
+        if spans and spans[-1] == iteration:
+            spans[-1] = iteration + 1
+        else:
+            spans += (iteration, iteration + 1)
         if self.first_token_s is None:
             self.first_token_s = t
             return True
         return False
 
-    def emit_decode_run(self, times_s: np.ndarray) -> None:
-        """``len(times_s)`` consecutive decode steps in one go (their KV blocks are accounted by the caller)."""
-        n = len(times_s)
-        self.num_computed_tokens += n
-        self.num_output_tokens += n
-        self.num_tokens += n
-        self.token_time_chunks.append(times_s)
-
-    def undo_decode_steps(self, num_steps: int, kept_times_s: np.ndarray) -> None:
-        """Take back the last ``num_steps`` steps of the decode run that ``emit_decode_run`` recorded last."""
-        self.num_computed_tokens -= num_steps
-        self.num_output_tokens -= num_steps
-        self.num_tokens -= num_steps
-        self.token_time_chunks[-1] = kept_times_s
-
-    def token_times_s(self) -> list[float]:
+    def token_times_s(self, timeline: StepTimeline) -> list[float]:
+        spans = self.token_spans
+        if len(spans) == 2:
+            return timeline.times(spans[0], spans[1])
         times: list[float] = []
-        append, extend = times.append, times.extend
-        for chunk in self.token_time_chunks:
-            if chunk.__class__ is float:  # single steps stamp plain floats (the core passes float(t))
-                append(chunk)
-            else:
-                extend(chunk.tolist())
+        for i in range(0, len(spans), 2):
+            times += timeline.times(spans[i], spans[i + 1])
         return times
 
     # ---- what leaves the engine ------------------------------------------------------------------------------
 
-    def result(self, replica_id: str) -> GenerationResult:
+    def result(self, replica_id: str, timeline: StepTimeline) -> GenerationResult:
         assert self.status.is_finished and self.finished_s is not None
+        num_output = self._num_tokens - self.num_prompt_tokens
         text = self.response_text
-        if self.num_output_tokens < self.response_tokens:
+        if num_output < self.response_tokens:
             # Capped or aborted: keep the share of the answer that was emitted, approximated by characters.
-            text = text[: len(text) * self.num_output_tokens // self.response_tokens]
+            text = text[: len(text) * num_output // self.response_tokens]
         return GenerationResult(
             request_id=self.request_id,
             model=self.model,
             text=text,
             prompt_tokens=self.num_prompt_tokens,
-            output_tokens=self.num_output_tokens,
+            output_tokens=num_output,
             finish_reason=self.status.finish_reason,
             arrival_s=self.arrival_s,
             first_scheduled_s=self.first_scheduled_s,
@@ -226,11 +348,12 @@ class TwinRequest:
             finished_s=self.finished_s,
             num_preemptions=self.num_preemptions,
             replica_id=replica_id,
-            token_times_s=self.token_times_s(),
+            token_times_s=self.token_times_s(timeline),
         )
 
     def __repr__(self) -> str:
         return (
             f"TwinRequest({self.request_id!r}, {self.status.name}, computed={self.num_computed_tokens}/"
-            f"{self.num_tokens}, out={self.num_output_tokens}/{self.num_target_tokens}, blocks={self.num_blocks})"
+            f"{self.num_tokens}, out={self.num_output_tokens}/{self.num_target_tokens}, blocks={self.num_blocks}"
+            f"{', batched' if self.batch is not None else ''})"
         )
