@@ -41,7 +41,13 @@ class RecordedAnswer:
     @cached_property
     def code(self) -> str:
         """The solution code inside ``text`` (what the sandbox runs)."""
-        return extract_code(self.text)
+        return solution_code(self.text)
+
+
+@lru_cache(maxsize=8192)
+def solution_code(answer: str) -> str:
+    """``extract_code``, cached: renaming an answer extracts its code up to three times (about 1 ms each)."""
+    return extract_code(answer)
 
 
 def parse_quietly(code: str) -> ast.Module:
@@ -59,7 +65,7 @@ def renamed_answer(raw_text: str, task_id: int) -> str:
     rewritten.
     """
     entry = get_task(task_id).entry_point
-    code = extract_code(raw_text)
+    code = solution_code(raw_text)
     if not entry or not code:
         return raw_text
     renamed_code = rename_entry_point(code, entry)
@@ -69,14 +75,14 @@ def renamed_answer(raw_text: str, task_id: int) -> str:
     if old is None:
         return raw_text
     candidate = re.sub(rf"(?<![\w.]){re.escape(old)}(?!\w)", entry, raw_text)
-    if _same_program(extract_code(candidate), renamed_code):
+    if _same_program(solution_code(candidate), renamed_code):
         return candidate
     # The textual rename touched something that is not the function (a variable of the same name): rename the
     # code block alone, where the answer holds it verbatim.
     stripped = code.strip("\n")
     if stripped in raw_text:
         swapped = raw_text.replace(stripped, renamed_code.strip("\n"), 1)
-        if _same_program(extract_code(swapped), renamed_code):
+        if _same_program(solution_code(swapped), renamed_code):
             return swapped
     # Last resort: the answer's prose around one fenced block holding exactly the graded code.
     return f"```python\n{renamed_code.strip()}\n```\n\n{prose_of(raw_text)}".rstrip() + "\n"
@@ -197,6 +203,7 @@ class Solution:
     text: str | None = None  # the full recorded answer (renamed), for Origin.RECORDED
 
 
+@lru_cache(maxsize=8192)
 def program_key(code: str) -> str:
     """Identity of a program up to layout, comments and docstrings, so a copied solution is recognised."""
     try:
@@ -215,6 +222,7 @@ class TaskSolutions:
     def __init__(self, task_id: int) -> None:
         self.task_id = task_id
         self._answers = {a.model: a for a in load_recorded_answers().for_task(task_id)}
+        self._recorded: dict[str, Solution | None] = {}
 
     def grade_of(self, model: str) -> bool | None:
         """The sandbox grade of ``model``'s recorded answer (None: no recording or no grade)."""
@@ -227,10 +235,13 @@ class TaskSolutions:
 
     def recorded(self, model: str) -> Solution | None:
         """``model``'s recorded answer as a solution; None when it has none, or it holds no code."""
-        answer = self._answers.get(model)
-        if answer is None or not answer.code.strip():
-            return None
-        return Solution(answer.code, answer.sandbox_correct, Origin.RECORDED, model=model, text=answer.text)
+        if model not in self._recorded:
+            answer = self._answers.get(model)
+            solution = None
+            if answer is not None and answer.code.strip():
+                solution = Solution(answer.code, answer.sandbox_correct, Origin.RECORDED, model=model, text=answer.text)
+            self._recorded[model] = solution
+        return self._recorded[model]
 
     @cached_property
     def reference(self) -> Solution:
