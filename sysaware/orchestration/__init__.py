@@ -1,0 +1,42 @@
+"""Orchestration: multi-agent workflows as pure state machines, the policies that plan and execute them, and the
+simulated driver that runs them on the twin cluster. Imports point down only (engines, sim, tasks)."""
+
+from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
+from sysaware.orchestration.context import Action, Plan, PolicyResources, StepContext, all_actions
+from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
+from sysaware.orchestration.planners import PLANNERS, Planner, make_planner
+from sysaware.orchestration.session import WorkflowSession
+from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
+from sysaware.orchestration.topology import Slot, Topology, TopologyKind, default_topology
+from sysaware.orchestration.trace import RunTrace, StepRecord
+from sysaware.orchestration.workflow import DecisionPoint, ModelCall, SandboxRun, Workflow, WorkflowState
+
+__all__ = [
+    "Action",
+    "DEFAULT_SLACK",
+    "DecisionPoint",
+    "EXECUTORS",
+    "Executor",
+    "IdleBudget",
+    "ModelCall",
+    "PLANNERS",
+    "Plan",
+    "Planner",
+    "PolicyResources",
+    "RunTrace",
+    "SandboxRun",
+    "SimSettings",
+    "SimulatedDriver",
+    "Slot",
+    "StepContext",
+    "StepRecord",
+    "Topology",
+    "TopologyKind",
+    "Workflow",
+    "WorkflowSession",
+    "WorkflowState",
+    "all_actions",
+    "default_topology",
+    "make_executor",
+    "make_planner",
+]

@@ -1,0 +1,1 @@
+"""Pipelines: each step of the data and evaluation flow, callable from the CLI and from Ray jobs."""
