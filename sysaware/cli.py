@@ -103,6 +103,195 @@ def calibrate() -> None:
     calibration.main()
 
 
+
+def _parse_models(models: str | None) -> list[str] | None:
+    return None if models is None else [m.strip() for m in models.split(",") if m.strip()]
+
+
+def _connect_or_start_ray(dashboard: bool, outlive_process: bool):
+    """A Ray cluster to deploy on: the running one (``ray start``), or a new one. A new one started for a command
+    that returns (--no-blocking) is started with ``ray start --head`` so it outlives this process; otherwise it is
+    local to this process. Returns (ray context, whether this process owns the cluster)."""
+    import subprocess
+
+    import ray
+
+    try:
+        return ray.init(address="auto", logging_level="warning"), False
+    except ConnectionError:
+        pass
+    if outlive_process:
+        cmd = ["ray", "start", "--head", "--disable-usage-stats", f"--include-dashboard={str(dashboard).lower()}"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        return ray.init(address="auto", logging_level="warning"), False
+    return ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="warning"), True
+
+
+def _http_url(address: str | None) -> str | None:
+    if not address:
+        return None
+    return address if address.startswith("http") else f"http://{address}"
+
+
+@app.command("serve")
+def serve_pool(
+    pool: Path = PoolOption,
+    time_scale: float = typer.Option(1.0, min=1e-3, help="Twin speed: engine seconds per wall second."),
+    port: int = typer.Option(8000, help="HTTP port of Serve's proxy (if Serve already runs, its port stays)."),
+    host: str = typer.Option("127.0.0.1", help="Interface the API listens on (0.0.0.0 for every interface)."),
+    models: str | None = typer.Option(None, help="Serve only these models of the pool, comma-separated."),
+    blocking: bool = typer.Option(True, "--blocking/--no-blocking", help="Wait until Ctrl-C (then tear down)."),
+) -> None:
+    """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
+    import time
+
+    from ray import serve
+
+    from sysaware.serving.app import APP_NAME, build_app, deploy
+
+    cfg = _load_pool(pool)
+    try:
+        application = build_app(cfg, time_scale, models=_parse_models(models))
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
+    served = _parse_models(models) or [m.name for m in cfg.models]
+    console.print(f"deploying {cfg.name} ({len(served)} models, time_scale={time_scale}) ...")
+    url = deploy(application, port=port, host=host)
+    console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
+    console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+    dashboard = _http_url(getattr(ctx, "dashboard_url", None))
+    console.print(f"dashboard:   {dashboard or 'not running'}")
+    if not blocking:
+        console.print(f"running in the background; stop with: serve delete {APP_NAME}  (or: serve shutdown -y)")
+        return
+    console.print("serving; Ctrl-C stops")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping ...")
+    finally:
+        serve.delete(APP_NAME)
+        if owns_cluster:
+            import ray
+
+            ray.shutdown()
+
+
+@app.command("load-sweep")
+def load_sweep(
+    pool: Path = PoolOption,
+    levels: str = typer.Option("1,10,50", help="Background clients per model, comma-separated."),
+    warmup_s: float = typer.Option(10.0, min=0, help="Engine seconds of warm-up per level."),
+    duration_s: float = typer.Option(30.0, min=0.1, help="Engine seconds measured per level."),
+    time_scale: float = typer.Option(0.25, min=1e-3, help="Twin speed when this command deploys the pool."),
+    models: str | None = typer.Option(None, help="Only these models of the pool, comma-separated."),
+    url: str | None = typer.Option(None, help="Sweep a pool already serving at this base URL (http://host:port/v1)."),
+    port: int = typer.Option(0, help="HTTP port when this command deploys the pool (0: a free one)."),
+    compare_sim: bool = typer.Option(True, "--compare-sim/--no-compare-sim", help="Also print the simulated table."),
+    seed: int = typer.Option(0),
+    run_dir: Path | None = typer.Option(None, help="Where to write the CSVs (default runs/load-sweep-<time>)."),
+) -> None:
+    """Drive the live pool with N streaming clients per model; TTFT/TPOT p50/p95 per model (engine ms) and the
+    telemetry seen, beside the simulated sweep of the same pool."""
+    import asyncio
+
+    from tqdm import tqdm
+
+    from sysaware.runs import new_run_dir
+    from sysaware.serving import load_sweep as ls
+
+    parsed_levels = _parse_levels(levels)
+    out = new_run_dir("load-sweep", run_dir)
+    cfg = _load_pool(pool)
+    deployed_here, owns_cluster = url is None, False
+    if deployed_here:
+        from ray import serve
+
+        from sysaware.serving.app import APP_NAME, build_app, deploy
+
+        try:
+            application = build_app(cfg, time_scale, models=_parse_models(models))
+        except ValueError as e:
+            console.print(f"[red]error:[/red] {e}")
+            raise typer.Exit(2) from None
+        _, owns_cluster = _connect_or_start_ray(dashboard=False, outlive_process=False)
+        console.print(f"deploying {cfg.name} at time_scale={time_scale} ...")
+        url = deploy(application, port=port or _free_port())
+    assert url is not None
+    try:
+        served, served_scale = asyncio.run(ls.discover(url))
+        names = _parse_models(models) or served
+        missing = [m for m in names if m not in served]
+        if missing:
+            console.print(f"[red]error:[/red] the pool at {url} does not serve {missing}; it serves {served}")
+            raise typer.Exit(2)
+        settings = ls.LiveSweepSettings(tuple(parsed_levels), warmup_s, duration_s, served_scale, seed=seed)
+        per_level_wall = settings.wall_s(warmup_s + duration_s)
+        console.print(
+            f"sweeping {len(names)} models at {url}: levels {parsed_levels}, {warmup_s:g}+{duration_s:g} engine s "
+            f"per level = {per_level_wall:.0f} s wall at time_scale={served_scale:g}"
+        )
+        bar = tqdm(total=round(per_level_wall * len(parsed_levels)), desc="load sweep", unit="s")
+        base = {"wall": 0.0}
+
+        def progress(p: ls.LevelProgress) -> None:
+            bar.n = min(round(base["wall"] + p.elapsed_wall_s), bar.total)
+            bar.set_postfix(N=p.concurrency, done=p.finished_requests, failed=p.failed_requests)
+            bar.refresh()
+
+        def level_done(run: ls.LevelRun) -> None:
+            base["wall"] += per_level_wall
+
+        df, runs = asyncio.run(ls.sweep(url, names, settings, on_progress=progress, on_level=level_done))
+        bar.n = bar.total
+        bar.close()
+    finally:
+        if deployed_here:
+            serve.delete(APP_NAME)
+            if owns_cluster:
+                import ray
+
+                ray.shutdown()
+    df.to_csv(out / "load_sweep.csv", index=False)
+    ls.requests_frame(runs).to_csv(out / "load_sweep_requests.csv", index=False)
+    title = f"{cfg.name}: live pool, client-measured (engine ms = wall x {settings.time_scale:g}, {duration_s:g}s window)"
+    print_latency_table(df, title)
+    engine_view = df.assign(
+        ttft_p50_ms=df.engine_ttft_p50_ms,
+        ttft_p95_ms=df.engine_ttft_p95_ms,
+        tpot_p50_ms=df.engine_tpot_p50_ms,
+        tpot_p95_ms=df.engine_tpot_p95_ms,
+    )
+    print_latency_table(engine_view, f"{cfg.name}: live pool, engine-reported (same requests)")
+    if int(df.failed.sum()):
+        console.print(f"[yellow]{int(df.failed.sum())} requests failed; see load_sweep_requests.csv[/yellow]")
+    if compare_sim:
+        from sysaware.sim.sweep import SweepSettings, sweep
+
+        sim_cfg = cfg if models is None else _select(cfg, names)
+        sim = sweep(sim_cfg, SweepSettings(tuple(parsed_levels), warmup_s, duration_s, seed=seed))
+        sim.to_csv(out / "sim_sweep.csv", index=False)
+        print_latency_table(sim, f"{cfg.name}: simulated (virtual time, same window)")
+    console.print(f"tables written to {out}")
+
+
+def _select(cfg: PoolConfig, names: list[str]) -> PoolConfig:
+    from sysaware.serving.app import select_models
+
+    return select_models(cfg, names)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @app.command("collect-prompts")
 def collect_prompts_cmd(
     pool: Path = PoolOption,

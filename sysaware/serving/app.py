@@ -99,7 +99,7 @@ def build_app(
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=ingress_max_ongoing_requests,
     )
-    return ingress.bind(pool_dict, handles)
+    return ingress.bind(pool_dict, handles, time_scale)
 
 
 def build(args: AppArgs) -> Application:

@@ -13,6 +13,7 @@ on serving. What the engine itself refuses (``ValueError``) is a 400 too.
 
 # No `from __future__ import annotations`: Serve rewrites the route methods' signatures for FastAPI, which then
 # cannot resolve string annotations such as the request body's model.
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -45,6 +46,7 @@ from sysaware.serving.openai_types import (
     now_unix_s,
     openai_finish_reason,
 )
+from sysaware.serving.live_engine import StreamChunk
 from sysaware.serving.prometheus import PoolMetrics
 
 logger = logging.getLogger(__name__)
@@ -138,12 +140,69 @@ def _engine_refusal(e: BaseException) -> OpenAIError:
     cause = getattr(e, "cause", None) or e
     return OpenAIError(400, str(cause), code="engine_rejected")
 
+_END_OF_STREAM = object()
+
+
+async def _pump(chunks, queue: asyncio.Queue) -> None:
+    """Move the replica's chunks into ``queue``; then the end marker, or the exception that ended the stream."""
+    try:
+        async for chunk in chunks:
+            queue.put_nowait(chunk)
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:
+        queue.put_nowait(e)
+        return
+    queue.put_nowait(_END_OF_STREAM)
+
+
+class SSEWriter:
+    """Turns a replica's ``StreamChunk``s into OpenAI's chunk events: the role in the first delta, the
+    ``finish_reason`` (and the engine's timings) in its own last event, then the usage when asked for."""
+
+    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
+        self.completion_id = completion_id
+        self.model = model
+        self.include_usage = include_usage
+        self.created = now_unix_s()
+        self._role_sent = False
+
+    def _event(self, choices: list[ChunkChoice], **extra) -> str:
+        return ChatCompletionChunk(
+            id=self.completion_id, created=self.created, model=self.model, choices=choices, **extra
+        ).sse()
+
+    def chunk(self, chunk: StreamChunk) -> str:
+        parts = []
+        if chunk.text or (chunk.finished and not self._role_sent):
+            role = None if self._role_sent else "assistant"
+            parts.append(self._event([ChunkChoice(delta=Delta(role=role, content=chunk.text))]))
+            self._role_sent = True
+        if chunk.finished and chunk.result is not None:
+            result = chunk.result
+            finish = ChunkChoice(delta=Delta(), finish_reason=openai_finish_reason(result.finish_reason))
+            parts.append(self._event([finish], sysaware=EngineTimings.of(result)))
+            if self.include_usage:
+                parts.append(self._event([], usage=Usage.of(result)))
+        return "".join(parts)
+
+    def error(self, message: str) -> str:
+        # The 200 status is already sent: OpenAI-compatible servers report a late failure as an error event.
+        info = ErrorInfo(message=message, type="internal_error", param=None, code=None)
+        return f"data: {json.dumps({'error': info.model_dump()})}\n\n"
+
+
+# Everything the Ingress methods use must be defined above it: serve.ingress pickles the routes by value at
+# decoration time, with the module globals that exist at that moment.
+
 
 @serve.ingress(api)
 class Ingress:
-    """The FastAPI app as a Serve deployment; ``models`` maps each served model name to its deployment's handle."""
+    """The FastAPI app as a Serve deployment; ``models`` maps each served model name to its deployment's handle.
+    ``time_scale`` (engine seconds per wall second of the twin replicas) is only reported, so clients that time
+    requests on the wall clock can convert to engine time."""
 
-    def __init__(self, pool: PoolConfig | dict, models: Mapping) -> None:
+    def __init__(self, pool: PoolConfig | dict, models: Mapping, time_scale: float = 1.0) -> None:
         from sysaware.serving.telemetry import get_or_create_telemetry
 
         self.pool = pool if isinstance(pool, PoolConfig) else PoolConfig.model_validate(pool)
@@ -154,6 +213,7 @@ class Ingress:
         self.telemetry = get_or_create_telemetry()
         self.metrics = PoolMetrics()
         self.created = now_unix_s()
+        self.time_scale = time_scale
 
     # ---- OpenAI API ---------------------------------------------------------------------------------------------
 
@@ -207,56 +267,47 @@ class Ingress:
             first = await chunks.__anext__()
         except ValueError as e:
             raise _engine_refusal(e) from None
-        created = now_unix_s()
+        writer = SSEWriter(completion_id, request.model, include_usage)
+        return StreamingResponse(
+            self._events(first, chunks, writer),
+            media_type="text/event-stream",
+            headers={"x-request-id": request.request_id},
+        )
 
-        def event(delta: Delta, finish_reason: str | None = None, **extra) -> str:
-            chunk = ChatCompletionChunk(
-                id=completion_id,
-                created=created,
-                model=request.model,
-                choices=[ChunkChoice(delta=delta, finish_reason=finish_reason)],
-                **extra,
-            )
-            return chunk.sse()
-
-        async def events() -> AsyncIterator[str]:
-            chunk, finished = first, False
-            role: str | None = "assistant"  # OpenAI names the role in the first delta only
-            try:
-                while True:
-                    if chunk.finished and chunk.result is not None:
-                        result = chunk.result
-                        self.metrics.observe(result)
-                        if chunk.text or role:
-                            yield event(Delta(role=role, content=chunk.text))
-                        yield event(
-                            Delta(),
-                            openai_finish_reason(result.finish_reason),
-                            sysaware=EngineTimings.of(result),
-                        )
-                        if include_usage:
-                            usage = ChatCompletionChunk(
-                                id=completion_id, created=created, model=request.model, choices=[], usage=Usage.of(result)
-                            )
-                            yield usage.sse()
+    async def _events(self, first: StreamChunk, chunks, writer: "SSEWriter") -> AsyncIterator[str]:
+        """The SSE body. A pump task reads the replica's chunks into a queue; each write sends every chunk queued
+        since the previous write. Idle, that is one chunk per write, sent at once; under load, when writes lag,
+        the hop to Serve's proxy carries fewer, larger messages instead of falling further behind."""
+        queue: asyncio.Queue = asyncio.Queue()
+        queue.put_nowait(first)
+        pump = asyncio.get_running_loop().create_task(_pump(chunks, queue))
+        finished = False
+        try:
+            while not finished:
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                parts = []
+                for item in batch:
+                    if item is _END_OF_STREAM:
                         finished = True
+                    elif isinstance(item, BaseException):
+                        logger.error("stream %s failed: %r", writer.completion_id, item)
+                        parts.append(writer.error(f"the engine failed while streaming: {item!r}"))
+                        finished = True
+                    else:
+                        parts.append(writer.chunk(item))
+                        if item.finished and item.result is not None:
+                            self.metrics.observe(item.result)
+                            finished = True
+                    if finished:
                         break
-                    if chunk.text:
-                        yield event(Delta(role=role, content=chunk.text))
-                        role = None
-                    chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                pass
-            except Exception as e:  # the replica failed mid-stream: the status is sent, so say it in the stream
-                logger.exception("stream %s failed", completion_id)
-                error = OpenAIError(500, f"the engine failed while streaming: {e!r}").info
-                yield f"data: {json.dumps({'error': error.model_dump()})}\n\n"
-            finally:
-                if not finished:
-                    chunks.cancel()
-            yield SSE_DONE
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"x-request-id": request.request_id})
+                yield "".join(parts)
+        finally:
+            pump.cancel()
+            if not finished:
+                chunks.cancel()  # the client went away: the replica aborts the request
+        yield SSE_DONE
 
     # ---- pool state ---------------------------------------------------------------------------------------------
 
@@ -271,5 +322,5 @@ class Ingress:
 
     @api.get("/health")
     async def health(self) -> dict:
-        return {"status": "ok", "models": [m.name for m in self.pool.models]}
+        return {"status": "ok", "models": [m.name for m in self.pool.models], "time_scale": self.time_scale}
 
