@@ -1,0 +1,393 @@
+"""The twin core driven in wall-clock time: what a Serve replica hosts when its backend is the twin.
+
+The core is clock-free (``step(now, until)`` returns how long the step took); this driver gives it a clock:
+
+    engine clock = (time.monotonic() - t0) x time_scale        (seconds of simulated GPU time)
+
+One background task per engine, on the replica's event loop, runs the core back to back: ``step(start)``, then
+``await`` until the wall clock reaches the step's end, then deliver its events (first tokens, finished requests,
+stream progress), then the next step. Everything runs in one asyncio loop, so the core is never touched by two
+coroutines at once.
+
+Two rules keep the live engine equal to the simulated one:
+
+- An arrival stamps itself with the engine clock and, if a fast-forwarded decode run is in flight, cuts that run at
+  the first step boundary at or after the arrival (``core.truncate``) and wakes the driver, so the request joins the
+  very next step, as on vLLM and as in the simulated cluster.
+- Steps are chained on the engine clock (the next starts where the last ended), not on the wall clock when the
+  driver woke up: a late wake-up (timer granularity, a busy loop) is caught up instead of slowing the simulated GPU
+  down. The only exceptions: a step never starts before the newest arrival it may serve, and a driver more than
+  ``max_lag_wall_s`` behind gives up the lag rather than burst through it.
+
+The engine clock stands still while the responder decides an arriving request's answer: that CPU time is the
+simulation's, not the simulated GPU's (wall-clock latencies still include it).
+
+Runs are also bounded to ``max_run_wall_s`` of wall time, so streams receive tokens at least that often and stats
+(which describe the end of the step in flight) are never more than that ahead of the wall clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Protocol
+
+from sysaware.config import Backend, ModelDeployment, PoolConfig
+from sysaware.engines.twin.core import EventKind, StepOutcome, TwinEngineCore
+from sysaware.engines.twin.protocols import Responder
+from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """One piece of a streamed completion. Concatenating every chunk's ``text`` gives the non-streamed text."""
+
+    text: str  # new text since the previous chunk (may be empty on the last one)
+    num_tokens: int  # output tokens emitted so far, tokens
+    finished: bool = False
+    result: GenerationResult | None = None  # the whole request's measurements; on the last chunk only
+
+
+class ServingEngine(Protocol):
+    """What a replica needs from its engine (twin driven live, later vLLM or a remote server)."""
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]: ...
+
+    async def stats(self) -> ReplicaStats: ...
+
+    def check_health(self) -> None:
+        """Raise if the engine can no longer serve (the replica is then replaced)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def emitted_text(text: str, response_tokens: int, num_tokens: int) -> str:
+    """The share of ``text`` emitted after ``num_tokens`` of its ``response_tokens`` tokens, by characters.
+
+    The same rule as ``TwinRequest.result`` applies to a capped or aborted request, so every streamed prefix is a
+    prefix of the final text.
+    """
+    if num_tokens >= response_tokens:
+        return text
+    return text[: len(text) * num_tokens // response_tokens]
+
+
+@dataclass(eq=False)
+class _Tracked:
+    """A request the driver owes an answer to."""
+
+    request_id: str
+    done: asyncio.Future  # resolves to its GenerationResult when it finishes
+    response_text: str  # the whole answer the responder chose
+    response_tokens: int  # its length, tokens
+    progress: asyncio.Event | None = None  # streams only: set whenever num_tokens grows or the request finishes
+    num_tokens: int = 0  # output tokens emitted by the end of the latest delivered step
+
+
+@dataclass
+class _StepInFlight:
+    start_s: float  # engine clock
+    end_s: float  # engine clock; moves earlier when an arrival truncates the run
+    is_run: bool  # a fast-forwarded decode run, which an arrival may cut
+
+
+@dataclass
+class DriverStats:
+    """How the driver itself behaves, for benchmarks: wake-ups, truncations, the lag it dropped."""
+
+    steps: int = 0  # core.step() calls
+    iterations: int = 0  # scheduler iterations, fast-forwarded ones included
+    truncations: int = 0  # runs cut short by an arrival or an abort
+    dropped_lag_s: float = 0.0  # engine seconds given up because the driver fell behind the wall clock
+    late_wakeups: list[float] = field(default_factory=list)  # wall seconds past a step's deadline (last 1000)
+
+
+class LiveTwinEngine:
+    """A ``TwinEngineCore`` served in real time (``time_scale`` x faster), with streaming and cancellation."""
+
+    def __init__(
+        self,
+        core: TwinEngineCore,
+        time_scale: float = 1.0,
+        *,
+        max_run_wall_s: float = 0.02,
+        max_lag_wall_s: float = 0.05,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.core = core
+        self.time_scale = time_scale
+        self.max_run_s = max_run_wall_s * time_scale  # engine seconds a fast-forwarded run may cover
+        self.max_lag_s = max_lag_wall_s * time_scale  # engine seconds of lag caught up before it is dropped
+        self.driver_stats = DriverStats()
+        self._t0 = time.monotonic()
+        self._clock_s = 0.0  # engine time where the previous step ended (the core's own clock)
+        self._newest_arrival_s = 0.0
+        self._step: _StepInFlight | None = None
+        self._tracked: dict[str, _Tracked] = {}
+        self._wake: asyncio.Event | None = None
+        self._driver: asyncio.Task | None = None
+        self._failure: BaseException | None = None
+
+    # ---- clock ------------------------------------------------------------------------------------------------
+
+    def now(self) -> float:
+        """The engine clock, s."""
+        return (time.monotonic() - self._t0) * self.time_scale
+
+    def _wall_deadline(self, engine_s: float) -> float:
+        return self._t0 + engine_s / self.time_scale
+
+    # ---- requests in --------------------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Serve ``request`` to the end. Cancelling the caller aborts it in the core (its KV blocks are freed)."""
+        tracked = self._admit(request, stream=False)
+        try:
+            return await tracked.done
+        except asyncio.CancelledError:
+            self._abort(request.request_id)
+            raise
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        """Serve ``request`` as chunks: one per delivered step that emitted tokens, then a last one with the result.
+
+        A consumer that stops early (closes the generator, or is cancelled) aborts the request.
+        """
+        tracked = self._admit(request, stream=True)
+        assert tracked.progress is not None
+        sent_tokens, sent_chars = 0, 0
+        try:
+            while not tracked.done.done():
+                await tracked.progress.wait()
+                tracked.progress.clear()
+                if tracked.done.done() or tracked.num_tokens <= sent_tokens:
+                    continue
+                sent_tokens = tracked.num_tokens
+                prefix = emitted_text(tracked.response_text, tracked.response_tokens, sent_tokens)
+                delta, sent_chars = prefix[sent_chars:], len(prefix)
+                yield StreamChunk(text=delta, num_tokens=sent_tokens)
+            result: GenerationResult = tracked.done.result()
+            yield StreamChunk(result.text[sent_chars:], result.output_tokens, finished=True, result=result)
+        finally:
+            if not tracked.done.done():
+                self._abort(request.request_id)
+
+    def _admit(self, request: GenerationRequest, stream: bool) -> _Tracked:
+        self.check_health()
+        if request.model != self.core.model:
+            raise ValueError(
+                f"request {request.request_id!r} is for model {request.model!r} but this replica serves "
+                f"{self.core.model!r}"
+            )
+        self._ensure_driver()
+        now = self.now()
+        self._cut_run(now)
+        t_admit = time.monotonic()
+        try:
+            self.core.add_request(request, now)  # ValueError for a request that can never be served
+        finally:
+            # The responder's CPU time (deciding the answer, milliseconds; more on a first call) is the
+            # simulation's cost, not the GPU's: the engine clock stands still meanwhile, so it neither shows in
+            # this request's TTFT nor slows the steps of the others.
+            self._t0 += time.monotonic() - t_admit
+        self._newest_arrival_s = max(self._newest_arrival_s, now)
+        twin_request = self.core.requests[request.request_id]
+        tracked = _Tracked(
+            request_id=request.request_id,
+            done=asyncio.get_running_loop().create_future(),
+            response_text=twin_request.response_text,
+            response_tokens=twin_request.response_tokens,
+            progress=asyncio.Event() if stream else None,
+        )
+        self._tracked[request.request_id] = tracked
+        assert self._wake is not None
+        self._wake.set()
+        return tracked
+
+    def _abort(self, request_id: str) -> None:
+        """The client went away: drop the request from the core now, freeing its KV blocks."""
+        tracked = self._tracked.pop(request_id, None)
+        if tracked is None:
+            return
+        if not tracked.done.done():
+            tracked.done.cancel()
+        now = self.now()
+        self._cut_run(now)  # abort closes the run for good, so cut it first (it may hold the aborted request)
+        self.core.abort(request_id, now)
+
+    def _cut_run(self, now: float) -> None:
+        """An external event at ``now`` inside a fast-forwarded run: end the run at the next step boundary."""
+        step = self._step
+        if step is None or not step.is_run or now >= step.end_s:
+            return
+        new_end = self.core.truncate(now)
+        if new_end is not None and new_end < step.end_s:
+            step.end_s = new_end
+            self.driver_stats.truncations += 1
+            if self._wake is not None:
+                self._wake.set()  # the driver sleeps toward the old end
+
+    # ---- state out ----------------------------------------------------------------------------------------------
+
+    def stats_now(self) -> ReplicaStats:
+        """The scheduler's state, stamped with the engine clock (during a step: the state at its end)."""
+        return self.core.stats(self.now())
+
+    async def stats(self) -> ReplicaStats:
+        return self.stats_now()
+
+    @property
+    def num_tracked(self) -> int:
+        """Requests admitted and not yet answered or aborted."""
+        return len(self._tracked)
+
+    def check_health(self) -> None:
+        if self._failure is not None:
+            message = f"the twin driver of {self.core.replica_id} stopped: {self._failure!r}"
+            raise RuntimeError(message) from self._failure
+
+    # ---- the driver ---------------------------------------------------------------------------------------------
+
+    def _ensure_driver(self) -> None:
+        if self._driver is None:
+            self._wake = asyncio.Event()
+            self._driver = asyncio.get_running_loop().create_task(self._drive(), name=f"twin-{self.core.replica_id}")
+
+    async def _drive(self) -> None:
+        assert self._wake is not None
+        core, wake = self.core, self._wake
+        try:
+            while True:
+                if not core.has_work():
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                # Chain on the engine clock, but never before the newest arrival nor too far behind the wall.
+                start = max(self._clock_s, self._newest_arrival_s)
+                floor = self.now() - self.max_lag_s
+                if start < floor:
+                    self.driver_stats.dropped_lag_s += floor - start
+                    start = floor
+                outcome = core.step(start, until=start + self.max_run_s)
+                self.driver_stats.steps += 1
+                self._step = _StepInFlight(start, start + outcome.duration_s, outcome.num_iterations > 1)
+                await self._sleep_until_step_end(wake)
+                outcome = core.last_outcome  # a truncation replaced it with the shorter run
+                assert outcome is not None
+                self._clock_s = self._step.end_s
+                self._step = None
+                self.driver_stats.iterations += outcome.num_iterations
+                self._deliver(outcome)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a bug in the core: fail every waiter instead of leaving them hanging
+            self._failure = e
+            for tracked in self._tracked.values():
+                if not tracked.done.done():
+                    tracked.done.set_exception(RuntimeError(f"twin driver failed: {e!r}"))
+                if tracked.progress is not None:
+                    tracked.progress.set()
+            self._tracked.clear()
+            raise
+
+    async def _sleep_until_step_end(self, wake: asyncio.Event) -> None:
+        """Sleep until the wall clock reaches the step's end; an arrival that moves the end wakes us early."""
+        step = self._step
+        assert step is not None
+        while True:
+            delay = self._wall_deadline(step.end_s) - time.monotonic()
+            if delay <= 0:
+                late = self.driver_stats.late_wakeups
+                late.append(-delay)
+                if len(late) > 1000:
+                    del late[:500]
+                return
+            wake.clear()
+            try:
+                async with asyncio.timeout(delay):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+
+    def _deliver(self, outcome: StepOutcome) -> None:
+        """Hand the step's events to the waiting requests; streams also learn how many tokens they have."""
+        for event in outcome.events:
+            if event.kind is not EventKind.FINISHED:
+                continue
+            tracked = self._tracked.pop(event.request_id, None)
+            if tracked is None:
+                continue  # aborted meanwhile
+            if not tracked.done.done():
+                tracked.done.set_result(event.result)
+            if tracked.progress is not None:
+                tracked.progress.set()
+        requests = self.core.requests
+        for tracked in self._tracked.values():
+            if tracked.progress is None:
+                continue
+            twin_request = requests.get(tracked.request_id)
+            if twin_request is not None and twin_request.num_output_tokens > tracked.num_tokens:
+                tracked.num_tokens = twin_request.num_output_tokens
+                tracked.progress.set()
+
+    async def close(self) -> None:
+        """Stop the driver; requests still in flight are aborted (their callers see CancelledError)."""
+        for request_id in list(self._tracked):
+            self._abort(request_id)
+        if self._driver is not None:
+            self._driver.cancel()
+            try:
+                await self._driver
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+# ---- the factory -------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _responder_for(pool_json: str) -> Responder:
+    from sysaware.engines.twin.responder import TwinResponder
+
+    return TwinResponder(PoolConfig.model_validate_json(pool_json))
+
+
+def shared_responder(pool: PoolConfig) -> Responder:
+    """One TwinResponder per process and pool: building one loads and measures the recorded answers (seconds)."""
+    return _responder_for(pool.model_dump_json())
+
+
+def warm_up(responder: Responder, model: str) -> None:
+    """Answer one MBPP prompt so the responder's lazy loads (recorded answers, task index: ~0.1-0.2 s) happen while
+    the replica starts, not inside its first request."""
+    from sysaware.tasks.mbpp import load_tasks
+    from sysaware.tasks.prompts import ROLES, task_prompt
+
+    task = load_tasks()[0]
+    messages = (
+        ChatMessage("system", ROLES["programmer"].system_prompt),
+        ChatMessage("user", task_prompt(task.text, task.test_list[0])),
+    )
+    responder.respond(GenerationRequest("warm-up", model, messages))
+
+
+def build_engine(
+    model: ModelDeployment,
+    pool: PoolConfig,
+    replica_id: str,
+    time_scale: float = 1.0,
+) -> ServingEngine:
+    """The engine a replica of ``model`` hosts, chosen by ``model.backend``; replicas never look at which."""
+    if model.backend is Backend.TWIN:
+        responder = shared_responder(pool)
+        warm_up(responder, model.name)
+        core = TwinEngineCore.for_deployment(model, pool, replica_id, responder=responder)
+        return LiveTwinEngine(core, time_scale)
+    raise NotImplementedError(f"backend {model.backend.value!r} lands in a later issue")

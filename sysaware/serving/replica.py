@@ -1,0 +1,212 @@
+"""One replica of one model of the pool: an engine, its stats pushed to telemetry, its routing stats to Serve.
+
+``LLMReplica`` is a plain class (the builder wraps it with ``serve.deployment``; tests may build it directly):
+it gets the pool and a model name, builds its engine through an injectable factory (``build_engine`` picks the twin
+or, later, vLLM) and never looks at which engine it has. ``deployment_for(model)`` gives the Serve deployment with
+the pool's replica count, the latency-aware router and fast health checks; the ingress binds it as
+``deployment_for(m).bind(pool_dict, m.name, time_scale)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from sysaware.config import ModelDeployment, PoolConfig
+from sysaware.engines.types import GenerationRequest, GenerationResult, ReplicaStats
+from sysaware.serving.live_engine import ServingEngine, StreamChunk, build_engine
+from sysaware.serving.router import LatencyAwareRouter, predicted_latency_ms
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[ModelDeployment, PoolConfig, str, float], ServingEngine]
+
+ROUTING_STATS_PERIOD_S = 0.1  # how often Serve's controller polls record_routing_stats
+
+
+def serve_replica_id() -> str | None:
+    """``app#deployment#unique_id`` inside a Serve replica (its actor is named ``SERVE_REPLICA::`` + that), else
+    None."""
+    try:
+        from ray.serve.context import _get_internal_replica_context
+    except ImportError:
+        return None
+    context = _get_internal_replica_context()
+    if context is None:
+        return None
+    rid = context.replica_id
+    return f"{rid.deployment_id.app_name}#{rid.deployment_id.name}#{rid.unique_id}"
+
+
+class LLMReplica:
+    """Hosts one engine; Serve calls ``generate`` / ``generate_stream`` through a DeploymentHandle."""
+
+    def __init__(
+        self,
+        pool: PoolConfig | dict,
+        model_name: str,
+        time_scale: float = 1.0,
+        telemetry: bool = True,
+        push_period_s: float = 0.1,
+        engine_factory: EngineFactory | None = None,
+        replica_id: str | None = None,
+    ) -> None:
+        self.pool = pool if isinstance(pool, PoolConfig) else PoolConfig.model_validate(pool)
+        self.model = self.pool.model(model_name)
+        self.replica_id = serve_replica_id() or replica_id or f"{model_name}#local"
+        self.time_scale = time_scale
+        factory = engine_factory or build_engine
+        self.engine: ServingEngine = factory(self.model, self.pool, self.replica_id, time_scale)
+        self.telemetry_enabled = telemetry
+        self.push_period_s = push_period_s
+        self.pushes_sent = 0  # pushes the telemetry actor acknowledged
+        self._telemetry: Any = None  # the actor handle, resolved lazily and again after a failure
+        self._push_task: asyncio.Task | None = None
+        self._routing_content: tuple | None = None
+        self._routing_since_s = 0.0  # wall time when the routing stats last changed
+        self._closed = False
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # built outside an event loop (a unit test): background work starts with the first call
+        self._start_background()  # Serve runs a sync __init__ on the replica's event loop
+
+    # ---- generation ---------------------------------------------------------------------------------------------
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self._start_background()
+        return await self.engine.generate(request)
+
+    async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        """Chunks for ``handle.options(stream=True).generate_stream.remote(request)``; the last one carries the
+        result. A caller that goes away cancels this generator and the engine aborts the request."""
+        self._start_background()
+        async for chunk in self.engine.generate_stream(request):
+            yield chunk
+
+    # ---- state out ----------------------------------------------------------------------------------------------
+
+    async def stats(self) -> ReplicaStats:
+        return await self.engine.stats()
+
+    async def record_routing_stats(self) -> dict[str, float]:
+        """What the request router ranks replicas by (Serve's controller polls it every ~0.1 s).
+
+        ``stats_time_s`` is the wall time when the content last changed, not when it was polled: the dict stays
+        identical while nothing changes (so Serve broadcasts nothing), and the router counts requests it sent
+        after that time as not yet in the snapshot.
+        """
+        s = await self.engine.stats()
+        content = (
+            float(s.num_requests_waiting),
+            float(s.num_requests_running),
+            round(s.kv_cache_usage_perc, 3),
+            round(s.ema_ttft_ms, 1),
+        )
+        if content != self._routing_content:
+            self._routing_content = content
+            self._routing_since_s = time.time()
+        waiting, running, kv, ema = content
+        stats = {"queue_waiting": waiting, "queue_running": running, "kv_utilization": kv, "ema_ttft_ms": ema}
+        stats["predicted_wait_ms"] = round(predicted_latency_ms(stats), 1)
+        stats["stats_time_s"] = self._routing_since_s
+        return stats
+
+    def check_health(self) -> None:
+        """Serve calls this every health_check_period_s; raising gets the replica replaced."""
+        self.engine.check_health()
+        if self._push_task is not None and self._push_task.done() and not self._push_task.cancelled():
+            raise RuntimeError(f"telemetry push loop of {self.replica_id} stopped: {self._push_task.exception()!r}")
+
+    # ---- telemetry ----------------------------------------------------------------------------------------------
+
+    def _start_background(self) -> None:
+        if self.telemetry_enabled and self._push_task is None and not self._closed:
+            self._push_task = asyncio.get_running_loop().create_task(self._push_forever(), name="telemetry-push")
+
+    async def _push_forever(self) -> None:
+        """Push stats every push_period_s. One push in flight at most; a failed actor is looked up again (it may
+        be restarting, or not created yet); generation never waits on any of this."""
+        from ray.exceptions import RayActorError, RayError
+
+        from sysaware.serving.telemetry import get_or_create_telemetry
+
+        next_tick = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                if self._telemetry is None:
+                    self._telemetry = await asyncio.to_thread(get_or_create_telemetry)
+                stats = await self.engine.stats()
+                await asyncio.wait_for(self._telemetry.push.remote(stats), timeout=max(1.0, 10 * self.push_period_s))
+                self.pushes_sent += 1
+                failures = 0
+            except asyncio.TimeoutError:
+                pass  # the actor is slow; keep the handle and try again next tick
+            except (RayActorError, RayError, ValueError) as e:
+                failures += 1
+                self._telemetry = None
+                if failures in (1, 10) or failures % 100 == 0:
+                    logger.warning("%s: telemetry push failed (%d in a row): %r", self.replica_id, failures, e)
+            next_tick += self.push_period_s
+            delay = next_tick - time.monotonic()
+            if delay < 0:  # fell behind (slow actor, busy loop): skip the missed ticks instead of bursting
+                next_tick = time.monotonic()
+                delay = 0.0
+            await asyncio.sleep(delay)
+
+    def __del__(self) -> None:
+        """Graceful stop (Serve calls it on scale-down or delete): stop pushing and leave the snapshot, so only a
+        replica that died is ever reported stale."""
+        if self._closed:
+            return
+        self._closed = True
+        task = self._push_task
+        if task is not None and not task.done():
+            task.cancel()
+        try:
+            if self._telemetry is not None:
+                self._telemetry.forget.remote(self.replica_id)
+            close = getattr(self.engine, "close", None)
+            if close is not None:
+                asyncio.get_running_loop().create_task(close())
+        except Exception:  # no loop or no Ray any more (interpreter exit): nothing left to tidy
+            pass
+
+
+def deployment_for(
+    model: ModelDeployment,
+    *,
+    max_ongoing_requests: int | None = None,
+    health_check_period_s: float = 1.0,
+    router_kwargs: dict[str, float] | None = None,
+    **options: Any,
+):
+    """The Serve deployment of ``model``: one LLMReplica per pool replica, routed by predicted latency.
+
+    ``max_ongoing_requests`` defaults to twice the engine's ``max_num_seqs``: enough for a full batch plus a queue
+    behind it, so a backlog shows in the engine's own waiting queue (what telemetry and the router see) rather than
+    hiding in Serve's. ``options`` go to ``Deployment.options`` (e.g. graceful_shutdown_timeout_s).
+    """
+    from ray import serve
+    from ray.serve.config import RequestRouterConfig
+
+    router_config = RequestRouterConfig(
+        request_router_class=LatencyAwareRouter,
+        request_router_kwargs=router_kwargs or {},
+        request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
+        request_routing_stats_timeout_s=1.0,
+    )
+    settings: dict[str, Any] = {
+        "name": model.name,
+        "num_replicas": model.replicas,
+        "ray_actor_options": {"num_cpus": 0},
+        "max_ongoing_requests": max_ongoing_requests or 2 * model.twin.max_num_seqs,
+        "health_check_period_s": health_check_period_s,
+        "request_router_config": router_config,
+    }
+    settings.update(options)
+    return serve.deployment(LLMReplica).options(**settings)
