@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import random
 import re
 import subprocess
 import sys
+import warnings
 from functools import lru_cache
 
 import numpy as np
@@ -21,15 +25,17 @@ from sysaware.engines.twin.answers import (
     task_solutions,
     wrong_variant,
 )
-from sysaware.engines.twin.responder import (
-    Feedback,
-    ParamsError,
-    TwinResponder,
-    Verdict,
-    coupled_p_correct,
-    find_task,
-    load_responder_params,
-    read_prompt,
+from sysaware.engines.twin.counted_text import counted, join
+from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
+from sysaware.engines.twin.outcomes import coupled_p_correct
+from sysaware.engines.twin.params import ParamsError
+from sysaware.engines.twin.prompt_reading import Feedback, Verdict, find_task
+from sysaware.engines.twin.responder import TwinResponder, load_responder_params, read_prompt
+from sysaware.engines.twin.verbosity import (
+    VERBOSITY_JSON,
+    load_verbosity_table,
+    measure_verbosity,
+    source_fingerprint,
 )
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.tasks.extract import extract_code
@@ -183,11 +189,102 @@ def test_concise_is_the_code_and_one_sentence():
         assert len(re.findall(r"[.!?](?:\s|$)", after)) <= 2  # one sentence (an abbreviation may add a stop)
 
 
-def test_output_tokens_are_the_token_count_of_the_text():
-    for role in ROLES:
-        for strategy in STRATEGIES:
-            r = make_responder().respond(make_request(get_task(17), role_id=role, strategy=strategy))
-            assert r.output_tokens == count_tokens(r.text) >= 1
+def upstream_variants(task: MbppTask) -> list[str]:
+    """What earlier agents may show a later one: nothing, a plan, candidates, a test run, a critique."""
+    solutions = task_solutions(task.task_id)
+    right, wrong = fenced(solutions.reference.code), fenced(solutions.mutation.code)
+    return [
+        "",
+        "Algorithm Designer:\nKey idea: walk the input once.\nSteps:\n1. Read the input.\n2. Return the result.",
+        f"Programmer's solution:\n{right}\n\nSecond programmer:\n{wrong}",
+        f"Candidate solution:\n{wrong}\n\nTest run: test 0 failed: {task.example_test}",
+        f"Candidate solution:\n{right}\n\nTest result: all tests passed",
+        f"Candidate:\n{wrong}\n\nReviewer: Verdict: needs changes: the loop bound is wrong.",
+    ]
+
+
+def test_output_tokens_are_the_token_count_of_the_whole_text():
+    """Counts are assembled from cached pieces; they must equal the tokenizer's count of the text, exactly."""
+    rng = random.Random(0)
+    tasks = [get_task(17), get_task(12), *test_tasks(4), get_task(520)]  # 520: no recordings
+    checked = 0
+    for task in tasks:
+        for upstream in upstream_variants(task):
+            for role in ROLES:
+                for strategy in STRATEGIES:
+                    pool, model = all_models()[rng.randrange(len(all_models()))]
+                    request = make_request(task, role_id=role, strategy=strategy, model=model, seed=rng.randrange(2**31),
+                                           upstream=upstream)
+                    r = make_responder(pool).respond(request)
+                    assert r.output_tokens == count_tokens(r.text) >= 1, (task.task_id, role, strategy, model)
+                    checked += 1
+    assert checked == len(tasks) * 6 * len(ROLES) * len(STRATEGIES)
+
+
+def test_counts_of_pieces_joined_by_whitespace_add_up():
+    pieces = ["def f(x):", "return x+1", "«Déjà vu»", "x" * 150, "end.", "(a,b)", "```python", "naïve café", "日本語"]
+    for separator in (" ", "\n", "\n\n"):
+        for a in pieces:
+            for b in pieces:
+                joined = join(separator, [counted(a), counted(b)])
+                assert joined.text == a + separator + b
+                assert joined.tokens == count_tokens(joined.text), (a, separator, b)
+    with pytest.raises(AssertionError):
+        join("", [counted("ab"), counted("cd")])  # "ab" + "cd" would be one word: the counts do not add up
+
+
+def test_fast_hidden_assert_filter_agrees_with_the_line_by_line_filter():
+    for task in test_tasks(40):
+        hidden = "\n".join(task.test_list)
+        texts = [
+            "Here it is:\n" + fenced(task.reference_code) + "\n\nChecked with:\n" + fenced(hidden),
+            f"Only the example: {task.example_test}\nand more words.",
+            "Nothing to see here.\n" + fenced(task.reference_code),
+        ]
+        for text in texts:
+            fast = without_hidden_asserts(counted(text), task)
+            assert fast.text == strip_hidden_asserts(text, task)
+            assert fast.tokens == count_tokens(fast.text)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Caches and lazy draws never change an answer
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_answers_do_not_depend_on_the_order_requests_arrive_in():
+    rng = random.Random(1)
+    requests = [
+        make_request(t, role_id=rng.choice(list(ROLES)), strategy=rng.choice(STRATEGIES), seed=rng.randrange(2**31),
+                     model=rng.choice(["mistral-7b-instruct", "yi-34b-chat", "codellama-34b-instruct"]),
+                     upstream=rng.choice(upstream_variants(t)))
+        for t in test_tasks(20)
+        for _ in range(4)
+    ]
+    forward = [TwinResponder(make_pool()).respond(r) for r in requests]
+    backward = TwinResponder(make_pool())
+    assert [backward.respond(r) for r in reversed(requests)][::-1] == forward
+
+
+def test_saved_verbosity_table_is_what_a_new_measurement_gives():
+    saved = json.loads(VERBOSITY_JSON.read_text())
+    stale = "recorded_verbosity.json is stale: refresh it with python -m sysaware.engines.twin.verbosity"
+    assert saved["sources"] == source_fingerprint(), stale
+    table = load_verbosity_table()
+    for model in load_responder_params().recorded_model_params_b:  # the models every profile is measured against
+        measure_verbosity.cache_clear()
+        assert table[model] == measure_verbosity(model), stale
+
+
+def test_a_verbosity_table_from_other_sources_is_not_used(tmp_path):
+    saved = json.loads(VERBOSITY_JSON.read_text())
+    saved["sources"]["routerbench_mbpp/mbpp_test.csv"] = "0" * 64
+    other = tmp_path / "verbosity.json"
+    other.write_text(json.dumps(saved))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_verbosity_table(other) == {}
+    assert any("refresh" in str(w.message) for w in caught)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -404,8 +501,10 @@ def test_unknown_model_is_an_error():
 
 
 def test_answers_do_not_depend_on_the_process_hash_seed():
-    """Seeds come from SHA-256, never from Python's per-process hash(): two interpreters agree."""
+    """Seeds come from SHA-256, never from Python's per-process hash(): two fresh interpreters agree, and agree with
+    this process, whose caches are warm by now."""
     script = (
+        "import hashlib\n"
         "from sysaware.config import CONFIG_DIR, load_pool\n"
         "from sysaware.engines.twin.responder import TwinResponder\n"
         "from sysaware.engines.types import ChatMessage, GenerationRequest\n"
@@ -413,10 +512,12 @@ def test_answers_do_not_depend_on_the_process_hash_seed():
         "from sysaware.tasks.prompts import ROLES, task_prompt\n"
         "r = TwinResponder(load_pool(CONFIG_DIR / 'pool_llama3.yaml'))\n"
         "for tid in (12, 20, 600):\n"
-        "    t = get_task(tid)\n"
-        "    m = (ChatMessage('system', ROLES['programmer'].system_prompt),\n"
-        "         ChatMessage('user', task_prompt(t.text, t.example_test) + '\\n\\nReason step by step before answering.'))\n"
-        "    print(r.respond(GenerationRequest('x', 'llama-3.1-8b-instruct', m, seed=5)).output_tokens)\n"
+        "    for role in ('programmer', 'algorithm_designer'):\n"
+        "        t = get_task(tid)\n"
+        "        m = (ChatMessage('system', ROLES[role].system_prompt),\n"
+        "             ChatMessage('user', task_prompt(t.text, t.example_test) + '\\n\\nReason step by step before answering.'))\n"
+        "        a = r.respond(GenerationRequest('x', 'llama-3.1-8b-instruct', m, seed=5))\n"
+        "        print(a.output_tokens, hashlib.sha256(a.text.encode()).hexdigest())\n"
     )
     outputs = {
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
@@ -424,3 +525,11 @@ def test_answers_do_not_depend_on_the_process_hash_seed():
         for hash_seed in (1, 2)
     }
     assert len(outputs) == 1
+    here = ""
+    for task_id in (12, 20, 600):
+        for role in ("programmer", "algorithm_designer"):
+            request = make_request(get_task(task_id), role_id=role, strategy=Strategy.DEEPTHINK,
+                                   model="llama-3.1-8b-instruct", seed=5)
+            answer = make_responder("pool_llama3.yaml").respond(request)
+            here += f"{answer.output_tokens} {hashlib.sha256(answer.text.encode()).hexdigest()}\n"
+    assert outputs == {here}

@@ -88,12 +88,14 @@ def renamed_answer(raw_text: str, task_id: int) -> str:
     return f"```python\n{renamed_code.strip()}\n```\n\n{prose_of(raw_text)}".rstrip() + "\n"
 
 
+_BLANK_LINES = re.compile(r"\n{3,}")
+_DEF_NAME = re.compile(r"def\s+([A-Za-z_]\w*)")
 _CODE_REGION = re.compile(r"```.*?(?:```|\Z)|\[PYTHON\].*?(?:\[/PYTHON\]|\Z)|\[TESTS\].*?(?:\[/TESTS\]|\Z)", re.S)
 
 
 def prose_of(text: str) -> str:
     """An answer's words outside its code blocks (fences, CodeLlama's [PYTHON] and [TESTS] sections)."""
-    return re.sub(r"\n{3,}", "\n\n", _CODE_REGION.sub("", text)).strip()
+    return _BLANK_LINES.sub("\n\n", _CODE_REGION.sub("", text)).strip()
 
 
 def _same_program(a: str, b: str) -> bool:
@@ -116,8 +118,8 @@ def _without_docstrings(tree: ast.Module) -> str:
 
 def _renamed_from(code: str, renamed: str) -> str | None:
     """The identifier ``rename_entry_point`` replaced (first differing ``def`` name)."""
-    before = re.findall(r"def\s+([A-Za-z_]\w*)", code)
-    after = re.findall(r"def\s+([A-Za-z_]\w*)", renamed)
+    before = _DEF_NAME.findall(code)
+    after = _DEF_NAME.findall(renamed)
     for a, b in zip(before, after):
         if a != b:
             return a

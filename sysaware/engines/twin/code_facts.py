@@ -200,11 +200,14 @@ def example_facts(example_test: str) -> ExampleFacts | None:
     return ExampleFacts(ast.unparse(call), expected, tuple(args), len(call.args), expected_type)
 
 
+_WRITE_A_FUNCTION = re.compile(r"^(?:write|create|implement)\s+an?\s+(?:python\s+)?(?:function|program|code)\s+(?:to|that|which)\s+", re.I)
+
+
 @lru_cache(maxsize=4096)
 def goal(task: MbppTask) -> str:
     """The statement as a goal: "Write a function to find X." -> "find X"."""
     text = " ".join(task.text.split()).rstrip(".")
-    text = re.sub(r"^(?:write|create|implement)\s+an?\s+(?:python\s+)?(?:function|program|code)\s+(?:to|that|which)\s+", "", text, flags=re.I)
+    text = _WRITE_A_FUNCTION.sub("", text)
     return text[0].lower() + text[1:] if text else "solve the problem"
 
 

@@ -87,11 +87,19 @@ def fenced(code: str) -> CountedText:
     return counted(fence(code))
 
 
+# Compiled once: the re module's own cache (512 patterns) is flushed by the per-answer patterns of the renaming.
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_LIST_MARKER = re.compile(r"^\s*(?:[-*]|\d+[.)])\s*")
+_ABOUT_THE_CODE = re.compile(r"^(?:this|the) (?:function|code|solution)\b", re.I)
+_NUMBERED = re.compile(r"\d+\. ")
+_ASSERTED_NAME = re.compile(r"assert\s+(?:not\s+)?\(?([A-Za-z_]\w*)\s*\(")
+
+
 def sentences(prose: str) -> list[str]:
     """Sentences of an explanation, without list markers or lead-ins to code ("Here is ...:")."""
     out = []
-    for part in re.split(r"(?<=[.!?])\s+|\n+", prose):
-        part = re.sub(r"^\s*(?:[-*]|\d+[.)])\s*", "", part).strip()
+    for part in _SENTENCE_END.split(prose):
+        part = _LIST_MARKER.sub("", part).strip()
         if len(part) < 12 or part.endswith(":") or part.lower().startswith(("here is", "here's", "sure", "certainly", "i hope", "hope this", "let me know")):
             continue
         out.append(part)
@@ -178,7 +186,7 @@ def _concise_answer(task: MbppTask, solution: Solution) -> CountedText:
 
 def _one_sentence(task: MbppTask, solution: Solution) -> str:
     for sentence in _recorded_sentences(solution):
-        if re.match(r"^(?:this|the) (?:function|code|solution)\b", sentence, re.I) and len(sentence) < 240:
+        if _ABOUT_THE_CODE.match(sentence) and len(sentence) < 240:
             return sentence
     facts = code_facts(solution.code, task.entry_point)
     return f"`{facts.entry}` {facts.key_idea}."
@@ -218,7 +226,7 @@ def plan_units(task: MbppTask, solution: Solution, deepthink: bool) -> PlanUnits
     units.append("Before returning, check the result against the example test; return the value, do not print it.")
     if deepthink:
         units.insert(0, f"Thinking it through: the task is to {goal(task)}; the example `{task.example_test.strip()}` fixes the name and the output format.")
-    separators = tuple("" if i == 0 else "\n" if re.match(r"\d+\. ", u) else "\n\n" for i, u in enumerate(units))
+    separators = tuple("" if i == 0 else "\n" if _NUMBERED.match(u) else "\n\n" for i, u in enumerate(units))
     return PlanUnits(counted_all(units), separators)
 
 
@@ -323,7 +331,7 @@ def _nothing_to_review(task: MbppTask | None) -> CountedText:
 
 def compose_without_task(body: str, reading: PromptReading, ctx: Context) -> CountedText:
     """No MBPP task in the prompt: a short, honest answer shaped like the role's."""
-    names = [n for n in re.findall(r"assert\s+(?:not\s+)?\(?([A-Za-z_]\w*)\s*\(", body) if n not in ("set", "sorted", "list")]
+    names = [n for n in _ASSERTED_NAME.findall(body) if n not in ("set", "sorted", "list")]
     if reading.kind is RoleKind.CODE:
         name = names[0] if names else "solution"
         skeleton = fence(f"def {name}(*args):\n    \"\"\"Fill in once the expected behaviour is specified.\"\"\"\n    raise NotImplementedError")
