@@ -1,0 +1,143 @@
+"""/metrics text: the telemetry snapshot and the observed latencies rendered with vLLM's names, parsed back with
+prometheus_client's own parser (what a Prometheus scrape does)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from sysaware.engines.types import FinishReason, GenerationResult, ReplicaStats
+from sysaware.serving.prometheus import TTFT_BUCKETS_S, PoolMetrics
+from sysaware.serving.telemetry import TelemetryState
+
+VLLM_SAMPLE_NAMES = {
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:inter_token_latency_seconds_count",
+    "vllm:e2e_request_latency_seconds_count",
+}
+
+
+def create_stats(replica_id: str, model: str, **fields) -> ReplicaStats:
+    values = {
+        "timestamp_s": 1.0,
+        "num_requests_waiting": 0,
+        "num_requests_running": 0,
+        "kv_cache_usage_perc": 0.0,
+        "ema_ttft_ms": 0.0,
+        "prompt_tokens_total": 0,
+        "generation_tokens_total": 0,
+        "num_preemptions_total": 0,
+        "requests_finished_total": 0,
+        "num_gpu_blocks": 1000,
+        "block_size": 16,
+    } | fields
+    return ReplicaStats(replica_id=replica_id, model=model, **values)
+
+
+def create_result(
+    model: str = "m", replica_id: str = "app#m#r0", ttft_s: float = 0.05, token_gaps_s: tuple[float, ...] = (0.01,) * 4,
+    finish: FinishReason = FinishReason.STOP,
+) -> GenerationResult:  # fmt: skip
+    """A request that arrived at t=0 and emitted its first token at ``ttft_s``, then one token per gap."""
+    times = [ttft_s]
+    for gap in token_gaps_s:
+        times.append(times[-1] + gap)
+    return GenerationResult(
+        request_id="r", model=model, text="x", prompt_tokens=10, output_tokens=len(times), finish_reason=finish,
+        arrival_s=0.0, first_scheduled_s=0.0, first_token_s=ttft_s, finished_s=times[-1], replica_id=replica_id,
+        token_times_s=times,
+    )  # fmt: skip
+
+
+def telemetry_snapshot() -> dict:
+    """A real TelemetryState snapshot of two replicas of model a and one of model b."""
+    state = TelemetryState()
+    state.push(create_stats("app#a#0", "a", num_requests_waiting=3, num_requests_running=5, kv_cache_usage_perc=0.25,
+                            num_preemptions_total=2, prompt_tokens_total=900, generation_tokens_total=4000,
+                            requests_finished_total=12))  # fmt: skip
+    state.push(create_stats("app#a#1", "a", num_requests_running=1, kv_cache_usage_perc=0.5))
+    state.push(create_stats("app#b#0", "b"))
+    return state.snapshot()
+
+
+def parse(text: bytes) -> dict[str, list]:
+    """Sample name -> samples, from the exposition text."""
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    matches = [s.value for s in samples[name] if all(s.labels.get(k) == v for k, v in labels.items())]
+    assert len(matches) == 1, (name, labels, samples.get(name))
+    return matches[0]
+
+
+def test_text_parses_and_carries_the_vllm_names_with_model_and_replica_labels():
+    metrics = PoolMetrics()
+    metrics.observe(create_result("a", "app#a#0"))
+    samples = parse(metrics.render(telemetry_snapshot()))
+    assert VLLM_SAMPLE_NAMES <= set(samples)
+    for name in ("vllm:num_requests_waiting", "vllm:kv_cache_usage_perc", "vllm:request_success_total"):
+        assert {(s.labels["model_name"], s.labels["replica"]) for s in samples[name]} == {
+            ("a", "app#a#0"), ("a", "app#a#1"), ("b", "app#b#0"),
+        }  # fmt: skip
+
+
+def test_gauges_and_counters_are_the_snapshot_values_per_replica():
+    samples = parse(PoolMetrics().render(telemetry_snapshot()))
+    a0 = {"model_name": "a", "replica": "app#a#0"}
+    assert value(samples, "vllm:num_requests_waiting", **a0) == 3
+    assert value(samples, "vllm:num_requests_running", **a0) == 5
+    assert value(samples, "vllm:kv_cache_usage_perc", **a0) == 0.25
+    assert value(samples, "vllm:num_preemptions_total", **a0) == 2
+    assert value(samples, "vllm:prompt_tokens_total", **a0) == 900
+    assert value(samples, "vllm:generation_tokens_total", **a0) == 4000
+    assert value(samples, "vllm:request_success_total", **a0) == 12
+    assert value(samples, "vllm:num_requests_running", model_name="a", replica="app#a#1") == 1
+
+
+def test_histograms_bin_engine_latencies_cumulatively_with_inclusive_bounds():
+    metrics = PoolMetrics()
+    # TTFT exactly on a bucket bound (0.1 s) counts in that bucket ("le"); the second falls in the next one.
+    metrics.observe(create_result(ttft_s=0.1, token_gaps_s=(0.02, 0.03, 0.2)))
+    metrics.observe(create_result(ttft_s=0.3, token_gaps_s=()))  # one token: no inter-token gap
+    samples = parse(metrics.render({"replicas": {}}))
+    labels = {"model_name": "m", "replica": "app#m#r0"}
+    ttft_count = value(samples, "vllm:time_to_first_token_seconds_count", **labels)
+    buckets = {s.labels["le"]: s.value for s in samples["vllm:time_to_first_token_seconds_bucket"]}
+    assert ttft_count == 2
+    assert buckets["0.08"] == 0 and buckets["0.1"] == 1 and buckets["0.25"] == 1 and buckets["0.5"] == 2
+    assert buckets["+Inf"] == 2 and len(buckets) == len(TTFT_BUCKETS_S) + 1
+    assert value(samples, "vllm:time_to_first_token_seconds_sum", **labels) == pytest.approx(0.4)
+    # Three gaps from the first request: 0.02 + 0.03 + 0.2 = 0.25 s.
+    assert value(samples, "vllm:inter_token_latency_seconds_count", **labels) == 3
+    assert value(samples, "vllm:inter_token_latency_seconds_sum", **labels) == pytest.approx(0.25)
+    # E2E: 0.1 + 0.25 = 0.35 s and 0.3 s.
+    assert value(samples, "vllm:e2e_request_latency_seconds_sum", **labels) == pytest.approx(0.65)
+
+
+def test_aborted_requests_are_not_observed():
+    metrics = PoolMetrics()
+    metrics.observe(create_result(finish=FinishReason.ABORT))
+    samples = parse(metrics.render({"replicas": {}}))
+    assert "vllm:time_to_first_token_seconds_count" not in samples
+
+
+def test_a_stale_replica_is_flagged_and_a_silent_pool_renders_empty_families():
+    now = [0.0]
+    state = TelemetryState(stale_after_s=0.5, forget_after_s=60.0, clock=lambda: now[0], wall_clock=lambda: now[0])
+    state.push(create_stats("app#a#0", "a"))
+    now[0] = 10.0  # silent for 10 s, 20 push periods
+    samples = parse(PoolMetrics().render(state.snapshot()))
+    assert value(samples, "sysaware:replica_stale", model_name="a", replica="app#a#0") == 1
+    assert parse(PoolMetrics().render({"replicas": {}})) == {}
