@@ -26,7 +26,6 @@ import heapq
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import IntEnum
 
 from sysaware.config import PoolConfig
 from sysaware.engines.twin.core import EngineEvent, EventKind, TwinEngineCore
@@ -38,12 +37,9 @@ CompletionCallback = Callable[[GenerationResult], None]
 FirstTokenCallback = Callable[[str, float], None]
 
 
-class _Kind(IntEnum):
-    EVENT = 0
-    STEP_END = 1
-    ARRIVAL = 2
-    TIMER = 3
-    STEP_START = 4
+# Event kinds: plain ints, the second field of every heap entry (the order breaks ties at equal times).
+_EVENT, _STEP_END, _ARRIVAL, _TIMER, _STEP_START = range(5)
+_FIRST_TOKEN, _FINISHED, _PREEMPTED = EventKind.FIRST_TOKEN, EventKind.FINISHED, EventKind.PREEMPTED
 
 
 @dataclass(slots=True)
@@ -63,6 +59,7 @@ class SimReplica:
     index: int
     step_end_s: float | None = None  # end of the step (or run) in flight; None when idle
     step_version: int = 0  # bumps on truncation, so a superseded STEP_END in the heap is ignored
+    start_pending: bool = False  # a STEP_START is on the heap
     end_events: list[EngineEvent] = field(default_factory=list)  # events at step_end_s, delivered by STEP_END
     submissions: dict[str, Submission] = field(default_factory=dict)
 
@@ -136,11 +133,11 @@ class SimulatedCluster:
         if t < self.now:
             raise ValueError(f"cannot submit in the past: at={t} < now={self.now}")
         sub = Submission(request, on_complete, on_first_token, replica_index)
-        heapq.heappush(self._heap, (t, _Kind.ARRIVAL, next(self._seq), sub, None))
+        heapq.heappush(self._heap, (t, _ARRIVAL, next(self._seq), sub, None))
 
     def call_at(self, t: float, callback: Callable[[float], None]) -> None:
         """Run ``callback(t)`` at virtual time ``t`` (load generators' timers)."""
-        heapq.heappush(self._heap, (max(t, self.now), _Kind.TIMER, next(self._seq), callback, None))
+        heapq.heappush(self._heap, (max(t, self.now), _TIMER, next(self._seq), callback, None))
 
     def stats(self, model: str | None = None) -> list[ReplicaStats]:
         """Every replica's stats now (or one model's), as the telemetry actor would see them (inside a
@@ -159,13 +156,13 @@ class SimulatedCluster:
                 break
             _, kind, _, a, b = pop(heap)
             self.now = t
-            if kind == _Kind.STEP_START:
+            if kind == _STEP_START:
                 self._on_step_start(a)
-            elif kind == _Kind.STEP_END:
+            elif kind == _STEP_END:
                 self._on_step_end(a, b)
-            elif kind == _Kind.ARRIVAL:
+            elif kind == _ARRIVAL:
                 self._on_arrival(a)
-            elif kind == _Kind.TIMER:
+            elif kind == _TIMER:
                 a(t)
             else:
                 self._deliver(a, b)
@@ -179,16 +176,14 @@ class SimulatedCluster:
         return not self._heap
 
     # --- event handlers -------------------------------------------------------------------------------------------
-    def _route(self, sub: Submission) -> SimReplica:
-        reps = self.by_model[sub.request.model]
+    def _route(self, sub: Submission, reps: list[SimReplica]) -> SimReplica:
         if sub.replica_index is not None:
             return reps[sub.replica_index]
-        if len(reps) == 1:
-            return reps[0]
         return reps[self._routers[sub.request.model].choose([r.core.stats(self.now) for r in reps])]
 
     def _on_arrival(self, sub: Submission) -> None:
-        replica = self._route(sub)
+        reps = self.by_model[sub.request.model]
+        replica = reps[0] if len(reps) == 1 else self._route(sub, reps)
         now = self.now
         if replica.step_end_s is not None and replica.step_end_s > now:
             # The replica is inside a fast-forwarded decode run: cut it at the first step boundary at or after now,
@@ -201,13 +196,15 @@ class SimulatedCluster:
                 # The cut steps had no events but the run's last; the call's first step's events (before now) are
                 # on the heap already.
                 replica.end_events = []
-                heapq.heappush(self._heap, (new_end, _Kind.STEP_END, next(self._seq), replica, replica.step_version))
+                heapq.heappush(self._heap, (new_end, _STEP_END, next(self._seq), replica, replica.step_version))
         replica.core.add_request(sub.request, now)
         replica.submissions[sub.request.request_id] = sub
-        if replica.step_end_s is None:
-            heapq.heappush(self._heap, (now, _Kind.STEP_START, next(self._seq), replica, None))
+        if replica.step_end_s is None and not replica.start_pending:
+            replica.start_pending = True
+            heapq.heappush(self._heap, (now, _STEP_START, next(self._seq), replica, None))
 
     def _on_step_start(self, replica: SimReplica) -> None:
+        replica.start_pending = False
         core = replica.core
         if replica.step_end_s is not None or not core.has_work():
             return
@@ -227,13 +224,13 @@ class SimulatedCluster:
             later = []
             for event in end_events:
                 if event.time_s < end:
-                    if event.kind is not EventKind.PREEMPTED:
-                        heapq.heappush(heap, (event.time_s, _Kind.EVENT, next(seq), replica, event))
+                    if event.kind is not _PREEMPTED:
+                        heapq.heappush(heap, (event.time_s, _EVENT, next(seq), replica, event))
                 else:
                     later.append(event)
             end_events = later
         replica.end_events = end_events
-        heapq.heappush(heap, (end, _Kind.STEP_END, next(seq), replica, replica.step_version))
+        heapq.heappush(heap, (end, _STEP_END, next(seq), replica, replica.step_version))
 
     def _on_step_end(self, replica: SimReplica, version: int) -> None:
         if version != replica.step_version:
@@ -243,16 +240,17 @@ class SimulatedCluster:
         replica.end_events = []
         for event in events:
             self._deliver(replica, event)
-        if replica.core.has_work():
-            heapq.heappush(self._heap, (self.now, _Kind.STEP_START, next(self._seq), replica, None))
+        if not replica.start_pending and replica.core.has_work():
+            replica.start_pending = True
+            heapq.heappush(self._heap, (self.now, _STEP_START, next(self._seq), replica, None))
 
     def _deliver(self, replica: SimReplica, event: EngineEvent) -> None:
         kind = event.kind
-        if kind is EventKind.FIRST_TOKEN:
+        if kind is _FIRST_TOKEN:
             sub = replica.submissions.get(event.request_id)
             if sub is not None and sub.on_first_token is not None:
                 sub.on_first_token(event.request_id, event.time_s)
-        elif kind is EventKind.FINISHED:
+        elif kind is _FINISHED:
             sub = replica.submissions.pop(event.request_id, None)
             if self.keep_results:
                 self.results.append(event.result)

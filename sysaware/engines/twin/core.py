@@ -48,7 +48,10 @@ TIMELINE_COMPACT_AT = 1 << 16
 
 def count_prompt_tokens(messages: tuple[ChatMessage, ...], count: Callable[[str], int] = count_tokens) -> int:
     """Prompt length of a chat request: every message's tokens plus the template's per-message overhead."""
-    return sum(count(m.content) for m in messages) + CHAT_TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+    total = CHAT_TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
+    for m in messages:
+        total += count(m.content)
+    return total
 
 
 @lru_cache(maxsize=None)
@@ -67,7 +70,12 @@ class EventKind(enum.IntEnum):
     FINISHED = 2  # at the step's end: its last token; carries the GenerationResult
 
 
-@dataclass(frozen=True, slots=True)
+_PREEMPTED, _FIRST_TOKEN, _FINISHED = EventKind.PREEMPTED, EventKind.FIRST_TOKEN, EventKind.FINISHED
+
+
+# Read-only by convention, not frozen: a frozen dataclass costs six times as much to build, and the core builds one
+# per event and per step.
+@dataclass(slots=True)
 class EngineEvent:
     kind: EventKind
     request_id: str
@@ -75,7 +83,7 @@ class EngineEvent:
     result: GenerationResult | None = None  # FINISHED only
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepOutcome:
     duration_s: float  # from `now` to the end of the last iteration run, s (0 when it only preempted)
     events: list[EngineEvent]  # in time order, each at its own time_s
@@ -121,6 +129,7 @@ class TwinEngineCore:
         self._count_cached = shared_count_cache(tokenizer_count)
         self.max_model_len = max_model_len  # context length, tokens (None: only the KV cache limits it)
         self.kv_cache = BlockPool(num_gpu_blocks, settings.block_size)
+        self._max_cached_tokens = num_gpu_blocks * settings.block_size  # what the whole cache holds, tokens
         self.scheduler = Scheduler(settings, self.kv_cache)
         self.timeline = StepTimeline()  # end time of every iteration, by index: the requests' token times
         self._timeline_compact_at = TIMELINE_COMPACT_AT
@@ -210,8 +219,8 @@ class TwinEngineCore:
             target = min(target, max_len - prompt_tokens)
 
         # The KV cache holds prompt + output - 1 tokens at the last step (the last sampled token is never cached).
-        blocks = self.kv_cache.blocks_needed(prompt_tokens + target - 1)
-        if blocks > self.kv_cache.num_blocks:
+        if prompt_tokens + target - 1 > self._max_cached_tokens:
+            blocks = self.kv_cache.blocks_needed(prompt_tokens + target - 1)
             raise ValueError(
                 f"request {rid!r}: {prompt_tokens} prompt + {target} output tokens need {blocks} KV blocks but the "
                 f"cache has only {self.kv_cache.num_blocks} (num_gpu_blocks x block_size = "
@@ -219,16 +228,16 @@ class TwinEngineCore:
             )
 
         request = TwinRequest(
-            request_id=rid,
-            model=self.model,
-            arrival_s=now,
-            arrival_seq=next(self._arrival_seq),
-            num_prompt_tokens=prompt_tokens,
-            num_target_tokens=target,
-            capped=target < response.output_tokens,
-            response_text=response.text,
-            response_tokens=response.output_tokens,
-            priority=req.priority,
+            rid,  # request_id
+            self.model,  # model
+            now,  # arrival_s
+            next(self._arrival_seq),  # arrival_seq
+            prompt_tokens,  # num_prompt_tokens
+            target,  # num_target_tokens
+            target < response.output_tokens,  # capped
+            response.text,  # response_text
+            response.output_tokens,  # response_tokens
+            req.priority,  # priority
         )
         self.requests[rid] = request
         self.scheduler.add_request(request)
@@ -267,7 +276,7 @@ class TwinEngineCore:
             return self._fast_forward(now, now, until, [], 0)
 
         out = scheduler.schedule(now)
-        events = [EngineEvent(EventKind.PREEMPTED, r.request_id, now) for r in out.preempted]
+        events = [EngineEvent(_PREEMPTED, r.request_id, now) for r in out.preempted]
         if not out.num_tokens:
             # The request that needed a block preempted itself: nothing runs this iteration.
             self.last_outcome = StepOutcome(0.0, events, 0, now)
@@ -283,7 +292,7 @@ class TwinEngineCore:
             ttft_ms = (t_end - req.arrival_s) * 1e3
             self.ema_ttft_ms = alpha * ttft_ms + (1.0 - alpha) * self.ema_ttft_ms if self._has_ttft else ttft_ms
             self._has_ttft = True
-            events.append(EngineEvent(EventKind.FIRST_TOKEN, req.request_id, t_end))
+            events.append(EngineEvent(_FIRST_TOKEN, req.request_id, t_end))
         if finished:
             self._finished_events(finished, t_end, events)
         elif run_after_prefill and (until is None or t_end < until) and scheduler.next_step_is_steady():
@@ -352,11 +361,11 @@ class TwinEngineCore:
         return t_end
 
     def _finished_events(self, finished: list[TwinRequest], t_end: float, events: list[EngineEvent]) -> None:
+        requests, replica_id, timeline = self.requests, self.replica_id, self.timeline
         for req in finished:
-            del self.requests[req.request_id]
-            self.requests_finished_total += 1
-            events.append(EngineEvent(EventKind.FINISHED, req.request_id, t_end, req.result(self.replica_id,
-                                                                                             self.timeline)))
+            del requests[req.request_id]
+            events.append(EngineEvent(_FINISHED, req.request_id, t_end, req.result(replica_id, timeline)))
+        self.requests_finished_total += len(finished)
 
     def _compact_timeline(self) -> None:
         """Now and then, forget the iteration times no live request refers to (memory stays bounded)."""

@@ -60,6 +60,8 @@ class RequestStatus(enum.IntEnum):
         return _FINISH_REASONS.get(self)
 
 
+# Members as module constants: looking an enum member up on its class costs ~10x a global in Python 3.11.
+_WAITING, _RUNNING, _PREEMPTED_STATUS = RequestStatus.WAITING, RequestStatus.RUNNING, RequestStatus.PREEMPTED
 _PREEMPTED = RequestStatus.PREEMPTED.value
 _FINISH_REASONS = {
     RequestStatus.FINISHED_STOPPED: FinishReason.STOP,
@@ -237,27 +239,30 @@ class TwinRequest:
 
     # ---- transitions -----------------------------------------------------------------------------------------
 
-    def start_running(self, now: float, running_seq: int) -> None:
-        """WAITING or PREEMPTED -> RUNNING: admitted into the batch, at position ``running_seq`` of the order."""
-        assert self.status is RequestStatus.WAITING or self.status is RequestStatus.PREEMPTED, self.status
-        self.status = RequestStatus.RUNNING
+    def start_running(self, now: float, running_seq: int, num_blocks: int) -> None:
+        """WAITING or PREEMPTED -> RUNNING: admitted into the batch, at position ``running_seq`` of the order, with
+        the ``num_blocks`` KV blocks its first chunk needs."""
+        assert self.status is _WAITING or self.status is _PREEMPTED_STATUS, self.status
+        assert self.batch is None and self._num_blocks == 0 and self._num_computed_tokens == 0, self
+        self.status = _RUNNING
         self.running_seq = running_seq
+        self._num_blocks = num_blocks
         if self.first_scheduled_s is None:
             self.first_scheduled_s = now
 
     def preempt(self) -> None:
         """RUNNING -> PREEMPTED by recompute. The caller frees the blocks first; generated tokens are kept."""
-        assert self.status is RequestStatus.RUNNING, self.status
+        assert self.status is _RUNNING, self.status
         assert self.batch is None, "take it out of the decode batch first"
         assert self._num_blocks == 0, "free the KV blocks before preempting"
-        self.status = RequestStatus.PREEMPTED
+        self.status = _PREEMPTED_STATUS
         self._num_computed_tokens = 0
         self.num_preemptions += 1
 
     def finish(self, status: RequestStatus, t: float) -> None:
         """Any unfinished status -> a FINISHED_* status. The caller frees the blocks first."""
-        assert not self.status.is_finished, f"{self.request_id} already {self.status.name}"
-        assert status.is_finished, status
+        assert self.status._value_ <= _PREEMPTED, f"{self.request_id} already {self.status.name}"
+        assert status._value_ > _PREEMPTED, status
         assert self.batch is None, "take it out of the decode batch first"
         assert self._num_blocks == 0, "free the KV blocks before finishing"
         self.status = status
@@ -267,14 +272,14 @@ class TwinRequest:
         """FINISHED_STOPPED or FINISHED_LENGTH_CAPPED -> RUNNING: the fast-forwarded run that finished it was cut
         short before its last step (the driver learnt of an earlier arrival). The caller restores its blocks."""
         assert self.status is RequestStatus.FINISHED_STOPPED or self.status is RequestStatus.FINISHED_LENGTH_CAPPED
-        self.status = RequestStatus.RUNNING
+        self.status = _RUNNING
         self.finished_s = None
 
     # ---- the decode batch ------------------------------------------------------------------------------------
 
     def join_batch(self, batch: DecodeBatch) -> int:
         """Hand the token counts over to ``batch`` (between steps, while decoding); returns the offset."""
-        assert self.batch is None and self.status is RequestStatus.RUNNING, self
+        assert self.batch is None and self.status is _RUNNING, self
         computed = self._num_computed_tokens
         assert self._num_tokens == computed + 1 and computed >= self.num_prompt_tokens, self  # decoding
         assert self._num_blocks == -(-computed // batch.block_size), self  # exactly its computed tokens' blocks
@@ -303,10 +308,15 @@ class TwinRequest:
 
     # ---- token emission --------------------------------------------------------------------------------------
 
-    def emit_token(self, iteration: int, t: float) -> bool:
-        """One token sampled by iteration ``iteration``, which ended at ``t``; True if it is the request's first.
-        Only for a request out of the batch (the batch's members sample without being touched)."""
-        self._num_tokens += 1
+    def compute(self, num_new: int, iteration: int, t: float) -> int:
+        """Iteration ``iteration``, which ended at ``t``, computed ``num_new`` of its tokens. Returns how many it
+        sampled: 0 (a partial prefill chunk), 1, or 2 for one that is its first (its TTFT). Only for a request out
+        of the batch (the batch's members advance without being touched)."""
+        computed = self._num_computed_tokens + num_new
+        self._num_computed_tokens = computed
+        if computed < self._num_tokens:
+            return 0
+        self._num_tokens = computed + 1
         spans = self.token_spans
         if spans and spans[-1] == iteration:
             spans[-1] = iteration + 1
@@ -314,8 +324,13 @@ class TwinRequest:
             spans += (iteration, iteration + 1)
         if self.first_token_s is None:
             self.first_token_s = t
-            return True
-        return False
+            return 2
+        return 1
+
+    @property
+    def reached_target(self) -> bool:
+        """It has emitted every token it will (only out of the batch; the batch knows its members' finishes)."""
+        return self._num_tokens - self.num_prompt_tokens >= self.num_target_tokens
 
     def token_times_s(self, timeline: StepTimeline) -> list[float]:
         spans = self.token_spans
@@ -329,26 +344,27 @@ class TwinRequest:
     # ---- what leaves the engine ------------------------------------------------------------------------------
 
     def result(self, replica_id: str, timeline: StepTimeline) -> GenerationResult:
-        assert self.status.is_finished and self.finished_s is not None
+        status = self.status
+        assert status._value_ > _PREEMPTED and self.finished_s is not None and self.batch is None
         num_output = self._num_tokens - self.num_prompt_tokens
         text = self.response_text
         if num_output < self.response_tokens:
             # Capped or aborted: keep the share of the answer that was emitted, approximated by characters.
             text = text[: len(text) * num_output // self.response_tokens]
-        return GenerationResult(
-            request_id=self.request_id,
-            model=self.model,
-            text=text,
-            prompt_tokens=self.num_prompt_tokens,
-            output_tokens=num_output,
-            finish_reason=self.status.finish_reason,
-            arrival_s=self.arrival_s,
-            first_scheduled_s=self.first_scheduled_s,
-            first_token_s=self.first_token_s,
-            finished_s=self.finished_s,
-            num_preemptions=self.num_preemptions,
-            replica_id=replica_id,
-            token_times_s=self.token_times_s(timeline),
+        return GenerationResult(  # positional, in the field order (one per request: the hot path)
+            self.request_id,  # request_id
+            self.model,  # model
+            text,  # text
+            self.num_prompt_tokens,  # prompt_tokens
+            num_output,  # output_tokens
+            _FINISH_REASONS[status],  # finish_reason
+            self.arrival_s,  # arrival_s
+            self.first_scheduled_s,  # first_scheduled_s
+            self.first_token_s,  # first_token_s
+            self.finished_s,  # finished_s
+            self.num_preemptions,  # num_preemptions
+            replica_id,  # replica_id
+            self.token_times_s(timeline),  # token_times_s
         )
 
     def __repr__(self) -> str:

@@ -37,6 +37,8 @@ from sysaware.engines.twin.kv_cache import BlockPool
 from sysaware.engines.twin.protocols import BatchShape
 from sysaware.engines.twin.request import RequestStatus, TwinRequest
 
+_RUNNING = RequestStatus.RUNNING  # a module constant: enum member look-ups are slow in Python 3.11
+
 
 class FCFSQueue:
     """Waiting requests in arrival order; preempted ones go back to the front."""
@@ -403,9 +405,9 @@ class Scheduler:
         waiting = self.waiting
         running = self.running
         pool = self.pool
+        block_size = pool.block_size
         while len(waiting) and budget > 0:
             req = waiting.peek()
-            assert req.num_computed_tokens == 0 and req.num_blocks == 0, req
 
             if len(running) >= self.max_num_seqs:
                 refund = self._preempt_less_urgent(req, out, blocks_short=0) if self.is_priority else None
@@ -414,8 +416,10 @@ class Scheduler:
                 budget += refund
                 continue
 
-            num_new = min(req.num_tokens, budget)  # chunked prefill: what the budget allows
-            need = pool.blocks_needed(num_new)
+            num_new = req.num_tokens  # a waiting request has no KV: all of it, or what the budget allows (chunks)
+            if num_new > budget:
+                num_new = budget
+            need = -(-num_new // block_size)
             if need > pool.num_free_blocks:
                 short = need - pool.num_free_blocks
                 refund = self._preempt_less_urgent(req, out, blocks_short=short) if self.is_priority else None
@@ -425,12 +429,14 @@ class Scheduler:
                 continue
 
             waiting.pop()
-            pool.allocate(need)
-            req.num_blocks = need
-            req.start_running(now, self._num_admissions)
+            pool.num_free_blocks -= need
+            req.start_running(now, self._num_admissions, need)
             self._num_admissions += 1
             running.append(req)
-            out.add(req, num_new)
+            # A first chunk is never a decode: nothing of it is computed yet.
+            out.num_scheduled_tokens[req] = num_new
+            out.prefill_tokens += num_new
+            out.prefill_attended += num_new * num_new
             out.num_admitted += 1
             budget -= num_new
         return budget
@@ -475,13 +481,12 @@ class Scheduler:
         first_tokens: list[TwinRequest] = []
         decoding: list[TwinRequest] = []
         for req, num_new in out.num_scheduled_tokens.items():
-            computed = req.num_computed_tokens + num_new
-            req.num_computed_tokens = computed
-            if computed == req.num_tokens:  # a partial prefill chunk samples nothing
+            sampled = req.compute(num_new, iteration, t_end)
+            if sampled:  # a partial prefill chunk samples nothing
                 num_sampled += 1
-                if req.emit_token(iteration, t_end):
+                if sampled == 2:
                     first_tokens.append(req)
-                if req.num_output_tokens >= req.num_target_tokens:
+                if req.reached_target:
                     finished.append(req)
                 else:
                     decoding.append(req)
@@ -526,7 +531,11 @@ class Scheduler:
         that finishes a request, and never a step whose blocks are not free."""
         batch = self.batch
         steps_to_finish = batch.finish_heap[0][0] - batch.iteration
-        return min(steps_to_finish, batch.steps_within_blocks(self.pool.num_free_blocks))
+        free = self.pool.num_free_blocks
+        # k steps take at most num_seqs x (k // block_size + 1) blocks: usually plenty are free, skip the walk.
+        if free >= batch.num_seqs * (steps_to_finish // batch.block_size + 1):
+            return steps_to_finish
+        return min(steps_to_finish, batch.steps_within_blocks(free))
 
     def advance_decode_run(self, num_steps: int, t_end: float) -> DecodeRun:
         """Apply ``num_steps`` steps of the steady batch (see ``steady_run_steps``) in one go; the last one ends at
@@ -589,17 +598,18 @@ class Scheduler:
 
     def _finish_all(self, finished: list[TwinRequest], t: float) -> None:
         """Finish requests out of the batch that reached their target, and drop them from the running order."""
-        pool = self.pool
+        freed = 0
         for req in finished:
-            pool.free(req.num_blocks)
+            freed += req.num_blocks
             req.num_blocks = 0
             req.finish(req.stop_status, t)
+        self.pool.free(freed)
         running = self.running
         if len(finished) <= 4:
             for req in finished:
                 running.remove(req)  # identity comparison, in C
         else:
-            running[:] = [r for r in running if r.status is RequestStatus.RUNNING]
+            running[:] = [r for r in running if r.status is _RUNNING]
 
     def abort(self, req: TwinRequest, now: float) -> None:
         """Any unfinished request -> FINISHED_ABORTED, its blocks freed."""
