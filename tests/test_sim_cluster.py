@@ -203,3 +203,20 @@ def test_about_one_core_step_per_request(concurrency):
     completed = sum(len(load.completed) for load in loads)
     assert completed > 100
     assert cluster.steps_executed < 1.3 * completed + 5 * len(cluster.models)
+
+
+def test_a_deep_copy_of_a_running_cluster_continues_exactly_like_the_original():
+    # The oracle forks the simulated cluster mid-run; the fork's future must be the original's.
+    import copy
+
+    cluster = SimulatedCluster.from_pool(load_pool(DEFAULT_POOL), responder=seeded_lengths())
+    factory = MbppRequestFactory.for_split("train")
+    ClosedLoopLoad(cluster, MODEL, 20, factory, seed=1).start()
+    PoissonLoad(cluster, MODEL, 5.0, factory, seed=1).start()
+    cluster.run(until=5.0)
+    fork = copy.deepcopy(cluster)
+    for c in (cluster, fork):
+        c.results.clear()
+        c.run(until=10.0)
+    assert len(cluster.results) > 50
+    assert fork.results == cluster.results

@@ -387,11 +387,11 @@ def _mixed_workload():
     return list(zip(arrivals, requests)), outputs
 
 
-def _run_mixed(single_step=False, policy="fcfs", general_path_only=False, **drive_options):
+def _run_mixed(single_step=False, policy="fcfs", general_path_only=False, budget=256, **drive_options):
     arrivals, outputs = _mixed_workload()
     core = create_core(
         num_gpu_blocks=40,
-        max_num_batched_tokens=256,
+        max_num_batched_tokens=budget,
         max_num_seqs=8,
         responder=FakeResponder(outputs),
         scheduling_policy=policy,
@@ -577,28 +577,31 @@ def test_bad_calls_are_errors():
 # ---- a prefill step followed by its decode run in one call --------------------------------------------------------
 
 
+@pytest.mark.parametrize("budget", [256, 6])
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
 @pytest.mark.parametrize("learn_late", [False, True])
-def test_run_after_prefill_matches_single_steps_exactly(policy, learn_late):
+def test_run_after_prefill_matches_single_steps_exactly(policy, learn_late, budget):
     # The mixed workload preempts (40 blocks for up to 8 requests), admits mid-run and chunks prefills: every kind of
-    # step. Calls that begin with a prefill go on with the steady run behind it; a late-learning driver cuts runs back
-    # when an arrival lands inside them. Every result must equal single stepping's to the last bit.
-    _, slow = _run_mixed(single_step=True, policy=policy)
-    fast_core, fast = _run_mixed(policy=policy, run_after_prefill=True, learn_late=learn_late)
-    _, plain = _run_mixed(policy=policy)
+    # step; with a budget of 6 tokens, up to 8 decodes do not even fit one step. Calls that begin with a prefill go
+    # on with the steady run behind it; a late-learning driver cuts runs back when an arrival lands inside them.
+    # Every result must equal single stepping's to the last bit.
+    _, slow = _run_mixed(single_step=True, policy=policy, budget=budget)
+    fast_core, fast = _run_mixed(policy=policy, run_after_prefill=True, learn_late=learn_late, budget=budget)
+    _, plain = _run_mixed(policy=policy, budget=budget)
     assert fast.results == slow.results
     assert fast.num_iterations == slow.num_iterations == fast_core.iterations_total
     assert fast.num_step_calls < plain.num_step_calls < slow.num_step_calls
     assert fast_core.stats(fast.end_s).num_preemptions_total > 0
 
 
+@pytest.mark.parametrize("budget", [256, 6])
 @pytest.mark.parametrize("policy", ["fcfs", "priority"])
-def test_the_batched_path_decides_like_the_general_path(policy):
+def test_the_batched_path_decides_like_the_general_path(policy, budget):
     # The decode batch schedules from counters; the general path walks every running request as vLLM does.
-    _, batched = _run_mixed(policy=policy, run_after_prefill=True)
-    _, general = _run_mixed(policy=policy, run_after_prefill=True, general_path_only=True)
+    _, batched = _run_mixed(policy=policy, run_after_prefill=True, budget=budget)
+    _, general = _run_mixed(policy=policy, run_after_prefill=True, general_path_only=True, budget=budget)
     assert batched.results == general.results
-    _, general_single = _run_mixed(single_step=True, policy=policy, general_path_only=True)
+    _, general_single = _run_mixed(single_step=True, policy=policy, general_path_only=True, budget=budget)
     assert batched.results == general_single.results
 
 

@@ -42,8 +42,8 @@ from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationRes
 CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 4
 # Distinct message texts whose token counts are remembered (shared by every replica counting the same way).
 PROMPT_COUNT_CACHE_SIZE = 8192
-# Iteration times a replica keeps before it drops those no live request needs (a few MB at most).
-TIMELINE_COMPACT_AT = 1 << 16
+# Iteration times a replica keeps before it drops those no live request needs (small: forks copy them).
+TIMELINE_COMPACT_AT = 8192
 
 
 def count_prompt_tokens(messages: tuple[ChatMessage, ...], count: Callable[[str], int] = count_tokens) -> int:

@@ -84,6 +84,13 @@ class StepTimeline:
         self._times: list[float] = []
         self._offset = 0  # iteration index of _times[0]
 
+    def __deepcopy__(self, memo: dict) -> "StepTimeline":
+        # Floats are immutable: a copy of the list is a deep copy, and costs a memcpy rather than a Python call per
+        # element (a forked simulation copies every replica's timeline).
+        copied = StepTimeline()
+        copied._times, copied._offset = self._times.copy(), self._offset
+        return copied
+
     def __len__(self) -> int:
         """Iterations recorded (the index the next one gets)."""
         return self._offset + len(self._times)
