@@ -11,13 +11,15 @@ coroutines at once.
 
 Two rules keep the live engine equal to the simulated one:
 
-- An arrival stamps itself with the engine clock and, if a fast-forwarded decode run is in flight, cuts that run at
-  the first step boundary at or after the arrival (``core.truncate``) and wakes the driver, so the request joins the
-  very next step, as on vLLM and as in the simulated cluster.
+- An arrival (or an abort) stamps itself with the engine clock and first brings the engine to that time: steps the
+  driver has not finished yet because it woke late are finished, the ones the engine would have started before the
+  arrival are run, and a fast-forwarded decode run in flight is cut at the first step boundary at or after the
+  arrival (``core.truncate``). The request then joins the very next step, as on vLLM and as in the simulated
+  cluster, whatever the event loop's latency.
 - Steps are chained on the engine clock (the next starts where the last ended), not on the wall clock when the
   driver woke up: a late wake-up (timer granularity, a busy loop) is caught up instead of slowing the simulated GPU
   down. The only exceptions: a step never starts before the newest arrival it may serve, and a driver more than
-  ``max_lag_wall_s`` behind gives up the lag rather than burst through it.
+  ``max_lag_wall_s`` behind (a process descheduled that long) gives up the lag rather than burst through it.
 
 The engine clock stands still while the responder decides an arriving request's answer: that CPU time is the
 simulation's, not the simulated GPU's (wall-clock latencies still include it).
@@ -117,7 +119,7 @@ class LiveTwinEngine:
         time_scale: float = 1.0,
         *,
         max_run_wall_s: float = 0.02,
-        max_lag_wall_s: float = 0.05,
+        max_lag_wall_s: float = 0.5,
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -188,7 +190,7 @@ class LiveTwinEngine:
             )
         self._ensure_driver()
         now = self.now()
-        self._cut_run(now)
+        self._catch_up(now)
         t_admit = time.monotonic()
         try:
             self.core.add_request(request, now)  # ValueError for a request that can never be served
@@ -219,20 +221,8 @@ class LiveTwinEngine:
         if not tracked.done.done():
             tracked.done.cancel()
         now = self.now()
-        self._cut_run(now)  # abort closes the run for good, so cut it first (it may hold the aborted request)
+        self._catch_up(now)  # abort closes a run for good, so it is cut first (it may hold the aborted request)
         self.core.abort(request_id, now)
-
-    def _cut_run(self, now: float) -> None:
-        """An external event at ``now`` inside a fast-forwarded run: end the run at the next step boundary."""
-        step = self._step
-        if step is None or not step.is_run or now >= step.end_s:
-            return
-        new_end = self.core.truncate(now)
-        if new_end is not None and new_end < step.end_s:
-            step.end_s = new_end
-            self.driver_stats.truncations += 1
-            if self._wake is not None:
-                self._wake.set()  # the driver sleeps toward the old end
 
     # ---- state out ----------------------------------------------------------------------------------------------
 
@@ -260,31 +250,83 @@ class LiveTwinEngine:
             self._wake = asyncio.Event()
             self._driver = asyncio.get_running_loop().create_task(self._drive(), name=f"twin-{self.core.replica_id}")
 
+    def _start_step(self, until: float | None = None) -> None:
+        """Run the core's next step, chained on the engine clock, bounded to one wall-clock horizon."""
+        start = max(self._clock_s, self._newest_arrival_s)
+        floor = self.now() - self.max_lag_s
+        if start < floor:
+            self.driver_stats.dropped_lag_s += floor - start
+            start = floor
+        horizon = start + self.max_run_s
+        outcome = self.core.step(start, horizon if until is None else min(until, horizon))
+        self.driver_stats.steps += 1
+        self._step = _StepInFlight(start, start + outcome.duration_s, outcome.num_iterations > 1)
+
+    def _finish_step(self) -> None:
+        """The step in flight has ended (on the engine clock): hand its events out."""
+        step = self._step
+        assert step is not None
+        outcome = self.core.last_outcome  # a truncation replaced it with the shorter run
+        assert outcome is not None
+        self._clock_s = step.end_s
+        self._step = None
+        self.driver_stats.iterations += outcome.num_iterations
+        self._deliver(outcome)
+
+    def _catch_up(self, t: float) -> None:
+        """Bring the engine to engine time ``t`` before an external event (an arrival, an abort) happens there.
+
+        The driver may be behind: steps that ended before ``t`` are finished and the ones the engine would have
+        started before ``t`` are run, exactly as the simulated driver does with ``until=t``; a fast-forwarded run
+        that spans ``t`` is cut at the first step boundary at or after ``t``. Afterwards no step starts before
+        ``t`` that could serve the new event, and none that started before ``t`` is skipped.
+        """
+        while True:
+            step = self._step
+            if step is not None:
+                if step.end_s > t:
+                    if step.is_run:
+                        new_end = self.core.truncate(t)
+                        if new_end is not None and new_end < step.end_s:
+                            step.end_s = new_end
+                            self.driver_stats.truncations += 1
+                    break
+                self._finish_step()
+            if not self.core.has_work() or max(self._clock_s, self._newest_arrival_s) >= t:
+                break
+            self._start_step(until=t)
+        if self._wake is not None:
+            self._wake.set()  # the driver's deadline may have moved
+
     async def _drive(self) -> None:
+        """Start a step, sleep until the wall clock reaches its end (an arrival may move or finish it meanwhile),
+        hand its events out, repeat; sleep while there is no work."""
         assert self._wake is not None
-        core, wake = self.core, self._wake
+        wake = self._wake
         try:
             while True:
-                if not core.has_work():
-                    wake.clear()
-                    await wake.wait()
+                step = self._step
+                if step is None:
+                    if self.core.has_work():
+                        self._start_step()
+                    else:
+                        wake.clear()
+                        await wake.wait()
                     continue
-                # Chain on the engine clock, but never before the newest arrival nor too far behind the wall.
-                start = max(self._clock_s, self._newest_arrival_s)
-                floor = self.now() - self.max_lag_s
-                if start < floor:
-                    self.driver_stats.dropped_lag_s += floor - start
-                    start = floor
-                outcome = core.step(start, until=start + self.max_run_s)
-                self.driver_stats.steps += 1
-                self._step = _StepInFlight(start, start + outcome.duration_s, outcome.num_iterations > 1)
-                await self._sleep_until_step_end(wake)
-                outcome = core.last_outcome  # a truncation replaced it with the shorter run
-                assert outcome is not None
-                self._clock_s = self._step.end_s
-                self._step = None
-                self.driver_stats.iterations += outcome.num_iterations
-                self._deliver(outcome)
+                delay = self._wall_deadline(step.end_s) - time.monotonic()
+                if delay > 0:
+                    wake.clear()
+                    try:
+                        async with asyncio.timeout(delay):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+                    continue  # look again: the step may have been cut or finished by _catch_up
+                late = self.driver_stats.late_wakeups
+                late.append(-delay)
+                if len(late) > 1000:
+                    del late[:500]
+                self._finish_step()
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a bug in the core: fail every waiter instead of leaving them hanging
@@ -296,25 +338,6 @@ class LiveTwinEngine:
                     tracked.progress.set()
             self._tracked.clear()
             raise
-
-    async def _sleep_until_step_end(self, wake: asyncio.Event) -> None:
-        """Sleep until the wall clock reaches the step's end; an arrival that moves the end wakes us early."""
-        step = self._step
-        assert step is not None
-        while True:
-            delay = self._wall_deadline(step.end_s) - time.monotonic()
-            if delay <= 0:
-                late = self.driver_stats.late_wakeups
-                late.append(-delay)
-                if len(late) > 1000:
-                    del late[:500]
-                return
-            wake.clear()
-            try:
-                async with asyncio.timeout(delay):
-                    await wake.wait()
-            except TimeoutError:
-                pass
 
     def _deliver(self, outcome: StepOutcome) -> None:
         """Hand the step's events to the waiting requests; streams also learn how many tokens they have."""
