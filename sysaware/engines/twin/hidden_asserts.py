@@ -7,34 +7,58 @@ hand later agents the grader's tests.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from functools import lru_cache
 
 from sysaware.engines.twin.counted_text import CountedText, counted
 from sysaware.tasks.mbpp import MbppTask
 
+# Verdicts kept per task: far more than the distinct lines of its answers in a long run; a bound all the same,
+# since answers may quote prompts (a fixer quotes the failing test line).
+_MAX_LINES_PER_TASK = 1 << 14
 
-@dataclass(frozen=True)
+
 class AssertGuard:
-    """A task's asserts without whitespace, as the filter compares them."""
+    """A task's asserts without whitespace, as the filter compares them, and its verdict on every line seen.
 
-    example: str  # the example assert
-    example_body: str  # the example's expression, without "assert"
-    hidden: tuple[str, ...]  # each hidden assert's expression (the whole assert when its expression is short)
+    The verdicts are cached by line: answers are assembled from the same pieces again and again, so their lines
+    recur, and the filter's rule is a function of the line alone.
+    """
+
+    def __init__(self, task: MbppTask) -> None:
+        self.example = "".join(task.example_test.split())  # the example assert
+        self.example_body = re.sub(r"^assert", "", self.example)  # its expression, without "assert"
+        hidden = []
+        for test in task.test_list[1:]:
+            squeezed = "".join(test.split())
+            if squeezed == self.example:
+                continue
+            body = re.sub(r"^assert", "", squeezed)
+            hidden.append(body if len(body) >= 8 else squeezed)
+        self.hidden = tuple(hidden)  # each hidden assert's expression (the whole assert when it is short)
+        self._leaks: dict[str, bool] = {}
+
+    def leaks(self, line: str) -> bool:
+        """Whether ``line`` shows a hidden assert (the example is cut out of the line first)."""
+        verdict = self._leaks.get(line)
+        if verdict is None:
+            if len(self._leaks) >= _MAX_LINES_PER_TASK:
+                self._leaks.clear()
+            squeezed = "".join(line.split()).replace(self.example, "").replace(self.example_body, "")
+            verdict = self._leaks[line] = any(h in squeezed for h in self.hidden)
+        return verdict
+
+    def may_leak(self, squeezed_text: str) -> bool:
+        """False when no line of a text can leak, judged from the whole text without whitespace: every line's
+        squeezed form is a piece of it, so when it holds neither a hidden assert nor the example's expression
+        (whose removal could join two halves of one), no line is dropped. Exact, and one substring search."""
+        return bool(self.hidden) and (
+            self.example_body in squeezed_text or any(h in squeezed_text for h in self.hidden)
+        )
 
 
 @lru_cache(maxsize=4096)
 def assert_guard(task: MbppTask) -> AssertGuard:
-    example = "".join(task.example_test.split())
-    example_body = re.sub(r"^assert", "", example)
-    hidden = []
-    for test in task.test_list[1:]:
-        squeezed = "".join(test.split())
-        if squeezed == example:
-            continue
-        body = re.sub(r"^assert", "", squeezed)
-        hidden.append(body if len(body) >= 8 else squeezed)
-    return AssertGuard(example, example_body, tuple(hidden))
+    return AssertGuard(task)
 
 
 def strip_hidden_asserts(text: str, task: MbppTask) -> str:
@@ -47,30 +71,14 @@ def strip_hidden_asserts(text: str, task: MbppTask) -> str:
     guard = assert_guard(task)
     if not guard.hidden:
         return text
-    kept = []
-    for line in text.split("\n"):
-        squeezed = "".join(line.split()).replace(guard.example, "").replace(guard.example_body, "")
-        if not any(h in squeezed for h in guard.hidden):
-            kept.append(line)
-    return "\n".join(kept)
+    return "\n".join(line for line in text.split("\n") if not guard.leaks(line))
 
 
 def without_hidden_asserts(answer: CountedText, task: MbppTask) -> CountedText:
-    """``strip_hidden_asserts`` of a counted answer, line by line only when a quick look cannot rule a leak out.
-
-    Quick look, exact: every line's squeezed text is a piece of the answer's squeezed text, so when that holds
-    neither a hidden assert nor the example's expression (whose removal could join two halves of one), no line
-    is dropped.
-    """
+    """``strip_hidden_asserts`` of a counted answer, recounted only when a line was dropped."""
     guard = assert_guard(task)
-    whole = answer.squeezed
-    if not guard.hidden or (guard.example_body not in whole and not any(h in whole for h in guard.hidden)):
+    if not guard.may_leak(answer.squeezed):
         return answer
-    return _filtered(answer, task)
-
-
-@lru_cache(maxsize=4096)
-def _filtered(answer: CountedText, task: MbppTask) -> CountedText:
-    """The line-by-line filter, cached: texts that show the example (every test analyst's) recur."""
-    text = strip_hidden_asserts(answer.text, task)
-    return answer if text == answer.text else counted(text)
+    lines = answer.text.split("\n")
+    kept = [line for line in lines if not guard.leaks(line)]
+    return answer if len(kept) == len(lines) else counted("\n".join(kept))
