@@ -220,3 +220,26 @@ def test_a_deep_copy_of_a_running_cluster_continues_exactly_like_the_original():
         c.run(until=10.0)
     assert len(cluster.results) > 50
     assert fork.results == cluster.results
+
+
+@pytest.mark.parametrize("fast_forward", [True, False])
+def test_first_token_callbacks_fire_at_their_own_time(fast_forward):
+    # A prefill step and the decode run behind it are one step() call; the first token inside it must still reach
+    # its callback when the virtual clock reads its time, before the request completes.
+    cluster = SimulatedCluster.from_pool(load_pool(DEFAULT_POOL), responder=seeded_lengths(), fast_forward=fast_forward)
+    ClosedLoopLoad(cluster, MODEL, 10, MbppRequestFactory.for_split("train", prefix="bg"), seed=2).start()
+    factory = MbppRequestFactory.for_split("train", prefix="probe")
+    rng = random.Random(1)
+    first_tokens: dict[str, tuple[float, float]] = {}
+    completed: dict[str, GenerationResult] = {}
+    for i in range(20):
+        cluster.submit(
+            factory(MODEL, rng),
+            at=1.0 + 0.31 * i,
+            on_first_token=lambda rid, t: first_tokens.setdefault(rid, (t, cluster.now)),
+            on_complete=lambda r: completed.setdefault(r.request_id, r) and None,
+        )
+    cluster.run(until=20.0)
+    assert len(completed) == 20 and first_tokens.keys() == completed.keys()
+    for rid, (t, clock) in first_tokens.items():
+        assert t == clock == completed[rid].first_token_s < completed[rid].finished_s

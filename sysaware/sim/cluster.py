@@ -220,11 +220,18 @@ class SimulatedCluster:
         heap, seq = self._heap, self._seq
         end_events = outcome.events
         if end_events and end_events[0].time_s < end:
-            # Events before the end (the first step's, ahead of a run): each is delivered at its own time.
+            # Events before the end (the first step's, ahead of a run): each is delivered at its own time, if
+            # anybody listens (a first token without an on_first_token callback has nothing to deliver).
             later = []
+            submissions = replica.submissions
             for event in end_events:
                 if event.time_s < end:
-                    if event.kind is not _PREEMPTED:
+                    kind = event.kind
+                    if kind is _FINISHED or (
+                        kind is _FIRST_TOKEN
+                        and (sub := submissions.get(event.request_id)) is not None
+                        and sub.on_first_token is not None
+                    ):
                         heapq.heappush(heap, (event.time_s, _EVENT, next(seq), replica, event))
                 else:
                     later.append(event)
