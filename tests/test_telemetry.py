@@ -121,6 +121,27 @@ def test_tokens_per_s_comes_from_counter_deltas_over_the_engine_clock():
 # ---- the actor in Ray ---------------------------------------------------------------------------------------------
 
 
+def wait_for_exported(replica_id: str, sample_name: str, expected: float, timeout_s: float = 15.0) -> float:
+    """Poll the node's metrics endpoint until ``sample_name`` for ``replica_id`` reads ``expected`` (Ray exports
+    every second, so earlier scrapes may show an older value); returns the last value seen."""
+    import urllib.request
+
+    import ray
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while value != expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == sample_name and sample.labels.get("replica") == replica_id:
+                    value = sample.value
+    return value
+
+
 def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
     import ray
     from ray import serve
@@ -172,6 +193,9 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
             assert time.monotonic() < deadline, "the replica's counters never reached the telemetry actor"
             time.sleep(0.05)
         assert ray.get(telemetry.history.remote(replica_id, 5))[-1]["generation_tokens_total"] == result.output_tokens
+        # The same state as Ray metrics on the node's Prometheus endpoint (exported every second in tests).
+        tokens = wait_for_exported(replica_id, "ray_sysaware_generation_tokens_total", result.output_tokens)
+        assert tokens == result.output_tokens
     finally:
         serve.delete(app)
     # A graceful stop leaves the snapshot instead of turning stale.
