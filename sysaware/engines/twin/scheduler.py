@@ -15,10 +15,10 @@ preemption are one rule. Order of one step:
    equal-priority work is never churned by recompute).
 
 The scheduler never reads a clock: ``schedule(now)`` stamps first-scheduled times with the ``now`` it is given and
-``update_from_output(out, iteration, t_end)`` stamps tokens with ``t_end``.
+``update_from_output(out, t_end)`` stamps tokens with ``t_end``.
 
 Decoding requests are advanced without being touched (the ``DecodeBatch``): between steps the running list is the
-batch's members first, in running order, then at most a request or two in prefill. A step whose blocks and budget
+batch's members first, in running order, then the plain requests (those in prefill: usually none or one). A step whose blocks and budget
 suffice for everyone is scheduled from the batch's counters (O(prefills), not O(running)); a step that must preempt,
 or anything unusual, takes the general path: the batch is dissolved into plain requests, the loop below runs as
 vLLM's does, and the decoders rejoin afterwards. Both paths make the same decisions (tests compare them).
