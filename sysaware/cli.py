@@ -157,27 +157,33 @@ def serve_pool(
         raise typer.Exit(2) from None
     ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
     served = _parse_models(models) or [m.name for m in cfg.models]
-    console.print(f"deploying {cfg.name} ({len(served)} models, time_scale={time_scale}) ...")
-    url = deploy(application, port=port, host=host)
-    console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
-    console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
-    dashboard = _http_url(getattr(ctx, "dashboard_url", None))
-    console.print(f"dashboard:   {dashboard or 'not running'}")
-    if not blocking:
-        console.print(f"running in the background; stop with: serve delete {APP_NAME}  (or: serve shutdown -y)")
-        return
-    console.print("serving; Ctrl-C stops")
+    keep = False
     try:
+        console.print(f"deploying {cfg.name} ({len(served)} models, time_scale={time_scale}) ...")
+        url = deploy(application, port=port, host=host)
+        console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
+        console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+        dashboard = _http_url(getattr(ctx, "dashboard_url", None))
+        console.print(f"dashboard:   {dashboard or 'not running'}")
+        if not blocking:
+            keep = True
+            console.print(f"running in the background; stop with: serve delete {APP_NAME}  (or: serve shutdown -y)")
+            return
+        console.print("serving; Ctrl-C stops")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         console.print("stopping ...")
     finally:
-        serve.delete(APP_NAME)
-        if owns_cluster:
-            import ray
+        if not keep:
+            try:
+                serve.delete(APP_NAME)
+            except Exception:  # interrupted before the app existed
+                pass
+            if owns_cluster:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 @app.command("load-sweep")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve import Application
 
-from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
+from sysaware.config import DEFAULT_POOL, REPO_ROOT, PoolConfig, load_pool
 
 APP_NAME = "sysaware"
 INGRESS_NAME = "ingress"
@@ -33,7 +33,11 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pool: str = Field(default=str(DEFAULT_POOL), description="Pool YAML: models, GPUs, replicas, backend.")
+    pool: str = Field(
+        default=str(DEFAULT_POOL),
+        description="Pool YAML: models, GPUs, replicas, backend. A relative path is looked up from the working "
+        "directory, then from the repository root (Serve builds applications in its own worker's directory).",
+    )
     time_scale: float = Field(
         default=1.0, gt=0, description="Twin speed: engine seconds per wall second (1 = real time, 10 = ten times faster)."
     )
@@ -45,6 +49,14 @@ class AppArgs(BaseModel):
     ingress_max_ongoing_requests: int = Field(
         default=INGRESS_MAX_ONGOING_REQUESTS, gt=0, description="Concurrent HTTP requests (open streams) the ingress takes."
     )
+
+    @field_validator("pool")
+    @classmethod
+    def _resolve_pool(cls, value: str) -> str:
+        path = Path(value)
+        if not path.is_absolute() and not path.exists() and (REPO_ROOT / path).exists():
+            return str(REPO_ROOT / path)
+        return value
 
     @field_validator("models", mode="before")
     @classmethod
