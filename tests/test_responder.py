@@ -25,11 +25,15 @@ from sysaware.engines.twin.answers import (
     task_solutions,
     wrong_variant,
 )
-from sysaware.engines.twin.counted_text import counted, join
+from sysaware.engines.twin.counted_text import counted, join, token_count
 from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
 from sysaware.engines.twin.outcomes import coupled_p_correct
 from sysaware.engines.twin.params import ParamsError
 from sysaware.engines.twin.prompt_reading import Feedback, Verdict, find_task
+from sysaware.engines.twin.provenance import file_digests
+from sysaware.engines.twin.renaming import renamed_answer
+from sysaware.engines.twin.replay_index import REPLAY_INDEX_JSON, hint_for, load_index, replay_hint
+from sysaware.engines.twin.replay_index import SOURCES as REPLAY_SOURCES
 from sysaware.engines.twin.responder import TwinResponder, load_responder_params, read_prompt
 from sysaware.engines.twin.verbosity import (
     VERBOSITY_JSON,
@@ -233,6 +237,16 @@ def test_counts_of_pieces_joined_by_whitespace_add_up():
         join("", [counted("ab"), counted("cd")])  # "ab" + "cd" would be one word: the counts do not add up
 
 
+def test_word_by_word_count_is_the_tokenizers_count():
+    answers = load_recorded_answers()
+    texts = [a.raw_text for t in answers.task_ids[::4] for a in answers.for_task(t)[:4]]
+    texts += ["snake_case_name(x, y) -> 3.14", "tab\tnew\nline\r\n", "ctrl\x0bchar\x7fhere", "a" * 120 + " b",
+              "don't `f(x)` == [1, 2]; {'k': v}", "naïve", ""]
+    assert len(texts) > 400
+    for text in texts:
+        assert token_count(text) == count_tokens(text), text[:80]
+
+
 def test_fast_hidden_assert_filter_agrees_with_the_line_by_line_filter():
     for task in test_tasks(40):
         hidden = "\n".join(task.test_list)
@@ -276,9 +290,33 @@ def test_saved_verbosity_table_is_what_a_new_measurement_gives():
         assert table[model] == measure_verbosity(model), stale
 
 
+def test_saved_replay_index_rebuilds_each_answer_as_the_slow_path_does():
+    stale = "replay_index.json is stale: rebuild it with python -m sysaware.engines.twin.replay_index"
+    assert json.loads(REPLAY_INDEX_JSON.read_text())["sources"] == file_digests(REPLAY_SOURCES), stale
+    answers = load_recorded_answers()
+    sample = [a for t in answers.task_ids[::9] for a in answers.for_task(t)[::2]]
+    assert len(sample) > 200
+    for answer in sample:
+        assert replay_hint(answer.model, answer.task_id) == hint_for(answer.raw_text, answer.task_id), stale
+        # and what the hint rebuilds is the renamed text and its extracted code
+        assert answer.text == renamed_answer(answer.raw_text, answer.task_id)
+        assert answer.code == extract_code(answer.text)
+
+
+def test_an_index_from_other_sources_is_not_used(tmp_path):
+    saved = json.loads(REPLAY_INDEX_JSON.read_text())
+    saved["sources"]["tasks/extract.py"] = "0" * 64  # the extractor changed since the index was built
+    other = tmp_path / "index.json"
+    other.write_text(json.dumps(saved))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_index(other) == {}
+    assert any("refresh" in str(w.message) for w in caught)
+
+
 def test_a_verbosity_table_from_other_sources_is_not_used(tmp_path):
     saved = json.loads(VERBOSITY_JSON.read_text())
-    saved["sources"]["routerbench_mbpp/mbpp_test.csv"] = "0" * 64
+    saved["sources"]["resources/routerbench_mbpp/mbpp_test.csv"] = "0" * 64
     other = tmp_path / "verbosity.json"
     other.write_text(json.dumps(saved))
     with warnings.catch_warnings(record=True) as caught:

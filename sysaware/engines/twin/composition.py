@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sysaware.engines.twin.answers import Solution, prose_of
+from sysaware.engines.twin.answers import Solution
+from sysaware.engines.twin.renaming import prose_of
 from sysaware.engines.twin.code_facts import code_facts, edge_cases, example_facts, goal
 from sysaware.engines.twin.counted_text import CountedText, concatenate, counted, counted_all, join
 from sysaware.engines.twin.draws import RequestDraws

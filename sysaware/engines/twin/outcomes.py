@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import groupby
 
 from scipy.special import expit
 
@@ -202,20 +203,22 @@ class Outcomes:
         """Other models' answers graded ``correct``, nearest in size first (API models, of unknown size, last).
 
         Which one is emitted is decided here once per (model, task, grade); only a tie in size needs the request's
-        seeded jitter.
+        seeded jitter. Answers are extracted group by group, nearest first, until one holds code.
         """
         key = (profile.name, solutions.task_id, correct)
         if key not in self._stand_ins:
             sizes = self.params.recorded_model_params_b
             others = [m for m in solutions.models_graded(correct) if m != profile.recorded_as]
 
-            def gap(model: str) -> float:
-                size = sizes.get(model)
+            def gap(i: int) -> float:
+                size = sizes.get(others[i])
                 return abs(math.log(size / max(profile.params_b, 1e-3))) if size else math.inf
 
-            with_code = [(i, s) for i, m in enumerate(others) if (s := solutions.recorded(m)) is not None]
-            smallest = min((gap(others[i]) for i, _ in with_code), default=math.inf)
-            nearest = tuple((i, s) for i, s in with_code if gap(others[i]) == smallest)
+            nearest: tuple[tuple[int, Solution], ...] = ()
+            for _, group in groupby(sorted(range(len(others)), key=gap), key=gap):
+                nearest = tuple((i, s) for i in group if (s := solutions.recorded(others[i])) is not None)
+                if nearest:
+                    break
             self._stand_ins[key] = StandIns(len(others), nearest, solutions.reference if correct else solutions.mutation)
         return self._stand_ins[key]
 

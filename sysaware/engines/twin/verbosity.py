@@ -2,8 +2,8 @@
 
 Measuring tokenizes every recorded answer and extracts its code (about 0.7 s per model), too slow for every
 responder construction, so the table is saved in ``resources/recorded_verbosity.json`` with what it was measured
-from: the SHA-256 of the answer files and of the tokenizer. A table whose sources changed is not used (the
-responder measures again and warns); a change in code extraction is caught by the test that re-measures.
+from (``provenance``: the answer files, the code that matches and extracts them, the tokenizer). A table whose
+sources changed is not used: the responder measures again and warns.
 
     python -m sysaware.engines.twin.verbosity      # re-measure and rewrite resources/recorded_verbosity.json
 """
@@ -11,7 +11,6 @@ responder measures again and warns); a change in code extraction is caught by th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -21,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sysaware.engines.tokenizer import count_tokens_batch, minilm_model_dir
+from sysaware.engines.tokenizer import count_tokens_batch
 from sysaware.engines.twin.answers import load_recorded_answers
+from sysaware.engines.twin.provenance import RECORDED_ANSWER_SOURCES, TOKENIZER_SOURCE, file_digests
 from sysaware.resources import RESOURCES
 from sysaware.tasks.extract import extract_code
-from sysaware.tasks.regrade import MODELS, SPLIT_FILES
+from sysaware.tasks.regrade import MODELS
 
 VERBOSITY_JSON = RESOURCES / "recorded_verbosity.json"
 REFRESH_COMMAND = "python -m sysaware.engines.twin.verbosity"
@@ -50,10 +50,8 @@ def measure_verbosity(recorded_model: str) -> Verbosity:
 
 
 def source_fingerprint() -> dict[str, str]:
-    """SHA-256 of what the table is measured from: the recorded answers and the tokenizer."""
-    files = {f"routerbench_mbpp/{path.name}": path for path in SPLIT_FILES.values()}
-    files["tokenizer.json (all-MiniLM-L6-v2)"] = minilm_model_dir() / "tokenizer.json"
-    return {name: hashlib.sha256(Path(path).read_bytes()).hexdigest() for name, path in sorted(files.items())}
+    """SHA-256 of what the table is measured from: the recorded answers as read, and the tokenizer."""
+    return file_digests({**RECORDED_ANSWER_SOURCES, **TOKENIZER_SOURCE})
 
 
 def verbosity_table(models: Sequence[str] = MODELS) -> dict:
