@@ -72,19 +72,18 @@ def code_facts(code: str, entry_hint: str | None = None) -> CodeFacts:
     entry_node = next((f for f in functions if f.name == entry_hint), functions[-1] if functions else None)
     if entry_node is None:
         return CodeFacts(entry_hint or "solution", (), (), "computes the result directly", (), 0, False, "the overall logic")
-    calls_self = any(isinstance(n, ast.Name) and n.id == entry_node.name for n in ast.walk(entry_node))
+    found = _landmarks(entry_node)
     text = ast.unparse(entry_node)
-    idea = "calls itself recursively on a smaller input" if calls_self else next(
+    idea = "calls itself recursively on a smaller input" if found.calls_self else next(
         (phrase for pattern, phrase in _IDEAS if pattern.search(code)), None
     )
     loops = _loop_depth(entry_node)
     if idea is None:
-        branches = any(isinstance(n, (ast.If, ast.IfExp)) for n in ast.walk(entry_node))
         idea = (
             "iterates over the input and builds the answer step by step"
             if loops
             else "checks the conditions the statement gives and returns accordingly"
-            if branches
+            if found.branches
             else "computes the result with a direct formula"
         )
     return CodeFacts(
@@ -95,8 +94,36 @@ def code_facts(code: str, entry_hint: str | None = None) -> CodeFacts:
         steps=tuple(s for stmt in entry_node.body if (s := _describe(stmt))),
         loop_depth=loops,
         sorts="sort" in text,
-        suspicious=_suspicious(entry_node),
+        suspicious=_suspicious(found),
     )
+
+
+@dataclass
+class _Landmarks:
+    """What the description needs from the entry function, found in one walk (the first of each in walk order)."""
+
+    calls_self: bool = False  # its own name is used inside it (recursion)
+    branches: bool = False  # an if statement or expression
+    range_call: ast.Call | None = None
+    comparison: ast.Compare | None = None
+    returned: ast.expr | None = None  # the value of the first return that has one
+
+
+def _landmarks(func: ast.FunctionDef | ast.AsyncFunctionDef) -> _Landmarks:
+    found = _Landmarks()
+    for node in ast.walk(func):
+        if isinstance(node, ast.Name):
+            found.calls_self = found.calls_self or node.id == func.name
+        elif isinstance(node, (ast.If, ast.IfExp)):
+            found.branches = True
+        elif isinstance(node, ast.Call):
+            if found.range_call is None and isinstance(node.func, ast.Name) and node.func.id == "range":
+                found.range_call = node
+        elif isinstance(node, ast.Compare):
+            found.comparison = found.comparison or node
+        elif isinstance(node, ast.Return) and node.value is not None:
+            found.returned = found.returned or node.value
+    return found
 
 
 def _loop_depth(node: ast.AST) -> int:
@@ -144,17 +171,16 @@ def _describe(stmt: ast.stmt) -> str | None:
     return None
 
 
-def _suspicious(func: ast.AST) -> str:
-    for node in ast.walk(func):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-            return f"the loop bound `{_short(node)}` (an off-by-one there changes the result)"
-    for node in ast.walk(func):
-        if isinstance(node, ast.Compare):
-            ordering = any(isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in node.ops)
-            return f"the comparison `{_short(node)}` at its boundary" if ordering else f"the condition `{_short(node)}`"
-    for node in ast.walk(func):
-        if isinstance(node, ast.Return) and node.value is not None:
-            return f"the returned value `{_short(node.value)}` (its type must match the example's)"
+def _suspicious(found: _Landmarks) -> str:
+    """The construct a critic would question first: a loop bound, else a comparison, else the returned value."""
+    if found.range_call is not None:
+        return f"the loop bound `{_short(found.range_call)}` (an off-by-one there changes the result)"
+    if found.comparison is not None:
+        node = found.comparison
+        ordering = any(isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in node.ops)
+        return f"the comparison `{_short(node)}` at its boundary" if ordering else f"the condition `{_short(node)}`"
+    if found.returned is not None:
+        return f"the returned value `{_short(found.returned)}` (its type must match the example's)"
     return "the overall logic"
 
 

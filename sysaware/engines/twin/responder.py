@@ -4,14 +4,17 @@ The responder ties together modules with one job each:
 
 - ``prompt_reading``: the task, role, strategy and upstream work a prompt shows, read from its text alone;
 - ``outcomes``: P(correct) from the IRT (``irt``) and the parameter table (``params``), and the seeded choice of
-  the real solution the agent emits (``answers``);
-- ``composition``: the text, shaped by the role's kind and the strategy, sized by the model's verbosity
-  (``profiles``, ``verbosity``) with seeded noise (``draws``);
+  the real solution the agent emits: a recorded answer (``answers``, renamed by ``renaming``, rebuilt quickly
+  from ``replay_index``), MBPP's reference or its bug-injected variant (``bug_injection``);
+- ``composition``: the text, shaped by the role's kind and the strategy, explained from the code's syntax tree
+  (``code_facts``), sized by the model's verbosity (``profiles``, ``verbosity``) with seeded noise (``draws``);
 - ``hidden_asserts``: the filter every output goes through (only the task's example assert may ever appear).
 
 Speed: everything about a request except its seed (the reading, the model's odds) is cached per (model,
 messages), and texts are assembled from cached pieces whose token counts add up (``counted_text``), so a warm
 ``respond()`` tokenizes nothing. Answers are a pure function of (model, messages, seed), caches or not.
+
+    python -m sysaware.engines.twin.responder      # the single-programmer report (``report``)
 """
 
 from __future__ import annotations
