@@ -35,8 +35,8 @@ class Executor(ABC):
         self.chosen: Counter[Action] = Counter()
 
     def act(self, ctx: StepContext) -> Action:
-        action = Action(*self.choose(ctx))
-        action = Action(action.model, Strategy(action.strategy))
+        model, strategy = self.choose(ctx)
+        action = Action(model, Strategy(strategy))
         if action not in ctx.candidates:
             raise ValueError(f"{self.name} chose {action}, which is not among the step's candidates")
         self.decisions += 1
@@ -122,7 +122,7 @@ class LeastQueueExecutor(Executor):
         self.kv_weight = kv_weight
 
     def choose(self, ctx: StepContext) -> Action:
-        models = [m for m in dict.fromkeys(a.model for a in ctx.candidates)]
+        models = list(dict.fromkeys(a.model for a in ctx.candidates))
         loads = {m: ctx.snapshot.load(m) for m in models}
         queue = {m: loads[m].in_system_per_replica for m in models}
         lo, hi = min(queue.values()), max(queue.values())

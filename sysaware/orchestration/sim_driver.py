@@ -18,6 +18,7 @@ from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import GenerationResult
 from sysaware.orchestration.context import Action, all_actions
 from sysaware.orchestration.executors import Executor
+from sysaware.orchestration.forecast import ForkForecaster
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.session import DriverEffect, WorkflowSession
 from sysaware.orchestration.telemetry import SystemSnapshot, TelemetryTracker
@@ -91,9 +92,7 @@ class SimulatedDriver:
                     self.cluster, m, settings.background_per_model, factory, seed=settings.seed
                 ).start(at=settings.background_start_s)
         self.cluster.call_at(settings.telemetry_period_s, DriverCallback(self._sample))
-        from sysaware.orchestration.forecast import ForkForecaster
-
-        self.forecaster = ForkForecaster(self)
+        self.forecaster = ForkForecaster(self)  # only the oracle asks it anything
 
     @property
     def models(self) -> list[str]:
