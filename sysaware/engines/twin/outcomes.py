@@ -219,7 +219,8 @@ class Outcomes:
                 nearest = tuple((i, s) for i in group if (s := solutions.recorded(others[i])) is not None)
                 if nearest:
                     break
-            self._stand_ins[key] = StandIns(len(others), nearest, solutions.reference if correct else solutions.mutation)
+            fallback = solutions.reference if correct else solutions.mutation
+            self._stand_ins[key] = StandIns(len(others), nearest, fallback)
         return self._stand_ins[key]
 
     def verdicts(self, profile: ModelProfile, odds: Odds, draws: RequestDraws) -> list[tuple[str, bool]]:

@@ -44,13 +44,12 @@ def hint_for(raw_text: str, task_id: int) -> ReplayHint:
     """Work out the renamed text and its code the slow way, and say how to rebuild them fast."""
     text = renamed_answer(raw_text, task_id)
     code = solution_code(text)
-    if text == raw_text:
-        how: str | None = ""
-    else:
+    how: str | None = ""
+    if text != raw_text:  # renamed: a whole-word rename of one identifier, or one of the rarer rewrites (live)
+        entry = get_task(task_id).entry_point or ""
         raw_code = solution_code(raw_text)
-        old = renamed_from(raw_code, rename_entry_point(raw_code, get_task(task_id).entry_point or ""))
-        textual = old is not None and rename_identifier(raw_text, old, get_task(task_id).entry_point or "") == text
-        how = old if textual else None
+        old = renamed_from(raw_code, rename_entry_point(raw_code, entry))
+        how = old if old is not None and rename_identifier(raw_text, old, entry) == text else None
     start = text.find(code)
     return ReplayHint(how, (start, start + len(code)) if start >= 0 else None)
 
@@ -60,7 +59,8 @@ def build_index() -> dict:
     table: dict[str, dict[str, list]] = {}
     for a in answers:
         hint = hint_for(a.answer, a.task_id)
-        table.setdefault(a.model, {})[str(a.task_id)] = [hint.renamed_from, list(hint.code_span) if hint.code_span else None]
+        span = list(hint.code_span) if hint.code_span else None
+        table.setdefault(a.model, {})[str(a.task_id)] = [hint.renamed_from, span]
     return {
         "what": "per recorded answer (model -> task): [renamed_from, code_span]; renamed_from \"\" = the raw text, a "
         "name = that identifier renamed to the entry point as a whole word, null = work it out; code_span = "
@@ -76,7 +76,8 @@ def load_index(path: str | Path = REPLAY_INDEX_JSON) -> dict[tuple[str, int], Re
     """The saved index; empty (every answer worked out live) when missing or built from other sources."""
     path = Path(path)
     if not path.exists():
-        warnings.warn(f"{path} is missing: recorded answers are renamed and extracted live; build it with {REFRESH_COMMAND}")
+        warnings.warn(f"{path} is missing: recorded answers are renamed and extracted live; "
+                      f"build it with {REFRESH_COMMAND}")
         return {}
     raw = json.loads(path.read_text())
     if raw.get("sources") != file_digests(SOURCES):

@@ -129,7 +129,8 @@ class TwinResponder:
             answer = compose_review(task, self.outcomes.verdicts(profile, odds, draws), ctx)
         else:
             solution = self.outcomes.solution(reading, profile, odds, draws)
-            answer = compose_plan(task, solution, ctx) if kind is RoleKind.PLAN else compose_code_answer(task, solution, ctx)
+            compose = compose_plan if kind is RoleKind.PLAN else compose_code_answer
+            answer = compose(task, solution, ctx)
         return without_hidden_asserts(answer, task)
 
     # --- the odds, for callers that study them ----------------------------------------------------------------

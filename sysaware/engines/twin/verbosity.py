@@ -98,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"wrote {args.out}")
     for m, v in table["models"].items():
-        print(f"  {m:36s} median extra {v['median_extra_tokens']:7.1f} tokens  log sd {v['log_sd']:.3f}  ({v['answers']} answers)")
+        print(f"  {m:36s} median extra {v['median_extra_tokens']:7.1f} tokens  log sd {v['log_sd']:.3f}"
+              f"  ({v['answers']} answers)")
 
 
 if __name__ == "__main__":
