@@ -11,8 +11,10 @@ sandbox runs. This is the seam between the workflow and its drivers:
     carry out a sandbox run, then
     on_sandbox_result(run, result, now)-> on_sandbox_result -----------> ...
 
-The simulated driver carries out calls on a SimulatedCluster (virtual clock); a live driver would await Ray Serve
-handles and pass the wall clock; neither touches the workflow or the policies.
+The simulated driver carries out calls on a SimulatedCluster (virtual clock). A live driver does the same with
+asyncio: it sends each ModelCall's ``request()`` through the model's Ray Serve handle and, when the result comes
+back, calls ``on_model_result`` with the wall clock; it runs SandboxRuns in a worker thread; its snapshot source
+reads the telemetry actor. Neither touches the workflow or the policies.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ class Workflow:
     start_s: float = 0.0
     answered_s: float | None = None
     grade: ExecutionResult | None = None
-    _slots: dict[str, _SlotRun] = field(default_factory=dict, repr=False)
+    _slots: dict[str, _SlotRun] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._slots = {s.slot_id: _SlotRun(s) for s in self.topology.slots}
