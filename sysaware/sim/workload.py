@@ -38,6 +38,9 @@ class MbppRequestFactory:
 
     def __post_init__(self) -> None:
         self._count = 0
+        # The same (task, role, strategy) gives the same message objects: building the prompt text costs more than
+        # the lookup, and reused strings keep their hash, so the responder's per-prompt cache finds them cheaply.
+        self._messages: dict[tuple[int, str, Strategy], tuple[ChatMessage, ...]] = {}
 
     @classmethod
     def for_split(cls, split: Split | str = Split.TRAIN, sanitized: bool = True, **kw) -> "MbppRequestFactory":
@@ -48,10 +51,14 @@ class MbppRequestFactory:
         role = rng.choice(self.roles)
         strategy = rng.choice(self.strategies)
         self._count += 1
+        key = (task.task_id, role, strategy)
+        messages = self._messages.get(key)
+        if messages is None:
+            messages = self._messages[key] = build_messages(task, role, strategy)
         return GenerationRequest(
             request_id=f"{self.prefix}-{self._count}",
             model=model,
-            messages=build_messages(task, role, strategy),
+            messages=messages,
             max_tokens=self.max_tokens,
             seed=rng.randrange(2**31),
         )

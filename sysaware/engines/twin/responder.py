@@ -32,7 +32,7 @@ from sysaware.engines.twin.composition import (
     compose_without_task,
 )
 from sysaware.engines.twin.counted_text import CountedText, counted
-from sysaware.engines.twin.draws import RequestDraws
+from sysaware.engines.twin.draws import RequestDraws, prompt_digest
 from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
 from sysaware.engines.twin.irt import IrtModel, load_irt_model
 from sysaware.engines.twin.outcomes import Odds, Outcomes, coupled_p_correct
@@ -79,6 +79,7 @@ class Situation:
     reading: PromptReading
     profile: ModelProfile
     odds: Odds | None  # None when the prompt holds no MBPP task
+    digest: bytes | None = None  # prompt_digest(model, messages): seeds the request's draws without rehashing it
 
 
 class TwinResponder:
@@ -112,12 +113,12 @@ class TwinResponder:
             raise KeyError(f"unknown model {model!r}; the pool has {sorted(self.profiles)}")
         reading = read_prompt(messages)
         odds = self.outcomes.odds(reading, profile) if reading.task is not None else None
-        return Situation(reading, profile, odds)
+        return Situation(reading, profile, odds, prompt_digest(model, messages))
 
     # --- deciding -------------------------------------------------------------------------------------------
     def _answer(self, situation: Situation, request: GenerationRequest) -> CountedText:
         reading, profile, odds = situation.reading, situation.profile, situation.odds
-        draws = RequestDraws(request)
+        draws = RequestDraws(request, situation.digest)
         ctx = Context(reading, profile, self.params, draws)
         task = reading.task
         if task is None or odds is None:
