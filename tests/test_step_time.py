@@ -168,6 +168,13 @@ def test_decode_run_equals_repeated_step_time(name):
     assert np.array_equal(model.decode_run_s(num_seqs, context, steps), np.array(stepped))
 
 
+@pytest.mark.parametrize("steps", [0, 1, 7, 256, 300])  # both sides of the plain-Python / numpy switch
+def test_decode_run_list_gives_the_very_floats_of_decode_run(steps):
+    model = create_model("codellama-34b-instruct")
+    for num_seqs, context in [(1, 17), (37, 37 * 300 + 11), (250, 250 * 3000 + 5), (0, 0)]:
+        assert model.decode_run_list_s(num_seqs, context, steps) == model.decode_run_s(num_seqs, context, steps).tolist()
+
+
 def test_decode_run_edge_cases():
     model = create_model("mistral-7b-instruct")
     assert model.decode_run_s(8, 800, 0).shape == (0,)

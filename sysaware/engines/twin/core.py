@@ -123,6 +123,8 @@ class TwinEngineCore:
         self.model = model
         self.replica_id = replica_id
         self.step_time = step_time
+        # Optional beyond the protocol: the same floats as decode_run_s(...).tolist(), without numpy for short runs.
+        self._decode_run_list_s = getattr(step_time, "decode_run_list_s", None)
         self.responder = responder
         self.settings = settings
         self.tokenizer_count = tokenizer_count
@@ -308,7 +310,10 @@ class TwinEngineCore:
         batch = scheduler.batch
         num_steps = scheduler.steady_run_steps()
         num_seqs = batch.num_seqs
-        durations = self.step_time.decode_run_s(num_seqs, batch.context_tokens(), num_steps).tolist()
+        if self._decode_run_list_s is not None:
+            durations = self._decode_run_list_s(num_seqs, batch.context_tokens(), num_steps)
+        else:
+            durations = self.step_time.decode_run_s(num_seqs, batch.context_tokens(), num_steps).tolist()
         # Each end is the previous end plus one duration, in that order: the floats single steps would give.
         ends = list(accumulate(durations, initial=run_start_s))
         del ends[0]

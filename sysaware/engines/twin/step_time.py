@@ -43,6 +43,7 @@ from sysaware.engines.twin.protocols import BatchShape
 BF16_BYTES = 2
 ALL_REDUCES_PER_LAYER = 2  # after attention's O projection and after the MLP's down projection (Megatron TP)
 ATTENTION_KERNELS_PER_LAYER = 2  # KV-cache write + the attention kernel itself (vLLM v1 unified attention)
+_PLAIN_PYTHON_RUN_STEPS = 256  # decode_run_list_s: longer runs go through numpy (per-element cost wins there)
 DEFAULT_TABLE_TOKENS = 16384  # precomputed token counts; beyond this the cost is computed on the fly
 
 
@@ -311,6 +312,15 @@ class RooflineStepTime:
             return np.zeros(num_steps)
         contexts = context_total + num_seqs * np.arange(num_steps, dtype=np.float64)
         return self._batch_fixed_s(num_seqs, num_seqs) + contexts * self._decode_s_per_context_token
+
+    def decode_run_list_s(self, num_seqs: int, context_total: int, num_steps: int) -> list[float]:
+        """``decode_run_s(...).tolist()``, the identical floats: in plain Python for short runs, where numpy's
+        per-call overhead (a few us) is most of the cost; the integer context is exact as a float either way."""
+        if num_steps > _PLAIN_PYTHON_RUN_STEPS or num_seqs == 0 or num_steps <= 0:
+            return self.decode_run_s(num_seqs, context_total, num_steps).tolist()
+        fixed_s = self._batch_fixed_s(num_seqs, num_seqs)
+        per_token_s = self._decode_s_per_context_token
+        return [fixed_s + (context_total + num_seqs * k) * per_token_s for k in range(num_steps)]
 
     def non_attention_s(self, num_tokens: int) -> float:
         """The part Vidur measured (layers' linear and elementwise operators + embedding), for comparisons."""
