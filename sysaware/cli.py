@@ -190,9 +190,19 @@ def serve_pool(
 def load_sweep(
     pool: Path = PoolOption,
     levels: str = typer.Option("1,10,50", help="Background clients per model, comma-separated."),
-    warmup_s: float = typer.Option(10.0, min=0, help="Engine seconds of warm-up per level."),
-    duration_s: float = typer.Option(30.0, min=0.1, help="Engine seconds measured per level."),
-    time_scale: float = typer.Option(0.25, min=1e-3, help="Twin speed when this command deploys the pool."),
+    warmup_s: float = typer.Option(1.0, min=0, help="Engine seconds of warm-up per level."),
+    duration_s: float | None = typer.Option(
+        None, min=0.1, help="Engine seconds measured per level (default: what --level-wall-s allows)."
+    ),
+    level_wall_s: float = typer.Option(
+        60.0, min=1, help="Wall seconds per level (warm-up included) when --duration-s is not given."
+    ),
+    time_scale: str = typer.Option(
+        "auto",
+        help="Twin speed (engine s per wall s) when this command deploys the pool: one value, one per level (the "
+        "pool is redeployed when it changes), or 'auto' (slow enough for the streams to keep up, see "
+        "sysaware.serving.load_sweep.auto_time_scale). Lower it until the client and engine columns agree.",
+    ),
     models: str | None = typer.Option(None, help="Only these models of the pool, comma-separated."),
     url: str | None = typer.Option(None, help="Sweep a pool already serving at this base URL (http://host:port/v1)."),
     port: int = typer.Option(0, help="HTTP port when this command deploys the pool (0: a free one)."),
@@ -200,70 +210,79 @@ def load_sweep(
     seed: int = typer.Option(0),
     run_dir: Path | None = typer.Option(None, help="Where to write the CSVs (default runs/load-sweep-<time>)."),
 ) -> None:
-    """Drive the live pool with N streaming clients per model; TTFT/TPOT p50/p95 per model (engine ms) and the
-    telemetry seen, beside the simulated sweep of the same pool."""
+    """Drive the live pool with N streaming clients per model; TTFT/TPOT p50/p95 per model (engine ms, as the client
+    and as the engine measured them) and the telemetry seen, beside the simulated sweep of the same pool."""
     import asyncio
 
+    import pandas as pd
     from tqdm import tqdm
 
     from sysaware.runs import new_run_dir
     from sysaware.serving import load_sweep as ls
 
     parsed_levels = _parse_levels(levels)
-    out = new_run_dir("load-sweep", run_dir)
     cfg = _load_pool(pool)
-    deployed_here, owns_cluster = url is None, False
-    if deployed_here:
-        from ray import serve
-
-        from sysaware.serving.app import APP_NAME, build_app, deploy
-
+    names = _parse_models(models)
+    if names is not None:
         try:
-            application = build_app(cfg, time_scale, models=_parse_models(models))
+            cfg = _select(cfg, names)
         except ValueError as e:
             console.print(f"[red]error:[/red] {e}")
             raise typer.Exit(2) from None
-        _, owns_cluster = _connect_or_start_ray(dashboard=False, outlive_process=False)
-        console.print(f"deploying {cfg.name} at time_scale={time_scale} ...")
-        url = deploy(application, port=port or _free_port())
-    assert url is not None
+    if url is not None:
+        scales: list[float | None] = [None] * len(parsed_levels)  # the pool's own
+    elif time_scale == "auto":
+        scales = [ls.auto_time_scale(n, len(cfg.models)) for n in parsed_levels]
+    else:
+        scales = _parse_time_scales(time_scale, len(parsed_levels))
+    out = new_run_dir("load-sweep", run_dir)
+    deployer = None
+    if url is None:
+        deployer = _PoolDeployer(cfg, port or _free_port())
+    tables, runs = [], []
     try:
-        served, served_scale = asyncio.run(ls.discover(url))
-        names = _parse_models(models) or served
-        missing = [m for m in names if m not in served]
-        if missing:
-            console.print(f"[red]error:[/red] the pool at {url} does not serve {missing}; it serves {served}")
-            raise typer.Exit(2)
-        settings = ls.LiveSweepSettings(tuple(parsed_levels), warmup_s, duration_s, served_scale, seed=seed)
-        per_level_wall = settings.wall_s(warmup_s + duration_s)
-        console.print(
-            f"sweeping {len(names)} models at {url}: levels {parsed_levels}, {warmup_s:g}+{duration_s:g} engine s "
-            f"per level = {per_level_wall:.0f} s wall at time_scale={served_scale:g}"
-        )
-        bar = tqdm(total=round(per_level_wall * len(parsed_levels)), desc="load sweep", unit="s")
-        base = {"wall": 0.0}
+        if deployer is None:
+            total_wall = None
+        elif duration_s is None:
+            total_wall = level_wall_s * len(scales)
+        else:
+            total_wall = sum((warmup_s + duration_s) / s for s in scales)
+        bar = tqdm(total=round(total_wall) if total_wall else None, desc="load sweep", unit="s")
+        done_wall = 0.0
+        for n, scale in zip(parsed_levels, scales):
+            level_url = deployer.url_at(scale) if deployer else url
+            served, served_scale = asyncio.run(ls.discover(level_url))
+            sweep_models = names or served
+            missing = [m for m in sweep_models if m not in served]
+            if missing:
+                console.print(f"[red]error:[/red] the pool at {level_url} does not serve {missing}; it serves {served}")
+                raise typer.Exit(2)
+            measure_s = duration_s if duration_s is not None else max(level_wall_s * served_scale - warmup_s, 0.1)
+            settings = ls.LiveSweepSettings((n,), warmup_s, measure_s, served_scale, seed=seed)
 
-        def progress(p: ls.LevelProgress) -> None:
-            bar.n = min(round(base["wall"] + p.elapsed_wall_s), bar.total)
-            bar.set_postfix(N=p.concurrency, done=p.finished_requests, failed=p.failed_requests)
-            bar.refresh()
+            def progress(p: ls.LevelProgress, base: float = done_wall) -> None:
+                bar.n = round(base + p.elapsed_wall_s)
+                bar.set_postfix(N=p.concurrency, time_scale=settings.time_scale, done=p.finished_requests,
+                                failed=p.failed_requests, refresh=False)  # fmt: skip
+                bar.update(0)  # redraws at most every mininterval
 
-        def level_done(run: ls.LevelRun) -> None:
-            base["wall"] += per_level_wall
-
-        df, runs = asyncio.run(ls.sweep(url, names, settings, on_progress=progress, on_level=level_done))
-        bar.n = bar.total
+            table, level_runs = asyncio.run(ls.sweep(level_url, sweep_models, settings, on_progress=progress))
+            tables.append(table.assign(time_scale=served_scale, measure_s=measure_s))
+            runs.extend(level_runs)
+            done_wall += settings.wall_s(warmup_s + measure_s)
         bar.close()
     finally:
-        if deployed_here:
-            serve.delete(APP_NAME)
-            if owns_cluster:
-                import ray
-
-                ray.shutdown()
+        if deployer is not None:
+            deployer.close()
+    df = pd.concat(tables, ignore_index=True)
     df.to_csv(out / "load_sweep.csv", index=False)
     ls.requests_frame(runs).to_csv(out / "load_sweep_requests.csv", index=False)
-    title = f"{cfg.name}: live pool, client-measured (engine ms = wall x {settings.time_scale:g}, {duration_s:g}s window)"
+    scales_text = ",".join(f"{s:g}" for s in df.time_scale.unique())
+    windows_text = ",".join(f"{w:.3g}" for w in df.measure_s.unique())
+    title = (
+        f"{cfg.name}: live pool, client-measured (engine ms = wall ms x time_scale {scales_text}; "
+        f"windows {windows_text} engine s)"
+    )
     print_latency_table(df, title)
     engine_view = df.assign(
         ttft_p50_ms=df.engine_ttft_p50_ms,
@@ -275,13 +294,66 @@ def load_sweep(
     if int(df.failed.sum()):
         console.print(f"[yellow]{int(df.failed.sum())} requests failed; see load_sweep_requests.csv[/yellow]")
     if compare_sim:
+        from sysaware.engines.twin.responder import TwinResponder
         from sysaware.sim.sweep import SweepSettings, sweep
 
-        sim_cfg = cfg if models is None else _select(cfg, names)
-        sim = sweep(sim_cfg, SweepSettings(tuple(parsed_levels), warmup_s, duration_s, seed=seed))
+        # The same window per level as the live run measured (the simulator has no speed limit).
+        windows = df.groupby("concurrency").measure_s.first()
+        responder = TwinResponder(cfg)
+        sim = pd.concat(
+            [sweep(cfg, SweepSettings((n,), warmup_s, float(windows[n]), seed=seed), responder) for n in parsed_levels],
+            ignore_index=True,
+        )
         sim.to_csv(out / "sim_sweep.csv", index=False)
         print_latency_table(sim, f"{cfg.name}: simulated (virtual time, same window)")
     console.print(f"tables written to {out}")
+
+
+def _parse_time_scales(spec: str, num_levels: int) -> list[float]:
+    try:
+        scales = [float(x) for x in spec.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--time-scale must be numbers, comma-separated, got {spec!r}") from None
+    if len(scales) == 1:
+        scales *= num_levels
+    if len(scales) != num_levels or any(s <= 0 for s in scales):
+        raise typer.BadParameter(f"--time-scale needs one positive value or one per level ({num_levels}), got {spec!r}")
+    return scales
+
+
+class _PoolDeployer:
+    """The pool deployed by this command on a Ray it connects to (or starts), redeployed when the time scale
+    changes; ``close()`` removes the application (and stops the Ray it started)."""
+
+    def __init__(self, cfg: PoolConfig, port: int) -> None:
+        self.cfg = cfg
+        self.port = port
+        self.scale: float | None = None
+        self.url: str | None = None
+        _, self.owns_cluster = _connect_or_start_ray(dashboard=False, outlive_process=False)
+
+    def url_at(self, scale: float) -> str:
+        from sysaware.serving.app import build_app, deploy
+
+        if scale != self.scale:
+            console.print(f"deploying {self.cfg.name} at time_scale={scale:g} ...")
+            self.url = deploy(build_app(self.cfg, scale), port=self.port)
+            self.scale = scale
+        assert self.url is not None
+        return self.url
+
+    def close(self) -> None:
+        from ray import serve
+
+        from sysaware.serving.app import APP_NAME
+
+        try:
+            serve.delete(APP_NAME)
+        finally:
+            if self.owns_cluster:
+                import ray
+
+                ray.shutdown()
 
 
 def _select(cfg: PoolConfig, names: list[str]) -> PoolConfig:

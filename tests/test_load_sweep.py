@@ -11,7 +11,16 @@ from conftest import free_port
 from typer.testing import CliRunner
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.serving.load_sweep import ClientRecord, LevelRun, LiveSweepSettings, measured, summarise_level
+from sysaware.serving.load_sweep import (
+    MAX_AUTO_TIME_SCALE,
+    SUSTAINED_CHUNKS_PER_WALL_S,
+    ClientRecord,
+    LevelRun,
+    LiveSweepSettings,
+    auto_time_scale,
+    measured,
+    summarise_level,
+)
 
 SIM_COLUMNS = [  # sysaware.sim.sweep.summarise_level's table, which the live one must match column for column
     "model", "concurrency", "requests", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms", "tpot_p95_ms", "out_tokens_mean",
@@ -77,6 +86,13 @@ def test_summary_converts_wall_to_engine_time_and_has_the_simulated_table_column
 def test_a_model_without_answers_in_the_window_gets_an_empty_row():
     row = summarise_level(create_run([]), ["m"], LiveSweepSettings()).iloc[0]
     assert row.requests == 0 and math.isnan(row.ttft_p50_ms)
+
+
+def test_auto_time_scale_keeps_the_chunk_rate_within_what_the_stack_sustains():
+    scales = [auto_time_scale(n, num_models=5) for n in (1, 10, 50)]
+    assert scales[0] == MAX_AUTO_TIME_SCALE and scales[0] > scales[1] > scales[2]
+    # 250 streams x 70 steps per engine s x 0.04 = 700 chunks per wall s.
+    assert 50 * 5 * 70 * scales[2] == pytest.approx(SUSTAINED_CHUNKS_PER_WALL_S)
 
 
 @pytest.fixture(scope="module")

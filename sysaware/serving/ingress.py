@@ -29,6 +29,7 @@ from sysaware.config import ModelDeployment, PoolConfig
 from sysaware.engines.tokenizer import count_tokens
 from sysaware.engines.twin.core import count_prompt_tokens
 from sysaware.engines.types import GenerationRequest, GenerationResult
+from sysaware.serving.live_engine import StreamChunk
 from sysaware.serving.openai_types import (
     SSE_DONE,
     ChatCompletion,
@@ -46,7 +47,6 @@ from sysaware.serving.openai_types import (
     now_unix_s,
     openai_finish_reason,
 )
-from sysaware.serving.live_engine import StreamChunk
 from sysaware.serving.prometheus import PoolMetrics
 
 logger = logging.getLogger(__name__)
@@ -134,11 +134,15 @@ def check_lengths(body: ChatCompletionRequest, model: ModelDeployment) -> tuple[
     return prompt_tokens, requested
 
 
-def _engine_refusal(e: BaseException) -> OpenAIError:
-    # A ValueError raised in a replica reaches us as a RayTaskError that is also a ValueError; its `cause` is the
-    # original, whose message is the engine's own words (without the remote traceback).
+def _engine_error(e: Exception) -> OpenAIError:
+    """What a failed replica call means for the client. A ValueError raised in a replica reaches us as a
+    RayTaskError that is also a ValueError; its ``cause`` is the original, whose message is the engine's own words
+    (without the remote traceback): the request can never be served, a 400. Anything else is the server's fault."""
     cause = getattr(e, "cause", None) or e
-    return OpenAIError(400, str(cause), code="engine_rejected")
+    if isinstance(e, ValueError):
+        return OpenAIError(400, str(cause), code="engine_rejected")
+    logger.error("replica call failed: %r", e)
+    return OpenAIError(503, f"the model replica failed: {type(cause).__name__}: {cause}", code="replica_failed")
 
 _END_OF_STREAM = object()
 
@@ -243,8 +247,8 @@ class Ingress:
             return await self._stream(handle, request, completion_id, include_usage)
         try:
             result: GenerationResult = await handle.generate.remote(request)
-        except ValueError as e:
-            raise _engine_refusal(e) from None
+        except Exception as e:
+            raise _engine_error(e) from None
         self.metrics.observe(result)
         return JSONResponse(ChatCompletion.of(result, completion_id).model_dump(mode="json"))
 
@@ -265,8 +269,8 @@ class Ingress:
         chunks = handle.options(stream=True).generate_stream.remote(request)
         try:
             first = await chunks.__anext__()
-        except ValueError as e:
-            raise _engine_refusal(e) from None
+        except Exception as e:
+            raise _engine_error(e) from None
         writer = SSEWriter(completion_id, request.model, include_usage)
         return StreamingResponse(
             self._events(first, chunks, writer),
