@@ -9,6 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from sysaware.config import DEFAULT_POOL, REPO_ROOT, load_pool
 from sysaware.pipelines.collect_prompts import CSV_NAME, COLUMNS, CollectSettings, collect_prompts, read_existing
@@ -85,12 +86,35 @@ def test_the_prompts_do_not_depend_on_how_runs_are_batched(tmp_path):
     assert one.sort_values(key).reset_index(drop=True).equals(many.sort_values(key).reset_index(drop=True))
 
 
+def submit_when_agent_ready(client, session_dir: str, timeout_s: float = 90.0, **job) -> str:
+    """Right after ray.init the dashboard may answer "No available agent to submit job" until its agent registers.
+
+    On a machine shared with other Ray clusters the agent may never start: it listens on a fixed port (52365) that
+    another cluster can hold. That, and only that, skips the test (with the agent's own error as the reason).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return client.submit_job(**job)
+        except RuntimeError as e:
+            if "No available agent" not in str(e):
+                raise
+            agent_log = Path(session_dir) / "logs" / "dashboard_agent.log"
+            if agent_log.exists() and "address already in use" in agent_log.read_text(errors="replace"):
+                pytest.skip("another Ray cluster on this machine holds the dashboard agent's port (see dashboard_agent.log)")
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
 def test_the_job_runs_through_ray_job_submission(ray_session, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(f"http://{ray_session.dashboard_url}")
     out = tmp_path / "p1"
-    job_id = client.submit_job(
+    job_id = submit_when_agent_ready(
+        client,
+        ray_session.address_info["session_dir"],
         entrypoint=f"{sys.executable} jobs/collect_prompts.py --tasks 1 --runs-per-task 2 --shards 1 --run-dir {out}",
         runtime_env={"working_dir": str(REPO_ROOT)},
     )
