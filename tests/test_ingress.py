@@ -170,7 +170,8 @@ def test_flooding_one_model_shows_its_queue_in_telemetry_and_it_drains(live):
     queued = [s for s in samples if s["flooded"]["queue_waiting"] > 0]
     assert queued, f"no waiting queue seen in {len(samples)} samples over {flood_s:.1f}s"
     first = queued[0]
-    print(f"\nqueue_waiting > 0 seen {first['t']:.2f}s after the flood began (snapshot age {first['flooded']['age_s']:.2f}s)")
+    age = first["flooded"]["age_s"]
+    print(f"\nqueue_waiting > 0 seen {first['t']:.2f}s after the flood began (snapshot age {age:.2f}s)")
     # The snapshot describes the engine at most one push period (+ the RPC) ago: well inside 0.5 s.
     assert first["flooded"]["age_s"] < 0.5
     assert first["t"] < 0.5 + 1.0, "the queue took too long to show (1 s allowed for the HTTP flood to arrive)"
@@ -217,7 +218,9 @@ def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(l
 
 def test_malformed_json_and_the_openai_client_errors(live):
     response = httpx.post(
-        f"{live.url}/chat/completions", content=b'{"model": "x", "messages": [', headers={"content-type": "application/json"}
+        f"{live.url}/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"content-type": "application/json"},
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -228,7 +231,8 @@ def test_malformed_json_and_the_openai_client_errors(live):
             model=live.other, messages=[{"role": "user", "content": "word " * 5000}], stream=True
         )
     assert too_long.value.body["code"] == "context_length_exceeded"
-    assert live.client.chat.completions.create(model=live.other, messages=create_messages()[0]).choices[0].message.content
+    reply = live.client.chat.completions.create(model=live.other, messages=create_messages()[0])
+    assert reply.choices[0].message.content
 
 
 def long_answer(live, model: str, candidates: int = 6) -> tuple[list[dict], int, int]:
@@ -249,7 +253,8 @@ def test_engine_refusal_is_a_400_and_the_server_keeps_serving(live):
     """The engine refuses a second request with the id of one still in flight (a ValueError in the replica)."""
     messages, seed, _ = long_answer(live, live.other)
     body = {"model": live.other, "messages": messages, "seed": seed, "stream": True, "request_id": "dup-1"}
-    with httpx.Client(timeout=30.0) as client, client.stream("POST", f"{live.url}/chat/completions", json=body) as first:
+    url = f"{live.url}/chat/completions"
+    with httpx.Client(timeout=30.0) as client, client.stream("POST", url, json=body) as first:
         assert first.status_code == 200
         lines = first.iter_lines()  # keep a reference: a collected iterator closes the connection
         next(lines)  # dup-1 is now in the engine
@@ -298,6 +303,8 @@ def test_metrics_parse_and_carry_the_vllm_names(live):
     ):
         assert name in samples, name
     ttft_counts = [
-        s.value for s in ours if s.name == "vllm:time_to_first_token_seconds_count" and s.labels["model_name"] == live.flooded
+        s.value
+        for s in ours
+        if s.name == "vllm:time_to_first_token_seconds_count" and s.labels["model_name"] == live.flooded
     ]
     assert sum(ttft_counts) >= 1

@@ -28,7 +28,9 @@ SIM_COLUMNS = [  # sysaware.sim.sweep.summarise_level's table, which the live on
 ]  # fmt: skip
 
 
-def create_record(sent_s: float, ttft_wall_s: float = 0.1, gen_wall_s: float = 0.9, tokens: int = 10, **kw) -> ClientRecord:
+def create_record(
+    sent_s: float, ttft_wall_s: float = 0.1, gen_wall_s: float = 0.9, tokens: int = 10, **kw
+) -> ClientRecord:
     """A request sent at ``sent_s`` (wall s into the level), first content after ``ttft_wall_s``, finished
     ``gen_wall_s`` later with ``tokens`` tokens; the engine's own timings are half the client's."""
     first = sent_s + ttft_wall_s

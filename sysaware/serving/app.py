@@ -39,7 +39,9 @@ class AppArgs(BaseModel):
         "directory, then from the repository root (Serve builds applications in its own worker's directory).",
     )
     time_scale: float = Field(
-        default=1.0, gt=0, description="Twin speed: engine seconds per wall second (1 = real time, 10 = ten times faster)."
+        default=1.0,
+        gt=0,
+        description="Twin speed: engine seconds per wall second (1 = real time, 10 = ten times faster).",
     )
     models: list[str] | None = Field(default=None, description="Serve only these models of the pool (comma-separated).")
     replicas: int | None = Field(default=None, gt=0, description="Replicas per model, overriding the pool file.")
@@ -47,7 +49,9 @@ class AppArgs(BaseModel):
         default=1.0, gt=0, description="How often Serve checks each model replica; a dead one is replaced after it."
     )
     ingress_max_ongoing_requests: int = Field(
-        default=INGRESS_MAX_ONGOING_REQUESTS, gt=0, description="Concurrent HTTP requests (open streams) the ingress takes."
+        default=INGRESS_MAX_ONGOING_REQUESTS,
+        gt=0,
+        description="Concurrent HTTP requests (open streams) the ingress takes.",
     )
 
     @field_validator("pool")

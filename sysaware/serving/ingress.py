@@ -144,6 +144,7 @@ def _engine_error(e: Exception) -> OpenAIError:
     logger.error("replica call failed: %r", e)
     return OpenAIError(503, f"the model replica failed: {type(cause).__name__}: {cause}", code="replica_failed")
 
+
 _END_OF_STREAM = object()
 
 
@@ -278,7 +279,7 @@ class Ingress:
             headers={"x-request-id": request.request_id},
         )
 
-    async def _events(self, first: StreamChunk, chunks, writer: "SSEWriter") -> AsyncIterator[str]:
+    async def _events(self, first: StreamChunk, chunks, writer: SSEWriter) -> AsyncIterator[str]:
         """The SSE body. A pump task reads the replica's chunks into a queue; each write sends every chunk queued
         since the previous write. Idle, that is one chunk per write, sent at once; under load, when writes lag,
         the hop to Serve's proxy carries fewer, larger messages instead of falling further behind."""

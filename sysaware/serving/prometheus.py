@@ -33,6 +33,22 @@ E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
                  480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 
 
+# (name, help text as vLLM writes it, ReplicaCounters field). Counters are named without "_total": prometheus_client
+# appends it on the wire, giving vLLM's "vllm:num_preemptions_total".
+GAUGES = (
+    ("vllm:num_requests_waiting", "Requests waiting to be processed.", "num_requests_waiting"),
+    ("vllm:num_requests_running", "Requests in model execution batches.", "num_requests_running"),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_cache_usage_perc"),
+    ("sysaware:replica_stale", "1 when the replica stopped reporting its stats.", "stale"),
+)
+COUNTERS = (
+    ("vllm:num_preemptions", "Cumulative number of preemptions.", "num_preemptions_total"),
+    ("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
+    ("vllm:generation_tokens", "Number of generation tokens processed.", "generation_tokens_total"),
+    ("vllm:request_success", "Count of successfully processed requests.", "request_success_total"),
+)
+
+
 @dataclass(frozen=True)
 class ReplicaCounters:
     """One replica's row of the telemetry snapshot, in the units vLLM exports."""
@@ -134,28 +150,18 @@ class PoolMetrics(Collector):
 
     def collect(self) -> Iterator[Metric]:
         rows = self._replicas
-
-        def gauge(name: str, doc: str, value) -> GaugeMetricFamily:
+        for name, doc, field in GAUGES:
             family = GaugeMetricFamily(name, doc, labels=LABELS)
             for r in rows:
-                family.add_metric([r.model, r.replica], float(value(r)))
-            return family
-
-        def counter(name: str, doc: str, value) -> CounterMetricFamily:
-            # prometheus_client appends "_total" to a counter's name on the wire: "vllm:num_preemptions_total".
+                family.add_metric([r.model, r.replica], float(getattr(r, field)))
+            yield family
+        for name, doc, field in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=LABELS)
             for r in rows:
-                family.add_metric([r.model, r.replica], float(value(r)))
-            return family
-
-        yield gauge("vllm:num_requests_waiting", "Requests waiting to be processed.", lambda r: r.num_requests_waiting)
-        yield gauge("vllm:num_requests_running", "Requests in model execution batches.", lambda r: r.num_requests_running)
-        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", lambda r: r.kv_cache_usage_perc)
-        yield gauge("sysaware:replica_stale", "1 when the replica stopped reporting its stats.", lambda r: r.stale)
-        yield counter("vllm:num_preemptions", "Cumulative number of preemptions.", lambda r: r.num_preemptions_total)
-        yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.", lambda r: r.prompt_tokens_total)
-        yield counter("vllm:generation_tokens", "Number of generation tokens processed.", lambda r: r.generation_tokens_total)
-        yield counter("vllm:request_success", "Count of successfully processed requests.", lambda r: r.request_success_total)
+                family.add_metric([r.model, r.replica], float(getattr(r, field)))
+            yield family
         yield self.ttft.family("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.")
-        yield self.inter_token.family("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.")
+        yield self.inter_token.family(
+            "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds."
+        )
         yield self.e2e.family("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.")
