@@ -23,11 +23,16 @@ _EXPORTS = {
     "deployment_for": "replica",
     "LatencyAwareRouter": "router",
     "predicted_latency_ms": "router",
+    "AppArgs": "app",
+    "build_app": "app",
+    "PoolMetrics": "prometheus",
 }
 
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
+    from sysaware.serving.app import AppArgs, build_app
+    from sysaware.serving.prometheus import PoolMetrics
     from sysaware.serving.live_engine import LiveTwinEngine, ServingEngine, StreamChunk, build_engine
     from sysaware.serving.replica import LLMReplica, deployment_for
     from sysaware.serving.router import LatencyAwareRouter, predicted_latency_ms
