@@ -16,8 +16,8 @@ replicas drain), since they cannot affect this model's replica.
 Cost: at every decision, per model, a deep copy of the whole cluster plus simulating the probe model's replica
 (with its background) until the longest candidate finishes or the horizon passes. ``forks`` and ``fork_wall_s``
 count it (the evaluation's cost.csv). Measured on the default pool, 40 workflows (139 decisions, 5 models), on a
-busy 2-core machine: 25 ms per fork at N=1 background client per model, 67 ms at N=50, 0.24 s at N=150, 0.55 s at
-N=300, i.e. 17 s, 47 s, 169 s and 468 s of forking against 1-15 s for simulating any other policy's whole run.
+busy 2-core machine: 19 ms per fork at N=1 background client per model, 73 ms at N=50, 0.16 s at N=150, 0.24 s at
+N=300, i.e. 14 s, 51 s, 110 s and 213 s of forking against 0.2-15 s for simulating any other policy's whole run.
 """
 
 from __future__ import annotations
