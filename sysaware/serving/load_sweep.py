@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from sysaware.engines.types import GenerationRequest
+from sysaware.sim.sweep import latency_row
 from sysaware.sim.workload import MbppRequestFactory
 
 DEFAULT_LEVELS = (1, 10, 50)
@@ -280,21 +281,18 @@ def summarise_level(run: LevelRun, models: Sequence[str], settings: LiveSweepSet
         ) * scale_ms
         engine_ttft = np.array([r.engine["ttft_s"] for r in done if r.engine.get("ttft_s") is not None]) * 1e3
         engine_tpot = np.array([r.engine["tpot_s"] for r in done if r.engine.get("tpot_s") is not None]) * 1e3
-        tel = run.telemetry[run.telemetry.model == model] if len(run.telemetry) else run.telemetry
+        row = latency_row(
+            model,
+            run.concurrency,
+            ttft,
+            tpot,
+            [r.completion_tokens for r in done],
+            run.telemetry,
+            sum(r.engine.get("num_preemptions", 0) for r in done),
+        )
         rows.append(
-            {
-                "model": model,
-                "concurrency": run.concurrency,
-                "requests": len(done),
-                "ttft_p50_ms": _pct(ttft, 50),
-                "ttft_p95_ms": _pct(ttft, 95),
-                "tpot_p50_ms": _pct(tpot, 50),
-                "tpot_p95_ms": _pct(tpot, 95),
-                "out_tokens_mean": float(np.mean([r.completion_tokens for r in done])) if done else float("nan"),
-                "queue_waiting_mean": float(tel.queue_waiting.mean()) if len(tel) else float("nan"),
-                "queue_running_mean": float(tel.queue_running.mean()) if len(tel) else float("nan"),
-                "kv_util_mean": float(tel.kv_utilization.mean()) if len(tel) else float("nan"),
-                "preemptions": int(sum(r.engine.get("num_preemptions", 0) for r in done)),
+            row
+            | {
                 "engine_ttft_p50_ms": _pct(engine_ttft, 50),
                 "engine_ttft_p95_ms": _pct(engine_ttft, 95),
                 "engine_tpot_p50_ms": _pct(engine_tpot, 50),

@@ -77,6 +77,33 @@ def run_level(
     return LevelRun(concurrency, cluster, loads, pd.DataFrame(samples), wall)
 
 
+def latency_row(
+    model: str,
+    concurrency: int,
+    ttft_ms: np.ndarray,
+    tpot_ms: np.ndarray,
+    output_tokens: Sequence[int],
+    telemetry: pd.DataFrame,
+    preemptions: int,
+) -> dict:
+    """The per-model row both sweeps print (live and simulated), so their tables compare column for column."""
+    tel = telemetry[telemetry.model == model] if len(telemetry) else telemetry
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "requests": len(output_tokens),
+        "ttft_p50_ms": _pct(ttft_ms, 50),
+        "ttft_p95_ms": _pct(ttft_ms, 95),
+        "tpot_p50_ms": _pct(tpot_ms, 50),
+        "tpot_p95_ms": _pct(tpot_ms, 95),
+        "out_tokens_mean": float(np.mean(output_tokens)) if len(output_tokens) else float("nan"),
+        "queue_waiting_mean": float(tel.queue_waiting.mean()) if len(tel) else float("nan"),
+        "queue_running_mean": float(tel.queue_running.mean()) if len(tel) else float("nan"),
+        "kv_util_mean": float(tel.kv_utilization.mean()) if len(tel) else float("nan"),
+        "preemptions": int(preemptions),
+    }
+
+
 def summarise_level(run: LevelRun, settings: SweepSettings) -> pd.DataFrame:
     """One row per model: latency percentiles of requests that arrived in the window, and the mean state seen."""
     rows = []
@@ -84,22 +111,16 @@ def summarise_level(run: LevelRun, settings: SweepSettings) -> pd.DataFrame:
         done = [r for r in load.completed if r.arrival_s >= settings.warmup_s and r.ttft_s is not None]
         ttft = np.array([r.ttft_s for r in done]) * 1e3
         tpot = np.array([r.tpot_s for r in done if r.tpot_s is not None]) * 1e3
-        tel = run.telemetry[run.telemetry.model == model] if len(run.telemetry) else run.telemetry
         rows.append(
-            {
-                "model": model,
-                "concurrency": run.concurrency,
-                "requests": len(done),
-                "ttft_p50_ms": _pct(ttft, 50),
-                "ttft_p95_ms": _pct(ttft, 95),
-                "tpot_p50_ms": _pct(tpot, 50),
-                "tpot_p95_ms": _pct(tpot, 95),
-                "out_tokens_mean": float(np.mean([r.output_tokens for r in done])) if done else float("nan"),
-                "queue_waiting_mean": float(tel.queue_waiting.mean()) if len(tel) else float("nan"),
-                "queue_running_mean": float(tel.queue_running.mean()) if len(tel) else float("nan"),
-                "kv_util_mean": float(tel.kv_utilization.mean()) if len(tel) else float("nan"),
-                "preemptions": sum(r.num_preemptions for r in done),
-            }
+            latency_row(
+                model,
+                run.concurrency,
+                ttft,
+                tpot,
+                [r.output_tokens for r in done],
+                run.telemetry,
+                sum(r.num_preemptions for r in done),
+            )
         )
     return pd.DataFrame(rows)
 
