@@ -1,9 +1,11 @@
-"""Orchestration: multi-agent workflows as pure state machines, the policies that plan and execute them, and the
-simulated driver that runs them on the twin cluster. Imports point down only (engines, sim, tasks)."""
+"""Orchestration: multi-agent workflows as pure state machines, the policies that plan and execute them, the
+simulated driver that runs them on the twin cluster and the live driver that runs them through Ray Serve handles.
+Imports point down only (engines, sim, tasks): the live driver takes its handles and telemetry actor as given."""
 
 from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
 from sysaware.orchestration.context import Action, Plan, PolicyResources, StepContext, all_actions
 from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
+from sysaware.orchestration.live_driver import LiveDriver
 from sysaware.orchestration.planners import PLANNERS, Planner, make_planner
 from sysaware.orchestration.session import WorkflowSession
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
@@ -18,6 +20,7 @@ __all__ = [
     "EXECUTORS",
     "Executor",
     "IdleBudget",
+    "LiveDriver",
     "ModelCall",
     "PLANNERS",
     "Plan",

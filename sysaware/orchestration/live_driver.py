@@ -1,0 +1,165 @@
+"""The live driver: one workflow on the served pool, through Ray Serve handles, with asyncio.
+
+It runs the same ``WorkflowSession`` as the simulated driver (sim_driver.py); only how effects are carried out
+differs:
+- a ModelCall is awaited on its model's DeploymentHandle (``generate``); calls that are ready together (a star's
+  workers, a debate round) are in flight together, and each branch moves on as soon as its own call returns;
+- a SandboxRun (a bug fixer's example feedback, the final grade) runs in a worker thread;
+- the executor's telemetry comes from the telemetry actor's snapshot, refreshed before every step of the session.
+
+The driver's clock is the engine clock, wall seconds x ``time_scale``, so budgets, SLOs and step times read the
+same as in simulation (a twin at time_scale 20 spends 20 engine seconds per wall second). Each result is shifted
+onto this clock as it comes back: replicas keep their own engine clocks, which start when the replica does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sysaware.engines.types import GenerationResult, ReplicaStats
+from sysaware.orchestration.context import Action, all_actions
+from sysaware.orchestration.executors import Executor
+from sysaware.orchestration.grading import CachedSandbox
+from sysaware.orchestration.planners import Planner
+from sysaware.orchestration.session import DriverEffect, WorkflowSession
+from sysaware.orchestration.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
+from sysaware.orchestration.trace import RunTrace
+from sysaware.orchestration.workflow import ModelCall, Workflow
+from sysaware.tasks.mbpp import MbppTask
+
+
+class LiveDriver:
+    def __init__(
+        self,
+        handles: Mapping[str, Any],  # model -> DeploymentHandle of its LLMReplica deployment
+        telemetry: Any,  # the TelemetryActor handle (get_or_create_telemetry())
+        time_scale: float = 1.0,  # engine seconds per wall second, as the pool was deployed with
+        sandbox: CachedSandbox | None = None,
+        sandbox_timeout_s: float = 10.0,  # wall-clock limit per sandbox run
+        candidates: Sequence[Action] | None = None,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.handles = dict(handles)
+        self.telemetry = telemetry
+        self.time_scale = time_scale
+        self.sandbox = sandbox or CachedSandbox()
+        self.sandbox_timeout_s = sandbox_timeout_s
+        self.candidates = tuple(candidates or all_actions(list(self.handles)))
+        self.tracker = TelemetryTracker()  # TPOT EMA and completion rate from the results this driver sees
+        self.sessions: list[WorkflowSession] = []
+        self._snapshot = SystemSnapshot(0.0, {})
+        self._t0_wall_s = time.monotonic()
+        self._run_ids = itertools.count()
+
+    @property
+    def models(self) -> list[str]:
+        return list(self.handles)
+
+    def now(self) -> float:
+        """Engine seconds since the driver was built."""
+        return (time.monotonic() - self._t0_wall_s) * self.time_scale
+
+    # --- one workflow ------------------------------------------------------------------------------------------
+    async def run_workflow(
+        self, task: MbppTask, planner: Planner, executor: Executor, slo_s: float, seed: int = 0
+    ) -> RunTrace:
+        """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s), grade the answer."""
+        await self.refresh_snapshot()
+        plan = planner.plan(task, self._snapshot, slo_s)
+        run_id = f"live-{next(self._run_ids)}-t{task.task_id}-s{seed}"
+        workflow = Workflow(run_id, task, plan.topology, plan.slo_s or slo_s, seed=seed)
+        session = WorkflowSession(
+            workflow, executor, self.candidates, self._snapshot_at, forecaster=None, planner_name=planner.name
+        )
+        self.sessions.append(session)
+        await self.refresh_snapshot()
+        await self._carry_out(session, session.start(self.now()))
+        if not session.done:
+            raise RuntimeError(f"{run_id}: every effect was carried out but the workflow is {workflow.state.value}")
+        return session.trace()
+
+    async def _carry_out(self, session: WorkflowSession, effects: list[DriverEffect]) -> None:
+        await asyncio.gather(*(self._carry_out_one(session, e) for e in effects))
+
+    async def _carry_out_one(self, session: WorkflowSession, effect: DriverEffect) -> None:
+        if isinstance(effect, ModelCall):
+            raw = await self.handles[effect.model].generate.remote(effect.request())
+            now = self.now()
+            result = on_clock(raw, now)
+            self.tracker.record(result)
+            await self.refresh_snapshot()
+            follow = session.on_model_result(effect, result, self.now())
+        else:
+            outcome = await asyncio.to_thread(self.sandbox.run, effect.job(self.sandbox_timeout_s))
+            await self.refresh_snapshot()
+            follow = session.on_sandbox_result(effect, outcome, self.now())
+        await self._carry_out(session, follow)
+
+    # --- telemetry ---------------------------------------------------------------------------------------------
+    async def refresh_snapshot(self) -> SystemSnapshot:
+        """Read the telemetry actor; the session's snapshot source returns this until the next refresh."""
+        raw = await self.telemetry.snapshot.remote()
+        self._snapshot = self.to_system_snapshot(raw, self.now())
+        return self._snapshot
+
+    def _snapshot_at(self, now: float) -> SystemSnapshot:
+        return dataclasses.replace(self._snapshot, timestamp_s=now)
+
+    def to_system_snapshot(self, raw: dict, now: float) -> SystemSnapshot:
+        """The actor's JSON view -> the orchestration's snapshot, for this driver's deployments only (the actor is
+        shared by every application on the cluster). A model none of whose replicas has pushed yet reads as idle,
+        so an executor never meets a model it may choose but cannot look up."""
+        stats = []
+        for model, handle in self.handles.items():
+            prefix = f"{handle.app_name}#{handle.deployment_name}#"
+            for rid, view in raw.get("replicas", {}).items():
+                if rid.startswith(prefix) and not view["stale"]:
+                    stats.append(replica_stats(rid, model, view))
+        snapshot = self.tracker.snapshot(now, stats)
+        for model in self.handles:
+            snapshot.models.setdefault(model, ModelLoad(model, 0, 0, 0, 0.0, 0.0, None, None))
+        return snapshot
+
+
+def replica_stats(replica_id: str, model: str, view: dict) -> ReplicaStats:
+    """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as."""
+    return ReplicaStats(
+        replica_id=replica_id,
+        model=model,
+        timestamp_s=view["engine_time_s"],
+        num_requests_waiting=view["queue_waiting"],
+        num_requests_running=view["queue_running"],
+        kv_cache_usage_perc=view["kv_utilization"],
+        ema_ttft_ms=view["ema_ttft_ms"],
+        prompt_tokens_total=view["prompt_tokens_total"],
+        generation_tokens_total=view["generation_tokens_total"],
+        num_preemptions_total=view["preemptions"],
+        requests_finished_total=view["requests_finished_total"],
+        num_gpu_blocks=view["num_gpu_blocks"],
+        block_size=view["block_size"],
+    )
+
+
+def on_clock(result: GenerationResult, finished_s: float) -> GenerationResult:
+    """``result`` with every time shifted so that it finished at ``finished_s`` on the driver's clock; durations
+    (queue time, TTFT, TPOT, latency) are unchanged. The handle's return trip (a millisecond or so of wall time)
+    counts as part of the call."""
+    shift = finished_s - result.finished_s
+
+    def move(t: float | None) -> float | None:
+        return None if t is None else t + shift
+
+    return dataclasses.replace(
+        result,
+        arrival_s=result.arrival_s + shift,
+        first_scheduled_s=move(result.first_scheduled_s),
+        first_token_s=move(result.first_token_s),
+        finished_s=finished_s,
+        token_times_s=[t + shift for t in result.token_times_s],
+    )

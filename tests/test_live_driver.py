@@ -1,0 +1,91 @@
+"""The live driver on a real local Ray Serve pool: the same workflow state machine as in simulation, carried out
+through DeploymentHandles, with sandbox feedback in a thread and a graded answer at the end.
+
+The twin's answers are a pure function of (model, messages, seed), so the live run and a simulated run of the same
+task, plan and seed must send the same prompts and reach the same answer; only the timings differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import free_port
+
+from sysaware.config import DEFAULT_POOL, load_pool
+from sysaware.orchestration.executors import FixedExecutor
+from sysaware.orchestration.live_driver import LiveDriver
+from sysaware.orchestration.planners import FixedPlanner
+from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
+from sysaware.orchestration.topology import chain
+from sysaware.orchestration.workflow import Workflow, WorkflowState
+from sysaware.serving.app import build_app, deploy, select_models
+from sysaware.tasks.mbpp import get_task
+
+APP = "test-live-driver"
+TIME_SCALE = 20.0  # engine seconds per wall second: a call of a few engine seconds takes a fraction of a second
+TASK_ID = 11  # an MBPP test-split task with recorded answers
+SEED = 7
+SLO_S = 120.0  # engine s
+
+
+def create_pool():
+    base = load_pool(DEFAULT_POOL)
+    return select_models(base, [m.name for m in base.models[:2]], replicas=1)
+
+
+def create_planner() -> FixedPlanner:
+    # A bug fixer after the programmer: its prompt needs a sandbox run of the example assert (in a thread).
+    planner = FixedPlanner()
+    planner.topology = chain(["programmer", "bug_fixer"])
+    return planner
+
+
+@pytest.fixture(scope="module")
+def live(ray_session):
+    from ray import serve
+
+    from sysaware.serving.telemetry import get_or_create_telemetry
+
+    pool = create_pool()
+    deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
+    handles = {m.name: serve.get_deployment_handle(m.name, app_name=APP) for m in pool.models}
+    yield pool, handles, get_or_create_telemetry()
+    serve.delete(APP)
+
+
+def test_live_chain_runs_the_workflow_and_matches_the_simulated_twin(live):
+    pool, handles, telemetry = live
+    model = pool.models[1].name  # not the first: the call must reach the handle of the model chosen
+    task = get_task(TASK_ID)
+    driver = LiveDriver(handles, telemetry, TIME_SCALE)
+    trace = asyncio.run(driver.run_workflow(task, create_planner(), FixedExecutor(None, model=model), SLO_S, SEED))
+
+    assert [s.role_id for s in trace.steps] == ["programmer", "bug_fixer", "decision_maker"]
+    assert [s.step for s in trace.steps] == [0, 1, 2]
+    assert trace.task_id == TASK_ID and trace.topology == "chain" and trace.slo_s == SLO_S
+    for s in trace.steps:
+        assert s.model == model and s.strategy == "concise"
+        assert s.prompt_tokens > 0 and s.output_tokens > 0
+        assert s.ttft_s is not None and 0 < s.ttft_s <= s.latency_s
+        assert s.replica_id.startswith(f"{APP}#{model}#")
+    # Each step was decided after its predecessor finished, on the driver's engine clock.
+    for before, after in zip(trace.steps, trace.steps[1:]):
+        assert before.finished_at_s <= after.decided_at_s
+    assert trace.answered_s is not None and trace.e2e_latency_s > 0
+    assert trace.passed is not None and trace.grade_status
+    session = driver.sessions[0]
+    assert session.workflow.state is WorkflowState.DONE
+    # The executor saw both served models in its telemetry.
+    assert set(session.contexts[0].snapshot.models) == set(handles)
+
+    sim = SimulatedDriver(pool, settings=SimSettings(seed=SEED))
+    sim_session = sim.add(
+        Workflow("sim", task, create_planner().topology, SLO_S, seed=SEED), FixedExecutor(None, model=model), at_s=1.0
+    )
+    (sim_trace,) = sim.run()
+    # Same prompts at every step (each shows its predecessors' answers), so same texts up to the sink; same answer.
+    assert [c.messages for c in session.calls] == [c.messages for c in sim_session.calls]
+    assert session.workflow.answer_code == sim_session.workflow.answer_code
+    assert [s.output_tokens for s in trace.steps] == [s.output_tokens for s in sim_trace.steps]
+    assert (trace.passed, trace.grade_status) == (sim_trace.passed, sim_trace.grade_status)
