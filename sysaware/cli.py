@@ -449,5 +449,24 @@ def evaluate_cmd(
     console.print(f"tables written to {out}")
 
 
+@app.command("dataset-report")
+def dataset_report_cmd(
+    data: Path = typer.Option(..., "--data", help="Phase 2 dataset: a collect-metrics run dir or a Parquet folder."),
+    out: Path | None = typer.Option(None, "--out", help="Where report.md and the plots go (default: <data>/report)."),
+) -> None:
+    """Phase 2 dataset report: TTFT/TPOT/output-length distributions per model x concurrency, their correlation
+    with queue depth and KV use, DeepThink vs Flash lengths; report.md and PNG plots."""
+    from sysaware.pipelines.dataset_report import build_report, load_metrics
+    from sysaware.pipelines.metrics_schema import SchemaError
+
+    try:
+        df = load_metrics(data)
+        path = build_report(df, out if out is not None else data / "report")
+    except (SchemaError, ValueError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    console.print(f"{len(df)} probes; report written to {path}")
+
+
 if __name__ == "__main__":
     app()
