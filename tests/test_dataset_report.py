@@ -134,3 +134,45 @@ def test_missing_column_fails_with_its_name(tmp_path: Path):
 def test_synthetic_dataset_matches_the_schema():
     # Guards the factory itself: if the schema grows a column, this fails before the report tests mislead.
     assert set(COLUMN_NAMES) <= set(make_dataset(prompts=1).columns)
+
+
+def write_parquet_folder(df: pd.DataFrame, folder: Path, shards: int = 2) -> Path:
+    """A folder of Parquet files in the schema, split into shards as the collector writes them."""
+    import pyarrow.parquet as pq
+
+    from sysaware.pipelines.metrics_schema import to_table
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(df)), shards)):
+        pq.write_table(to_table(df.iloc[part]), folder / f"shard-n1-{i}.parquet")
+    return folder
+
+
+def test_cli_writes_the_report_from_a_parquet_folder(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from sysaware.cli import app
+
+    data = write_parquet_folder(make_dataset(prompts=5), tmp_path / "data")
+    result = CliRunner().invoke(app, ["dataset-report", "--data", str(data), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    report = (tmp_path / "out" / REPORT_NAME).read_text()
+    assert report.startswith("# Phase 2 dataset report")
+    assert f"{len(MODELS) * len(LEVELS) * 5 * 3} probes" in report  # every row of both shards
+    assert (tmp_path / "out" / PLOT_FILES["kv"]).stat().st_size > 0
+
+
+def test_cli_names_the_missing_column(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from sysaware.cli import app
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.Table.from_pandas(make_dataset(prompts=2).drop(columns=["actual_tpot"])), data / "a.parquet")
+    result = CliRunner().invoke(app, ["dataset-report", "--data", str(data)])
+    assert result.exit_code == 2
+    assert "actual_tpot" in result.output
+    assert not (data / "report" / REPORT_NAME).exists()

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sysaware.pipelines.metrics_schema import validate
+from sysaware.pipelines.metrics_schema import SchemaError, validate
 from sysaware.tasks.prompts import Strategy
 
 REPORT_NAME = "report.md"
@@ -306,6 +306,36 @@ def _plot_kv_histogram(df: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _collector_loader():
+    """The collector's ``load_dataset(run_dir)`` (shards + manifest layout), or None where it is not installed."""
+    for module in ("sysaware.pipelines.collect_metrics", "sysaware.pipelines.dataset_store"):
+        try:
+            return getattr(__import__(module, fromlist=["load_dataset"]), "load_dataset")
+        except (ImportError, AttributeError):
+            continue
+    return None
+
+
+def load_metrics(data_dir: Path) -> pd.DataFrame:
+    """The dataset under ``data_dir``: a collector run directory (shards in ``metrics/``), that ``metrics/`` folder
+    itself, or any folder of Parquet files in the schema; schema-checked either way."""
+    data_dir = Path(data_dir)
+    loader = _collector_loader()
+    if loader is not None:
+        if any((data_dir / "metrics").glob("*.parquet")):
+            return loader(data_dir)
+        if data_dir.name == "metrics" and any(data_dir.glob("*.parquet")):
+            return loader(data_dir.parent)
+    paths = sorted(data_dir.glob("*.parquet"))
+    if not paths:
+        raise SchemaError(f"{data_dir}: no Parquet files (looked in {data_dir} and {data_dir / 'metrics'})")
+    df = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    return validate(df, source=str(data_dir))
 
 
 # ---------------------------------------------------------------- entry point
