@@ -468,5 +468,51 @@ def dataset_report_cmd(
     console.print(f"{len(df)} probes; report written to {path}")
 
 
+@app.command("collect-metrics")
+def collect_metrics_cmd(
+    prompts: Path = typer.Option(..., "--prompts", help="intermediate_prompts.csv from collect-prompts (Phase 1)."),
+    pool: Path = PoolOption,
+    levels: str = typer.Option("1,10,50", help="Background closed-loop clients per model, comma-separated."),
+    models: str | None = typer.Option(None, help="Only these models of the pool, comma-separated."),
+    num_prompts: int | None = typer.Option(None, min=1, help="Only the first N harvested prompts (default: all)."),
+    repeats: int = typer.Option(1, min=1, help="Probes per (prompt, strategy, model, level)."),
+    probe_rate: float = typer.Option(0.5, min=1e-6, help="Probe arrivals per model per engine second (Poisson)."),
+    chunk_size: int = typer.Option(256, min=1, help="Probes per Parquet shard (a kill loses at most one chunk)."),
+    warmup_s: float = typer.Option(20.0, min=0, help="Engine seconds of background load before a level's probes."),
+    seed: int = typer.Option(0),
+    csv: bool = typer.Option(False, "--csv", help="Also write metrics/metrics.csv."),
+    run_dir: Path | None = typer.Option(None, help="Output folder (default runs/collect-metrics-<time>); rerunning on one resumes it."),
+) -> None:
+    """Phase 2: every harvested prompt x strategy x model probed under background load on the simulated cluster;
+    the served replica's state at submission and the measured TTFT/TPOT/lengths, as Parquet shards + manifest."""
+    from sysaware.pipelines import dataset_store as store
+    from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset
+    from sysaware.runs import new_run_dir
+
+    cfg = _load_pool(pool)
+    try:
+        settings = MetricsSettings(
+            levels=tuple(_parse_levels(levels)),
+            models=None if models is None else tuple(_parse_models(models)),
+            num_prompts=num_prompts,
+            repeats=repeats,
+            probe_rate_per_s=probe_rate,
+            chunk_size=chunk_size,
+            warmup_s=warmup_s,
+            seed=seed,
+        )
+        if settings.models and (unknown := [m for m in settings.models if m not in {x.name for x in cfg.models}]):
+            raise ValueError(f"unknown models {unknown}; the pool has {[x.name for x in cfg.models]}")
+        out = new_run_dir("collect-metrics", run_dir)
+        store.remove_stale_temp(out)
+        before = len(store.existing_keys(out))
+        collect_metrics(cfg, prompts, out, settings, write_csv=csv)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    df = load_dataset(out)
+    console.print(f"{len(df)} probes ({len(df) - before} new) in {store.dataset_dir(out)}")
+
+
 if __name__ == "__main__":
     app()
