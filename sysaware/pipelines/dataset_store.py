@@ -52,6 +52,15 @@ def existing_keys(run_dir: str | Path) -> set[str]:
     return keys
 
 
+def remove_stale_temp(run_dir: str | Path) -> int:
+    """Delete temp files a killed writer left behind (call only when no writer is running); returns how many."""
+    d = dataset_dir(run_dir)
+    stale = [p for p in d.glob(".*.tmp")] if d.exists() else []
+    for p in stale:
+        p.unlink()
+    return len(stale)
+
+
 def _atomic_write_bytes(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
