@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -11,7 +12,8 @@ from rich.table import Table
 from sysaware.config import DEFAULT_POOL, ConfigError, PoolConfig, load_pool
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="System-aware multi-agent LLM orchestration.")
-console = Console()
+# Piped or logged output (make run, CI) gets wide tables instead of rich's 80-column default, so names are not cut.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 PoolOption = typer.Option(DEFAULT_POOL, "--pool", help="Pool YAML (models, GPUs, replicas, backend).")
 
