@@ -168,7 +168,11 @@ def collect_metrics(
     """Send every probe the dataset under ``run_dir`` lacks and write it shard by shard; returns the dataset dir."""
     rows = load_prompt_rows(prompts_csv, settings.num_prompts)
     models = list(settings.models or [m.name for m in pool.models])
-    prompts_info = {"path": str(Path(prompts_csv).resolve()), "sha256": store.file_fingerprint(prompts_csv), "rows": len(rows)}
+    prompts_info = {
+        "path": str(Path(prompts_csv).resolve()),
+        "sha256": store.file_fingerprint(prompts_csv),
+        "rows": len(rows),
+    }
     store.check_same_input(run_dir, prompts_info)
     if backend is None:
         background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
