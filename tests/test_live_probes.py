@@ -1,0 +1,81 @@
+"""Phase 2 on the live pool: the same collector and measurement as in simulation, through Ray Serve handles.
+
+The twin's answer is a pure function of (model, messages, seed) and a probe's seed does not depend on the load, so
+the live dataset's output lengths must equal the simulated backend's for the same probes; only timings differ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from sysaware.config import DEFAULT_POOL, load_pool
+from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset, load_prompt_rows
+from sysaware.pipelines.collect_prompts import CollectSettings, collect_prompts
+from sysaware.pipelines.live_probes import LiveProbeBackend
+from sysaware.pipelines.metrics_schema import validate
+from sysaware.pipelines.probes import PromptPoolFactory
+from sysaware.serving.app import build_app, deploy, select_models
+
+APP = "test-live-probes"
+TIME_SCALE = 20.0  # engine seconds per wall second: a level of a dozen probes takes a second or two
+
+
+def create_pool():
+    base = load_pool(DEFAULT_POOL)
+    return select_models(base, [m.name for m in base.models[:2]], replicas=1)
+
+
+def create_settings(levels: tuple[int, ...]) -> MetricsSettings:
+    return MetricsSettings(levels=levels, num_prompts=2, probe_rate_per_s=1.0, warmup_s=2.0, max_tokens=512)
+
+
+@pytest.fixture(scope="module")
+def prompts_csv(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phase1")
+    return collect_prompts(create_pool(), out, CollectSettings(runs_per_task=1, num_tasks=1), progress=False)
+
+
+@pytest.fixture(scope="module")
+def live(ray_session):
+    from ray import serve
+
+    from sysaware.serving.telemetry import get_or_create_telemetry
+
+    pool = create_pool()
+    deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
+    handles = {m.name: serve.get_deployment_handle(m.name, app_name=APP) for m in pool.models}
+    yield pool, handles, get_or_create_telemetry()
+    serve.delete(APP)
+
+
+def test_live_collection_is_valid_and_matches_the_simulated_answers(live, prompts_csv, tmp_path):
+    pool, handles, telemetry = live
+    settings = create_settings(levels=(1, 4))
+    rows = load_prompt_rows(prompts_csv, settings.num_prompts)
+    background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
+    backend = LiveProbeBackend(handles, telemetry, TIME_SCALE, background, settings.warmup_s, settings.seed)
+    collect_metrics(pool, prompts_csv, tmp_path / "live", settings, backend=backend, progress=False)
+    df = validate(load_dataset(tmp_path / "live"), "live dataset")
+
+    assert len(df) == 2 * 3 * 2 * 2  # prompts x strategies x models x levels, each probe once
+    assert df.probe_key.is_unique
+    assert sorted(df.concurrency.unique()) == [1, 4]
+    for r in df.itertuples():
+        assert r.replica_id.startswith(f"{APP}#{r.model_id}#")  # the deployment of the probe's model served it
+        assert r.output_tokens > 0 and r.total_input_tokens > 0
+        assert 0 < r.actual_ttft <= r.e2e_ms and 0 <= r.queue_ms <= r.e2e_ms
+        assert r.actual_tpot > 0 and r.e2e_ms < 600_000  # engine ms: well under the twin's longest answer
+        assert 0.0 <= r.kv_utilization <= 1.0 and r.queue_waiting >= 0 and r.queue_running >= 0
+    # With background clients running, the replica that served a probe was busy when it arrived.
+    loaded = df[df.concurrency == 4]
+    assert (loaded.queue_running + loaded.queue_waiting).min() >= 1
+
+    collect_metrics(pool, prompts_csv, tmp_path / "sim", create_settings(levels=(1,)), progress=False)
+    sim = load_dataset(tmp_path / "sim").set_index("probe_key")
+    live_n1 = df[df.concurrency == 1].set_index("probe_key")
+    assert sorted(live_n1.index) == sorted(sim.index)
+    assert live_n1.output_tokens.to_dict() == sim.loc[live_n1.index].output_tokens.to_dict()
+    assert live_n1.total_input_tokens.to_dict() == sim.loc[live_n1.index].total_input_tokens.to_dict()
