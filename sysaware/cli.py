@@ -484,9 +484,13 @@ def collect_metrics_cmd(
     seed: int = typer.Option(0),
     csv: bool = typer.Option(False, "--csv", help="Also write metrics/metrics.csv."),
     run_dir: Path | None = typer.Option(None, help="Output folder (default runs/collect-metrics-<time>); rerunning on one resumes it."),
+    backend: str = typer.Option("sim", help="sim: the simulated cluster (virtual time); live: the Ray Serve pool."),
+    time_scale: float = typer.Option(1.0, min=1e-3, help="live: twin speed, engine seconds per wall second."),
+    app_name: str | None = typer.Option(None, help="live: a running Serve application to probe (default: deploy the pool)."),
 ) -> None:
-    """Phase 2: every harvested prompt x strategy x model probed under background load on the simulated cluster;
-    the served replica's state at submission and the measured TTFT/TPOT/lengths, as Parquet shards + manifest."""
+    """Phase 2: every harvested prompt x strategy x model probed under background load on the simulated cluster or
+    the live pool; the served replica's state at submission and the measured TTFT/TPOT/lengths, as Parquet shards +
+    manifest."""
     from sysaware.pipelines import dataset_store as store
     from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset
     from sysaware.runs import new_run_dir
@@ -508,7 +512,15 @@ def collect_metrics_cmd(
         out = new_run_dir("collect-metrics", run_dir)
         store.remove_stale_temp(out)
         before = len(store.existing_keys(out))
-        collect_metrics(cfg, prompts, out, settings, write_csv=csv)
+        if backend == "sim":
+            collect_metrics(cfg, prompts, out, settings, write_csv=csv)
+        elif backend == "live":
+            from sysaware.pipelines.live_probes import live_backend_for
+
+            with live_backend_for(cfg, prompts, settings, time_scale, app_name) as live:
+                collect_metrics(cfg, prompts, out, settings, backend=live, write_csv=csv)
+        else:
+            raise ValueError(f"--backend must be sim or live, got {backend!r}")
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None

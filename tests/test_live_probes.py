@@ -79,3 +79,19 @@ def test_live_collection_is_valid_and_matches_the_simulated_answers(live, prompt
     assert sorted(live_n1.index) == sorted(sim.index)
     assert live_n1.output_tokens.to_dict() == sim.loc[live_n1.index].output_tokens.to_dict()
     assert live_n1.total_input_tokens.to_dict() == sim.loc[live_n1.index].total_input_tokens.to_dict()
+
+
+def test_cli_live_backend_probes_a_running_application(live, prompts_csv, tmp_path):
+    from typer.testing import CliRunner
+
+    from sysaware.cli import app
+
+    pool, _, _ = live
+    args = ["collect-metrics", "--prompts", str(prompts_csv), "--backend", "live", "--app-name", APP]
+    args += ["--time-scale", str(TIME_SCALE), "--levels", "2", "--num-prompts", "1", "--warmup-s", "1"]
+    args += ["--models", pool.models[0].name, "--run-dir", str(tmp_path / "run")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    df = load_dataset(tmp_path / "run")
+    assert len(df) == 3  # one prompt x 3 strategies x one model x one level
+    assert df.replica_id.str.startswith(f"{APP}#{pool.models[0].name}#").all()

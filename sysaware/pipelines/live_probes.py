@@ -20,11 +20,13 @@ import random
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from sysaware.config import PoolConfig
 from sysaware.engines.types import ReplicaStats
 from sysaware.orchestration.live_driver import on_clock, replica_stats
+from sysaware.pipelines.collect_metrics import MetricsSettings, load_prompt_rows
 from sysaware.pipelines.probes import ProbeOutcome, PromptPoolFactory, ScheduledProbe
 
 logger = logging.getLogger(__name__)
@@ -208,3 +210,20 @@ def open_live_backend(
     finally:
         if deployed:
             serve.delete(name)
+
+
+@contextlib.contextmanager
+def live_backend_for(
+    pool: PoolConfig,
+    prompts_csv: str | Path,
+    settings: MetricsSettings,
+    time_scale: float = 1.0,
+    app_name: str | None = None,
+) -> Iterator[LiveProbeBackend]:
+    """The live backend ``collect_metrics`` needs for ``settings``: its models, and a background drawn from the same
+    harvested prompts and strategies as the simulated backend's."""
+    rows = load_prompt_rows(prompts_csv, settings.num_prompts)
+    background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
+    models = list(settings.models or [m.name for m in pool.models])
+    with open_live_backend(pool, models, background, time_scale, app_name, settings.warmup_s, settings.seed) as backend:
+        yield backend
