@@ -1,0 +1,1 @@
+"""Latency (F_lat) and output-length (F_len) estimators: features, training, artifacts, batched prediction."""

@@ -1,0 +1,73 @@
+"""Versioned artifact directories: weights, feature spec (with normalisation), hyper-parameters, metrics, data
+fingerprint. Loading checks the spec against the code's and fails with a clear message on mismatch.
+
+Layout of one directory (e.g. ``resources/estimators/latency-v1``)::
+
+    weights.pt         torch state_dict of QuantileMLP
+    feature_spec.json  columns, vocabularies, embedding model, quantiles, normalisation, spec version
+    config.json        the TrainConfig that built the network (width, depth, ...)
+    metrics.json       training history and held-out metrics
+    data.json          fingerprint of the training data
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from sysaware.estimators.features import SPEC_VERSION, FeatureSpec, FeatureSpecError, expected_spec
+from sysaware.estimators.models import QuantileMLP
+
+RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "estimators"
+
+
+def default_dir(kind: str) -> Path:
+    """The shipped artifact of ``kind`` ("latency" | "length")."""
+    return RESOURCE_DIR / f"{kind}-v{SPEC_VERSION}"
+
+
+def build_network(spec: FeatureSpec, cfg) -> QuantileMLP:
+    return QuantileMLP(
+        num_numeric=len(spec.numeric),
+        vocab_sizes=[len(spec.vocabularies[c]) for c in spec.categorical],
+        dense_dim=spec.prompt_embedding_dim,
+        num_targets=len(spec.targets),
+        num_quantiles=len(spec.quantiles),
+        width=cfg.width, depth=cfg.depth, dropout=cfg.dropout, emb_dim=cfg.emb_dim,
+    )
+
+
+def save_artifact(directory: str | Path, spec: FeatureSpec, network: QuantileMLP, cfg, metrics: dict,
+                  data: dict) -> Path:
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float32).clone() for k, v in network.state_dict().items()}
+    torch.save(state, d / "weights.pt")
+    (d / "feature_spec.json").write_text(json.dumps(spec.to_json(), indent=2))
+    (d / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (d / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (d / "data.json").write_text(json.dumps(data, indent=2))
+    return d
+
+
+def load_artifact(directory: str | Path, kind: str):
+    """(spec, network in eval mode, config dict, metrics) from ``directory``; FeatureSpecError on any mismatch."""
+    from sysaware.estimators.train import TrainConfig
+
+    d = Path(directory)
+    for name in ("weights.pt", "feature_spec.json", "config.json"):
+        if not (d / name).exists():
+            raise FeatureSpecError(f"{d}: not a {kind} estimator artifact ({name} missing)")
+    spec = FeatureSpec.from_json(json.loads((d / "feature_spec.json").read_text()))
+    spec.check_compatible(expected_spec(kind), source=str(d))
+    cfg = TrainConfig(**{k: (tuple(v) if k == "quantiles" else v)
+                         for k, v in json.loads((d / "config.json").read_text()).items()})
+    network = build_network(spec, cfg)
+    network.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
+    network.eval()
+    metrics_path = d / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return spec, network, cfg, metrics

@@ -1,0 +1,141 @@
+"""Feature specs: which columns an estimator reads, how they are transformed, and the vocabularies of its embeddings.
+
+The spec is saved beside the weights; loading compares it with the code's spec so that an artifact trained on other
+features (or asked about a model it never saw) fails with a message instead of predicting nonsense.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SPEC_VERSION = 1
+UNKNOWN = "<unk>"  # roles outside the vocabulary share this slot (new topologies add roles); models may not
+
+# Replica state at submission + prompt size; all log1p-scaled except kv_utilization (already a fraction).
+LATENCY_NUMERIC: tuple[str, ...] = ("queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "total_input_tokens")
+LATENCY_CATEGORICAL: tuple[str, ...] = ("role_id", "model_id")
+LATENCY_TARGETS: tuple[str, ...] = ("actual_ttft", "actual_tpot")  # ms, learned as log(ms)
+LENGTH_NUMERIC: tuple[str, ...] = ()
+LENGTH_CATEGORICAL: tuple[str, ...] = ("role_id", "strategy_id", "model_id")
+LENGTH_TARGETS: tuple[str, ...] = ("output_tokens",)  # tokens, learned as log(tokens)
+NOT_LOG_SCALED = frozenset({"kv_utilization"})
+STRICT_VOCABULARIES = frozenset({"model_id", "strategy_id"})
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+EMBEDDING_DIM = 384
+
+
+class FeatureSpecError(ValueError):
+    """An artifact whose features do not match the code, or an input outside its vocabularies."""
+
+
+@dataclass
+class FeatureSpec:
+    kind: str  # "latency" | "length"
+    numeric: list[str]
+    categorical: list[str]
+    targets: list[str]
+    vocabularies: dict[str, list[str]]
+    quantiles: list[float]
+    prompt_embedding: str | None = None  # sentence model name for F_len, None for F_lat
+    prompt_embedding_dim: int = 0
+    version: int = SPEC_VERSION
+    # per numeric column: mean and std of the transformed value (train split)
+    numeric_mean: list[float] = field(default_factory=list)
+    numeric_std: list[float] = field(default_factory=list)
+    # per target: mean and std of log(target) (train split), so the network learns standardised values
+    target_mean: list[float] = field(default_factory=list)
+    target_std: list[float] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureSpec":
+        return cls(**data)
+
+    # --- checks -------------------------------------------------------------------------------------------------
+    def check_compatible(self, expected: "FeatureSpec", source: str) -> None:
+        """Fail if this (loaded) spec reads other features than the code's spec for the same kind."""
+        for name in ("kind", "numeric", "categorical", "targets", "prompt_embedding", "prompt_embedding_dim", "version"):
+            got, want = getattr(self, name), getattr(expected, name)
+            if got != want:
+                raise FeatureSpecError(
+                    f"{source}: feature spec mismatch on {name!r}: artifact has {got!r}, this code expects {want!r}; "
+                    "retrain with `sysaware train-estimators`"
+                )
+
+    # --- transforms ---------------------------------------------------------------------------------------------
+    def numeric_raw(self, df: pd.DataFrame) -> np.ndarray:
+        cols = []
+        for c in self.numeric:
+            v = df[c].to_numpy(dtype=np.float64)
+            cols.append(v if c in NOT_LOG_SCALED else np.log1p(np.maximum(v, 0.0)))
+        return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
+
+    def fit_normalisation(self, df: pd.DataFrame) -> None:
+        raw = self.numeric_raw(df)
+        self.numeric_mean = raw.mean(axis=0).tolist()
+        self.numeric_std = np.maximum(raw.std(axis=0), 1e-6).tolist()
+        y = np.log(np.maximum(df[self.targets].to_numpy(dtype=np.float64), 1e-3))
+        self.target_mean = y.mean(axis=0).tolist()
+        self.target_std = np.maximum(y.std(axis=0), 1e-6).tolist()
+
+    def numeric_features(self, df: pd.DataFrame) -> np.ndarray:
+        raw = self.numeric_raw(df)
+        return ((raw - np.asarray(self.numeric_mean)) / np.asarray(self.numeric_std)).astype(np.float32)
+
+    def categorical_codes(self, df: pd.DataFrame) -> np.ndarray:
+        """One int column per categorical feature; an unknown model/strategy is an error, an unknown role <unk>."""
+        out = np.zeros((len(df), len(self.categorical)), dtype=np.int64)
+        for j, c in enumerate(self.categorical):
+            vocab = self.vocabularies[c]
+            index = {v: i for i, v in enumerate(vocab)}
+            values = df[c].astype(str).to_numpy()
+            unknown = sorted({v for v in values if v not in index})
+            if unknown and c in STRICT_VOCABULARIES:
+                raise FeatureSpecError(
+                    f"{self.kind} estimator: {c} {unknown} not in its vocabulary {vocab}; "
+                    "retrain with `sysaware train-estimators` on data that includes it"
+                )
+            out[:, j] = [index.get(v, 0) for v in values]
+        return out
+
+    def targets_standardised(self, df: pd.DataFrame) -> np.ndarray:
+        y = np.log(np.maximum(df[self.targets].to_numpy(dtype=np.float64), 1e-3))
+        return ((y - np.asarray(self.target_mean)) / np.asarray(self.target_std)).astype(np.float32)
+
+    def to_target_units(self, z: np.ndarray) -> np.ndarray:
+        """Standardised log values (..., n_targets) -> ms / tokens."""
+        return np.exp(z * np.asarray(self.target_std) + np.asarray(self.target_mean))
+
+
+def build_vocabularies(df: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:
+    return {c: [UNKNOWN] + sorted(df[c].astype(str).unique().tolist()) for c in columns}
+
+
+def latency_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> FeatureSpec:
+    spec = FeatureSpec("latency", list(LATENCY_NUMERIC), list(LATENCY_CATEGORICAL), list(LATENCY_TARGETS),
+                       build_vocabularies(train_df, list(LATENCY_CATEGORICAL)), list(quantiles))
+    spec.fit_normalisation(train_df)
+    return spec
+
+
+def length_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> FeatureSpec:
+    spec = FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS),
+                       build_vocabularies(train_df, list(LENGTH_CATEGORICAL)), list(quantiles),
+                       prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM)
+    spec.fit_normalisation(train_df)
+    return spec
+
+
+def expected_spec(kind: str) -> FeatureSpec:
+    """The code's feature list for ``kind`` (vocabularies and normalisation come from the artifact)."""
+    if kind == "latency":
+        return FeatureSpec("latency", list(LATENCY_NUMERIC), list(LATENCY_CATEGORICAL), list(LATENCY_TARGETS), {}, [])
+    if kind == "length":
+        return FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS), {}, [],
+                           prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM)
+    raise FeatureSpecError(f"unknown estimator kind {kind!r}")

@@ -1,0 +1,119 @@
+"""SystemEstimator: for one step, T_hat = ttft + L_out x tpot for every (model, strategy) candidate in one batched call.
+
+P90 of T_hat: ttft_p90 + L_out_p90 x tpot_p90. The sum and product of per-term P90s upper-bounds the P90 of the total
+when the terms are positively dependent (long answers and a busy replica both slow a step), so it is conservative:
+it over-covers rather than under-covers. The embedding of a prompt is computed once per text and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from sysaware.estimators.artifacts import default_dir
+from sysaware.estimators.embeddings import PromptEmbedder
+from sysaware.estimators.train import Tensors, TrainedEstimator
+
+
+class ReplicaStateLike(Protocol):
+    queue_waiting: int
+    queue_running: int
+    kv_utilization: float  # fraction
+    ema_ttft_ms: float
+
+
+@dataclass(frozen=True)
+class CandidateEstimate:
+    model: str
+    strategy: str
+    ttft_ms: float  # mean-head TTFT
+    tpot_ms: float  # mean-head TPOT
+    out_tokens: float  # mean-head output length, tokens
+    t_hat_ms: float  # ttft + out_tokens x tpot
+    t_hat_p90_ms: float  # ttft_p90 + out_tokens_p90 x tpot_p90 (conservative, see module doc)
+
+
+class SystemEstimator:
+    def __init__(self, latency: TrainedEstimator, length: TrainedEstimator, embedder: PromptEmbedder | None = None):
+        self.latency = latency
+        self.length = length
+        self.embedder = embedder or length.embedder or PromptEmbedder()
+        self.length.embedder = self.embedder
+        self._embedding_cache: dict[str, torch.Tensor] = {}
+        self._lat_index = {c: {v: i for i, v in enumerate(latency.spec.vocabularies[c])} for c in latency.spec.categorical}
+        self._len_index = {c: {v: i for i, v in enumerate(length.spec.vocabularies[c])} for c in length.spec.categorical}
+
+    @classmethod
+    def load(cls, latency_dir: str | Path | None = None, length_dir: str | Path | None = None) -> "SystemEstimator":
+        """Defaults: the artifacts shipped in sysaware/resources/estimators."""
+        latency = TrainedEstimator.load(latency_dir or default_dir("latency"), "latency")
+        length = TrainedEstimator.load(length_dir or default_dir("length"), "length")
+        return cls(latency, length)
+
+    @property
+    def models(self) -> list[str]:
+        return [m for m in self.latency.spec.vocabularies["model_id"][1:] if m in self._len_index["model_id"]]
+
+    def prompt_embedding(self, text: str) -> torch.Tensor:
+        emb = self._embedding_cache.get(text)
+        if emb is None:
+            emb = torch.from_numpy(self.embedder.embed([text]))
+            self._embedding_cache[text] = emb
+        return emb
+
+    def predict_candidates(self, prompt_text: str, role_id: str, states: dict[str, ReplicaStateLike],
+                           input_tokens: int, candidates: list[tuple[str, str]]) -> list[CandidateEstimate]:
+        if not candidates:
+            return []
+        lat_rows = {m: i for i, m in enumerate(dict.fromkeys(m for m, _ in candidates))}
+        models = list(lat_rows)
+        missing = [m for m in models if m not in states]
+        if missing:
+            raise KeyError(f"no replica state for model(s) {missing}")
+        lat = self._latency_batch(role_id, models, states, input_tokens)  # (models, 2, 1+K)
+        length = self._length_batch(prompt_text, role_id, candidates)  # (candidates, 1, 1+K)
+        out = []
+        for j, (model, strategy) in enumerate(candidates):
+            ttft, tpot = lat[lat_rows[model], 0], lat[lat_rows[model], 1]
+            tokens = length[j, 0]
+            out.append(CandidateEstimate(
+                model, strategy, float(ttft[0]), float(tpot[0]), float(tokens[0]),
+                t_hat_ms=float(ttft[0] + tokens[0] * tpot[0]),
+                t_hat_p90_ms=float(ttft[-1] + tokens[-1] * tpot[-1]),
+            ))
+        return out
+
+    def _code(self, index: dict[str, dict[str, int]], column: str, value: str, kind: str) -> int:
+        code = index[column].get(value)
+        if code is None:
+            if column == "role_id":
+                return 0  # <unk>: a role the training data did not have
+            from sysaware.estimators.features import FeatureSpecError
+
+            raise FeatureSpecError(f"{kind} estimator: {column} {value!r} not in its vocabulary "
+                                   f"{list(index[column])}; retrain with `sysaware train-estimators`")
+        return code
+
+    def _latency_batch(self, role_id: str, models: list[str], states, input_tokens: int) -> np.ndarray:
+        spec = self.latency.spec
+        raw = np.array([[getattr(states[m], c) if c != "total_input_tokens" else input_tokens for c in spec.numeric]
+                        for m in models], dtype=np.float64)
+        log_cols = [i for i, c in enumerate(spec.numeric) if c != "kv_utilization"]
+        raw[:, log_cols] = np.log1p(np.maximum(raw[:, log_cols], 0.0))
+        numeric = ((raw - np.asarray(spec.numeric_mean)) / np.asarray(spec.numeric_std)).astype(np.float32)
+        codes = np.array([[self._code(self._lat_index, c, role_id if c == "role_id" else m, "latency")
+                           for c in spec.categorical] for m in models], dtype=np.int64)
+        return self.latency.predict_tensors(Tensors(torch.from_numpy(numeric), torch.from_numpy(codes), None, None))
+
+    def _length_batch(self, prompt_text: str, role_id: str, candidates: list[tuple[str, str]]) -> np.ndarray:
+        spec = self.length.spec
+        values = {"role_id": lambda m, s: role_id, "model_id": lambda m, s: m, "strategy_id": lambda m, s: s}
+        codes = np.array([[self._code(self._len_index, c, values[c](m, s), "length") for c in spec.categorical]
+                          for m, s in candidates], dtype=np.int64)
+        dense = self.prompt_embedding(prompt_text).expand(len(candidates), -1)
+        numeric = torch.zeros((len(candidates), 0), dtype=torch.float32)
+        return self.length.predict_tensors(Tensors(numeric, torch.from_numpy(codes), dense, None))
