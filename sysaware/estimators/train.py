@@ -175,3 +175,35 @@ def train_length(train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: TrainConfig 
 
 def load_estimator(directory: str | Path, kind: str) -> TrainedEstimator:
     return TrainedEstimator.load(directory, kind)
+
+
+def load_training_data(data_dirs: list[str | Path]) -> pd.DataFrame:
+    """One or more Phase 2 runs; a probe present in several (same probe_key) is kept once, from the first run."""
+    from sysaware.estimators.data import load_phase2, training_rows
+
+    frames = [load_phase2(d) for d in data_dirs]
+    df = pd.concat(frames, ignore_index=True).drop_duplicates("probe_key", keep="first")
+    return training_rows(df)
+
+
+def train_estimators(df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfig | None = None,
+                     embedding_cache: str | Path | None = None, on_epoch: OnEpoch | None = None) -> dict[str, Path]:
+    """Train both estimators on the train half of the report's prompt split (so the report's test rows stay unseen);
+    early stopping uses a further prompt split of that half. Saves ``out_dir/{latency,length}-v<spec version>``."""
+    from sysaware.estimators.data import split_by_prompt
+    from sysaware.estimators.features import SPEC_VERSION
+    from sysaware.estimators.report import SPLIT_SEED, TEST_FRAC
+
+    cfg = cfg or TrainConfig()
+    train, _test = split_by_prompt(df, TEST_FRAC, SPLIT_SEED)
+    fit, val = split_by_prompt(train, 0.1, SPLIT_SEED + 1)
+    out = Path(out_dir)
+    paths = {}
+    lat = train_latency(fit, val, cfg, on_epoch=(lambda e, m: on_epoch(e, {"kind": "latency", **m})) if on_epoch else None)
+    lat.data = fingerprint(train)
+    paths["latency"] = lat.save(out / f"latency-v{SPEC_VERSION}")
+    length = train_length(fit, val, cfg, on_epoch=(lambda e, m: on_epoch(e, {"kind": "length", **m})) if on_epoch else None,
+                          embedder=PromptEmbedder(embedding_cache))
+    length.data = fingerprint(train)
+    paths["length"] = length.save(out / f"length-v{SPEC_VERSION}")
+    return paths
