@@ -570,5 +570,43 @@ def estimator_report_cmd(
     console.print("headline: " + ", ".join(f"{k}={v:.3f}" for k, v in report.headline().items()))
 
 
+@app.command("tune-estimators")
+def tune_estimators_cmd(
+    data: list[Path] = typer.Option(..., "--data", help="Phase 2 run folder(s) from collect-metrics (repeatable)."),
+    num_samples: int = typer.Option(16, min=1, help="Trials per estimator (random search)."),
+    epochs: int = typer.Option(30, min=1, help="Epochs of a trial ASHA never stops (its max_t)."),
+    estimator: str = typer.Option("both", help="latency | length | both."),
+    max_concurrent: int = typer.Option(2, min=1, help="Trials at once, 1 CPU each."),
+    seed: int = typer.Option(0),
+    run_dir: Path | None = typer.Option(None, help="Output folder (default runs/tune-estimators-<time>)."),
+) -> None:
+    """Ray Tune sweep (ASHA) of each estimator's lr, width, depth, dropout, embedding size and batch size; the best
+    config retrained and saved under the run folder with tune_results.csv."""
+    import ray
+
+    from sysaware.estimators.train import load_training_data
+    from sysaware.estimators.tune import TuneSettings, parse_estimators, summary_lines, tune_estimators
+    from sysaware.runs import new_run_dir
+
+    try:
+        settings = TuneSettings(parse_estimators(estimator), num_samples, epochs, max_concurrent_trials=max_concurrent,
+                                seed=seed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    df = load_training_data(data)
+    out = new_run_dir("tune-estimators", run_dir).resolve()
+    owns_cluster = False
+    if not ray.is_initialized():
+        _, owns_cluster = _connect_or_start_ray(dashboard=False, outlive_process=False)
+    try:
+        outcomes = tune_estimators(df, out, settings, embedding_cache=Path(data[0]) / "embeddings-minilm.npz")
+    finally:
+        if owns_cluster:
+            ray.shutdown()
+    for line in summary_lines(outcomes):
+        console.print(line, soft_wrap=True)
+    console.print(f"tune_results.csv and artifacts in {out}")
+
+
 if __name__ == "__main__":
     app()

@@ -33,7 +33,8 @@ def test_asha_stops_the_trailing_trial_and_the_best_artifact_loads(ray_session, 
     by_lr = table.set_index("lr")
     assert by_lr.loc[3e-2, "epochs_run"] == 3
     assert by_lr.loc[1e-7, "epochs_run"] == 1  # stopped by ASHA at the first rung
-    assert out.best_config["lr"] == pytest.approx(3e-2) and out.best_error == pytest.approx(by_lr.loc[3e-2, "best_error"])
+    assert out.best_config["lr"] == pytest.approx(3e-2)
+    assert out.best_error == pytest.approx(by_lr.loc[3e-2, "best_error"])
 
     est = TrainedEstimator.load(out.artifact_dir, "latency")
     assert est.cfg.lr == pytest.approx(3e-2) and est.cfg.epochs == out.best_epochs
@@ -55,3 +56,36 @@ def test_length_sweep_writes_one_row_per_trial_and_a_loadable_artifact(ray_sessi
     assert {k: getattr(est.cfg, k) for k in TUNED} == pytest.approx(out.best_config)
     pred = est.predict_frame(make_phase2(prompts=2, seed=1))
     assert np.isfinite(pred).all() and (pred[:, 0, -1] >= pred[:, 0, 1]).all()  # P90 >= P50 tokens
+
+
+def write_phase2_run(run_dir: Path, df: pd.DataFrame) -> Path:
+    """A collect-metrics run folder: one shard per level, the Phase 1 prompts CSV its manifest names."""
+    from sysaware.pipelines import dataset_store as store
+
+    prompts_csv = run_dir / "intermediate_prompts.csv"
+    run_dir.mkdir(parents=True)
+    df[["prompt_id", "prompt_text"]].drop_duplicates().to_csv(prompts_csv, index=False)
+    for level, rows in df.groupby("concurrency"):
+        store.write_shard(run_dir, int(level), rows.drop(columns="prompt_text"))
+    store.write_manifest(run_dir, settings={}, prompts={"path": str(prompts_csv)})
+    return run_dir
+
+
+def test_cli_tunes_one_estimator_on_a_phase2_run(ray_session, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from sysaware.cli import app
+
+    data = write_phase2_run(tmp_path / "p2", make_phase2(prompts=20))
+    out = tmp_path / "tune"
+    args = ["tune-estimators", "--data", str(data), "--estimator", "latency", "--num-samples", "2", "--epochs", "2",
+            "--run-dir", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(out / RESULTS_CSV)) == 2
+    assert "latency: best val_mape" in result.output
+    assert TrainedEstimator.load(out / "latency-v1", "latency").kind == "latency"
+    assert not (out / "length-v1").exists()  # --estimator latency tunes only F_lat
+
+    bad = CliRunner().invoke(app, ["tune-estimators", "--data", str(data), "--estimator", "size"])
+    assert bad.exit_code == 2 and "latency, length or both" in bad.output

@@ -238,6 +238,26 @@ def tune_estimators(df: pd.DataFrame, run_dir: str | Path, settings: TuneSetting
     return outcomes
 
 
+def parse_estimators(choice: str) -> tuple[str, ...]:
+    """The command line's --estimator: latency | length | both."""
+    if choice == "both":
+        return ESTIMATORS
+    if choice not in ESTIMATORS:
+        raise ValueError(f"--estimator must be latency, length or both, got {choice!r}")
+    return (choice,)
+
+
+def summary_lines(outcomes: dict[str, TuneOutcome]) -> list[str]:
+    """One line per estimator: best held-out error, its config, how many trials ASHA stopped early, the artifact."""
+    lines = []
+    for o in outcomes.values():
+        stopped = int((o.trials["epochs_run"] < o.trials["epochs_run"].max()).sum())
+        config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in o.best_config.items())
+        lines.append(f"{o.estimator}: best {o.metric} {o.best_error:.4g} at epoch {o.best_epochs} ({config}); "
+                     f"{len(o.trials)} trials, {stopped} stopped early by {o.scheduler}; artifact {o.artifact_dir}")
+    return lines
+
+
 def _plain(value):
     """numpy scalars from the results table back to Python numbers (for TrainConfig and JSON)."""
     return value.item() if hasattr(value, "item") else value
