@@ -1,4 +1,5 @@
-"""F_lat / F_len: training lowers the loss, quantiles stay ordered, splits keep prompts and time apart, the report runs."""
+"""F_lat / F_len: training lowers the loss, quantiles stay ordered, splits keep prompts and time apart, the report
+runs."""
 
 from __future__ import annotations
 

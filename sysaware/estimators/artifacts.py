@@ -54,7 +54,8 @@ def save_artifact(directory: str | Path, spec: FeatureSpec, network: QuantileMLP
 
 
 def load_artifact(directory: str | Path, kind: str):
-    """(spec, network in eval mode, config dict, metrics) from ``directory``; FeatureSpecError on any mismatch."""
+    """(spec, network in eval mode, TrainConfig, metrics, data fingerprint) from ``directory``; FeatureSpecError on
+    any mismatch."""
     from sysaware.estimators.train import TrainConfig
 
     d = Path(directory)
@@ -68,6 +69,6 @@ def load_artifact(directory: str | Path, kind: str):
     network = build_network(spec, cfg)
     network.load_state_dict(torch.load(d / "weights.pt", map_location="cpu", weights_only=True))
     network.eval()
-    metrics_path = d / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    return spec, network, cfg, metrics
+    metrics, data = ({} if not (d / name).exists() else json.loads((d / name).read_text())
+                     for name in ("metrics.json", "data.json"))
+    return spec, network, cfg, metrics, data

@@ -15,7 +15,9 @@ SPEC_VERSION = 1
 UNKNOWN = "<unk>"  # roles outside the vocabulary share this slot (new topologies add roles); models may not
 
 # Replica state at submission + prompt size; all log1p-scaled except kv_utilization (already a fraction).
-LATENCY_NUMERIC: tuple[str, ...] = ("queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "total_input_tokens")
+LATENCY_NUMERIC: tuple[str, ...] = (
+    "queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "total_input_tokens",
+)
 LATENCY_CATEGORICAL: tuple[str, ...] = ("role_id", "model_id")
 LATENCY_TARGETS: tuple[str, ...] = ("actual_ttft", "actual_tpot")  # ms, learned as log(ms)
 LENGTH_NUMERIC: tuple[str, ...] = ()
@@ -59,7 +61,8 @@ class FeatureSpec:
     # --- checks -------------------------------------------------------------------------------------------------
     def check_compatible(self, expected: "FeatureSpec", source: str) -> None:
         """Fail if this (loaded) spec reads other features than the code's spec for the same kind."""
-        for name in ("kind", "numeric", "categorical", "targets", "prompt_embedding", "prompt_embedding_dim", "version"):
+        checked = ("kind", "numeric", "categorical", "targets", "prompt_embedding", "prompt_embedding_dim", "version")
+        for name in checked:
             got, want = getattr(self, name), getattr(expected, name)
             if got != want:
                 raise FeatureSpecError(

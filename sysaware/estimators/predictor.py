@@ -37,6 +37,10 @@ class CandidateEstimate:
     t_hat_p90_ms: float  # ttft_p90 + out_tokens_p90 x tpot_p90 (conservative, see module doc)
 
 
+def _index(vocab: list[str]) -> dict[str, int]:
+    return {v: i for i, v in enumerate(vocab)}
+
+
 class SystemEstimator:
     def __init__(self, latency: TrainedEstimator, length: TrainedEstimator, embedder: PromptEmbedder | None = None):
         self.latency = latency
@@ -44,8 +48,8 @@ class SystemEstimator:
         self.embedder = embedder or length.embedder or PromptEmbedder()
         self.length.embedder = self.embedder
         self._embedding_cache: dict[str, torch.Tensor] = {}
-        self._lat_index = {c: {v: i for i, v in enumerate(latency.spec.vocabularies[c])} for c in latency.spec.categorical}
-        self._len_index = {c: {v: i for i, v in enumerate(length.spec.vocabularies[c])} for c in length.spec.categorical}
+        self._lat_index = {c: _index(latency.spec.vocabularies[c]) for c in latency.spec.categorical}
+        self._len_index = {c: _index(length.spec.vocabularies[c]) for c in length.spec.categorical}
 
     @classmethod
     def load(cls, latency_dir: str | Path | None = None, length_dir: str | Path | None = None) -> "SystemEstimator":

@@ -49,8 +49,9 @@ class EstimatorReport:
         out = {"ttft_mape": get("all", "ttft", "mlp", "mape"), "tpot_mape": get("all", "tpot", "mlp", "mape"),
                "tokens_mae": get("all", "tokens", "mlp", "mae")}
         if (self.rows.scope == "N=50").any():
-            out["ttft_ema_over_mlp_mape_at_50"] = get("N=50", "ttft", "ema", "mape") / get("N=50", "ttft", "mlp", "mape")
-            out["tpot_mean_over_mlp_mape_at_50"] = get("N=50", "tpot", "model_mean", "mape") / get("N=50", "tpot", "mlp", "mape")
+            mlp_ttft, mlp_tpot = get("N=50", "ttft", "mlp", "mape"), get("N=50", "tpot", "mlp", "mape")
+            out["ttft_ema_over_mlp_mape_at_50"] = get("N=50", "ttft", "ema", "mape") / mlp_ttft
+            out["tpot_mean_over_mlp_mape_at_50"] = get("N=50", "tpot", "model_mean", "mape") / mlp_tpot
         return out
 
 

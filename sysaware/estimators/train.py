@@ -60,8 +60,8 @@ class TrainedEstimator:
 
     @classmethod
     def load(cls, directory: str | Path, kind: str, embedder: PromptEmbedder | None = None) -> "TrainedEstimator":
-        spec, network, cfg, metrics = load_artifact(directory, kind)
-        return cls(kind, spec, network, cfg, metrics, embedder=embedder)
+        spec, network, cfg, metrics, data = load_artifact(directory, kind)
+        return cls(kind, spec, network, cfg, metrics, data, embedder=embedder)
 
     def predict_tensors(self, t: Tensors) -> np.ndarray:
         """(rows, targets, 1 + quantiles) in ms / tokens: [mean, q_1, ..., q_k]."""
@@ -143,7 +143,8 @@ def _fit(kind: str, spec: FeatureSpec, train: Tensors, val: Tensors, val_actual:
 
 def _val_metrics(kind: str, pred: np.ndarray, actual: np.ndarray) -> dict:
     if kind == "latency":
-        return {"val_mape_ttft": _mape(pred[:, 0, 0], actual[:, 0]), "val_mape_tpot": _mape(pred[:, 1, 0], actual[:, 1]),
+        return {"val_mape_ttft": _mape(pred[:, 0, 0], actual[:, 0]),
+                "val_mape_tpot": _mape(pred[:, 1, 0], actual[:, 1]),
                 "val_cover_p90_ttft": float(np.mean(actual[:, 0] <= pred[:, 0, -1])),
                 "val_cover_p90_tpot": float(np.mean(actual[:, 1] <= pred[:, 1, -1]))}
     return {"val_mae_tokens": float(np.mean(np.abs(pred[:, 0, 0] - actual[:, 0]))),
@@ -199,11 +200,13 @@ def train_estimators(df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfig | N
     fit, val = split_by_prompt(train, 0.1, SPLIT_SEED + 1)
     out = Path(out_dir)
     paths = {}
-    lat = train_latency(fit, val, cfg, on_epoch=(lambda e, m: on_epoch(e, {"kind": "latency", **m})) if on_epoch else None)
+    def tagged(kind: str) -> OnEpoch | None:
+        return (lambda e, m: on_epoch(e, {"kind": kind, **m})) if on_epoch else None
+
+    lat = train_latency(fit, val, cfg, on_epoch=tagged("latency"))
     lat.data = fingerprint(train)
     paths["latency"] = lat.save(out / f"latency-v{SPEC_VERSION}")
-    length = train_length(fit, val, cfg, on_epoch=(lambda e, m: on_epoch(e, {"kind": "length", **m})) if on_epoch else None,
-                          embedder=PromptEmbedder(embedding_cache))
+    length = train_length(fit, val, cfg, on_epoch=tagged("length"), embedder=PromptEmbedder(embedding_cache))
     length.data = fingerprint(train)
     paths["length"] = length.save(out / f"length-v{SPEC_VERSION}")
     return paths

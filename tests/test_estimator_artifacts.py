@@ -1,0 +1,139 @@
+"""Estimator artifacts: a save/load round trip predicts the same, a mismatched spec fails with a clear message, and the
+shipped defaults load in a fresh process and price every (model, strategy) candidate in one call."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from estimator_factories import MODELS, make_phase2
+from sysaware.config import REPO_ROOT
+from sysaware.estimators.data import split_by_prompt
+from sysaware.estimators.features import FeatureSpecError
+from sysaware.estimators.predictor import SystemEstimator
+from sysaware.estimators.train import TrainConfig, TrainedEstimator, train_latency, train_length
+
+TINY = TrainConfig(epochs=2, width=16, depth=1, batch_size=128)
+
+
+@lru_cache(maxsize=1)
+def data():
+    df = make_phase2(prompts=12)
+    return split_by_prompt(df, 0.25)
+
+
+def saved_latency(tmp_path: Path) -> Path:
+    train, val = data()
+    return train_latency(train, val, TINY).save(tmp_path / "latency-v1")
+
+
+def test_round_trip_predicts_the_same(tmp_path):
+    train, val = data()
+    est = train_latency(train, val, TINY)
+    loaded = TrainedEstimator.load(est.save(tmp_path / "lat"), "latency")
+    np.testing.assert_allclose(loaded.predict_frame(val), est.predict_frame(val), rtol=1e-6)
+    for name in ("weights.pt", "feature_spec.json", "config.json", "metrics.json", "data.json"):
+        assert (tmp_path / "lat" / name).exists()
+    assert json.loads((tmp_path / "lat" / "data.json").read_text())["rows"] == len(train)
+    assert loaded.data == est.data and loaded.data["prompts"] == train.prompt_id.nunique()
+
+
+def test_a_different_feature_list_fails_to_load(tmp_path):
+    path = saved_latency(tmp_path)
+    spec = json.loads((path / "feature_spec.json").read_text())
+    spec["numeric"] = spec["numeric"][:-1]  # an artifact trained without total_input_tokens
+    (path / "feature_spec.json").write_text(json.dumps(spec))
+    with pytest.raises(FeatureSpecError, match=r"mismatch on 'numeric'.*total_input_tokens"):
+        TrainedEstimator.load(path, "latency")
+
+
+def test_a_latency_artifact_is_not_a_length_artifact(tmp_path):
+    with pytest.raises(FeatureSpecError, match="mismatch on 'kind'"):
+        TrainedEstimator.load(saved_latency(tmp_path), "length")
+
+
+def test_a_model_outside_the_vocabulary_is_named(tmp_path):
+    est = TrainedEstimator.load(saved_latency(tmp_path), "latency")
+    _, val = data()
+    frame = val.head(3).assign(model_id="gpt-unknown")
+    with pytest.raises(FeatureSpecError, match="gpt-unknown.*not in its vocabulary"):
+        est.predict_frame(frame)
+
+
+def test_an_unknown_role_uses_the_shared_slot(tmp_path):
+    est = TrainedEstimator.load(saved_latency(tmp_path), "latency")
+    _, val = data()
+    pred = est.predict_frame(val.head(3).assign(role_id="brand_new_role"))
+    assert np.all(np.isfinite(pred)) and np.all(pred > 0)
+
+
+class CountingEmbedder:
+    """The real embedder, counting how many texts reach the model."""
+
+    def __init__(self, inner):
+        self.inner, self.texts = inner, 0
+
+    def embed(self, texts):
+        self.texts += len(texts)
+        return self.inner.embed(texts)
+
+
+def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
+    train, val = data()
+    lat = train_latency(train, val, TINY)
+    length = train_length(train, val, TINY)
+    est = SystemEstimator(lat, length)
+    est.embedder = counting = CountingEmbedder(est.embedder)
+
+    class State:
+        queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 2, 30, 0.4, 80.0
+
+    candidates = [(m, s) for m in MODELS for s in ("flash", "concise", "deepthink")]
+    states = {m: State() for m in MODELS}
+    first = est.predict_candidates("Write a function to add two numbers.", "programmer", states, 90, candidates)
+    again = est.predict_candidates("Write a function to add two numbers.", "programmer", states, 90, candidates)
+    assert counting.texts == 1  # one prompt, embedded once across both calls
+    assert [(c.model, c.strategy) for c in first] == candidates
+    assert first == again
+    for c in first:
+        assert c.t_hat_ms == pytest.approx(c.ttft_ms + c.out_tokens * c.tpot_ms)
+        assert c.t_hat_p90_ms >= c.t_hat_ms > 0
+    with pytest.raises(FeatureSpecError, match="gpt-unknown"):
+        est.predict_candidates("x", "programmer", {"gpt-unknown": State()}, 10, [("gpt-unknown", "flash")])
+
+
+SHIPPED_SCRIPT = """
+import json
+from sysaware.config import DEFAULT_POOL, load_pool
+from sysaware.estimators.predictor import SystemEstimator
+
+class State:
+    queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 0, 8, 0.1, 40.0
+
+pool = load_pool(DEFAULT_POOL)
+models = [m.name for m in pool.models]
+est = SystemEstimator.load()
+cands = [(m, s) for m in models for s in ("flash", "concise", "deepthink")]
+states = {m: State() for m in models}
+out = est.predict_candidates("Write a function to reverse a string.", "programmer", states, 80, cands)
+print(json.dumps([c.__dict__ for c in out]))
+"""
+
+
+def test_shipped_artifacts_price_the_default_pool_from_a_fresh_process():
+    proc = subprocess.run([sys.executable, "-c", SHIPPED_SCRIPT], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(rows) == 15  # 5 models x 3 strategies
+    for r in rows:
+        assert 0 < r["t_hat_ms"] <= r["t_hat_p90_ms"]
+    tokens = {s: np.mean([r["out_tokens"] for r in rows if r["strategy"] == s]) for s in ("flash", "deepthink")}
+    assert tokens["deepthink"] > tokens["flash"]
