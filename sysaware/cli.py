@@ -531,18 +531,21 @@ def collect_metrics_cmd(
 @app.command("train-estimators")
 def train_estimators_cmd(
     data: list[Path] = typer.Option(..., "--data", help="Phase 2 run folder(s) from collect-metrics (repeatable)."),
-    out: Path | None = typer.Option(None, help="Where to write latency-v*/ and length-v*/ (default: the shipped resources/estimators)."),
+    out: Path | None = typer.Option(None, help="Folder for latency-v*/ and length-v*/ (default: shipped resources)."),
     epochs: int = typer.Option(30, min=1),
     seed: int = typer.Option(0),
 ) -> None:
-    """Train F_lat (TTFT/TPOT) and F_len (output tokens) on the train half of the prompt split; save versioned artifacts."""
+    """Train F_lat (TTFT/TPOT) and F_len (output tokens) on the train half of the prompt split; save the artifacts."""
     from sysaware.estimators.artifacts import RESOURCE_DIR
     from sysaware.estimators.train import TrainConfig, load_training_data, train_estimators
 
     df = load_training_data(data)
     target = out or RESOURCE_DIR
-    paths = train_estimators(df, target, TrainConfig(epochs=epochs, seed=seed), embedding_cache=Path(data[0]) / "embeddings-minilm.npz",
-                             on_epoch=lambda e, m: console.print(f"{m['kind']} epoch {e}: val_loss {m['val_loss']:.4f}"))
+    cache = Path(data[0]) / "embeddings-minilm.npz"  # prompt embeddings, reused by the next run on this data
+    paths = train_estimators(
+        df, target, TrainConfig(epochs=epochs, seed=seed), embedding_cache=cache,
+        on_epoch=lambda e, m: console.print(f"{m['kind']} epoch {e}: val_loss {m['val_loss']:.4f}"),
+    )
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
@@ -552,17 +555,19 @@ def estimator_report_cmd(
     data: list[Path] = typer.Option(..., "--data", help="Phase 2 run folder(s) (same as train-estimators)."),
     latency_dir: Path | None = typer.Option(None, help="F_lat artifact (default: shipped)."),
     length_dir: Path | None = typer.Option(None, help="F_len artifact (default: shipped)."),
-    plots: Path | None = typer.Option(None, help="Folder for predicted-vs-actual PNGs (default runs/estimator-report-<time>)."),
+    plots: Path | None = typer.Option(None, help="Folder for the PNGs (default runs/estimator-report-<time>)."),
 ) -> None:
-    """MAPE / R^2 (TTFT, TPOT), MAE (tokens) and P90 coverage of the estimators beside naive baselines, per load level."""
+    """MAPE and R^2 (TTFT, TPOT), MAE (tokens), P90 coverage: estimators beside naive baselines, per load level."""
     from sysaware.estimators.artifacts import default_dir
+    from sysaware.estimators.embeddings import PromptEmbedder
     from sysaware.estimators.report import build_report, format_report
     from sysaware.estimators.train import TrainedEstimator, load_training_data
     from sysaware.runs import new_run_dir
 
     df = load_training_data(data)
     lat = TrainedEstimator.load(latency_dir or default_dir("latency"), "latency")
-    length = TrainedEstimator.load(length_dir or default_dir("length"), "length")
+    embedder = PromptEmbedder(Path(data[0]) / "embeddings-minilm.npz")  # the cache train-estimators wrote
+    length = TrainedEstimator.load(length_dir or default_dir("length"), "length", embedder=embedder)
     report = build_report(df, lat, length, plot_dir=plots or new_run_dir("estimator-report", None))
     console.print(format_report(report), soft_wrap=True)
     for p in report.plots:
