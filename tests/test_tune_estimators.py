@@ -89,3 +89,9 @@ def test_cli_tunes_one_estimator_on_a_phase2_run(ray_session, tmp_path: Path):
 
     bad = CliRunner().invoke(app, ["tune-estimators", "--data", str(data), "--estimator", "size"])
     assert bad.exit_code == 2 and "latency, length or both" in bad.output
+
+
+def test_a_search_space_naming_an_unknown_field_is_refused(tmp_path: Path):
+    with pytest.raises(ValueError, match="learning_rate"):
+        tune_estimators(make_phase2(prompts=5), tmp_path, TuneSettings(estimators=("latency",)),
+                        param_space={"learning_rate": 1e-3})

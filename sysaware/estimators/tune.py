@@ -173,6 +173,8 @@ def tune_estimator(estimator: str, fit_df: pd.DataFrame, val_df: pd.DataFrame, r
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    if param_space is not None and (unknown := sorted(set(param_space) - set(TUNED))):
+        raise ValueError(f"param_space keys {unknown} are not tuned fields; known: {list(TUNED)}")
     run_dir = Path(run_dir).resolve()
     embedder = embedder or (PromptEmbedder() if estimator == "length" else None)
     trial_embedder = None
