@@ -105,6 +105,17 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     for c in first:
         assert c.t_hat_ms == pytest.approx(c.ttft_ms + c.out_tokens * c.tpot_ms)
         assert c.t_hat_p90_ms >= c.t_hat_ms > 0
+    # the numpy fast path answers what the torch network answers for the same rows
+    model = next(iter(MODELS))
+    row = val.head(1).assign(model_id=model, role_id="programmer", strategy_id="deepthink", queue_waiting=2,
+                             queue_running=30, kv_utilization=0.4, ema_ttft_ms=80.0, total_input_tokens=90,
+                             prompt_text="Write a function to add two numbers.")
+    ref_lat, ref_len = lat.predict_frame(row)[0], length.predict_frame(row)[0]
+    mine = next(c for c in first if c.model == model and c.strategy == "deepthink")
+    assert mine.ttft_ms == pytest.approx(ref_lat[0, 0], rel=1e-4)
+    assert mine.tpot_ms == pytest.approx(ref_lat[1, 0], rel=1e-4)
+    assert mine.out_tokens == pytest.approx(ref_len[0, 0], rel=1e-4)
+    assert mine.t_hat_p90_ms == pytest.approx(ref_lat[0, -1] + ref_len[0, -1] * ref_lat[1, -1], rel=1e-4)
     with pytest.raises(FeatureSpecError, match="gpt-unknown"):
         est.predict_candidates("x", "programmer", {"gpt-unknown": State()}, 10, [("gpt-unknown", "flash")])
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import torch
 
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
-from sysaware.estimators.train import Tensors, TrainedEstimator
+from sysaware.estimators.models import NumpyQuantileMLP
+from sysaware.estimators.train import TrainedEstimator
 
 
 class ReplicaStateLike(Protocol):
@@ -37,6 +37,11 @@ class CandidateEstimate:
     t_hat_p90_ms: float  # ttft_p90 + out_tokens_p90 x tpot_p90 (conservative, see module doc)
 
 
+def _to_units(spec, z: np.ndarray) -> np.ndarray:
+    """(rows, targets, 1 + K) standardised log -> ms / tokens."""
+    return spec.to_target_units(z.transpose(0, 2, 1)).transpose(0, 2, 1)
+
+
 def _index(vocab: list[str]) -> dict[str, int]:
     return {v: i for i, v in enumerate(vocab)}
 
@@ -47,7 +52,9 @@ class SystemEstimator:
         self.length = length
         self.embedder = embedder or length.embedder or PromptEmbedder()
         self.length.embedder = self.embedder
-        self._embedding_cache: dict[str, torch.Tensor] = {}
+        self._embedding_cache: dict[str, np.ndarray] = {}
+        self._lat_net = NumpyQuantileMLP(latency.network)
+        self._len_net = NumpyQuantileMLP(length.network)
         self._lat_index = {c: _index(latency.spec.vocabularies[c]) for c in latency.spec.categorical}
         self._len_index = {c: _index(length.spec.vocabularies[c]) for c in length.spec.categorical}
 
@@ -62,10 +69,10 @@ class SystemEstimator:
     def models(self) -> list[str]:
         return [m for m in self.latency.spec.vocabularies["model_id"][1:] if m in self._len_index["model_id"]]
 
-    def prompt_embedding(self, text: str) -> torch.Tensor:
+    def prompt_embedding(self, text: str) -> np.ndarray:
         emb = self._embedding_cache.get(text)
         if emb is None:
-            emb = torch.from_numpy(self.embedder.embed([text]))
+            emb = self.embedder.embed([text]).astype(np.float64)
             self._embedding_cache[text] = emb
         return emb
 
@@ -108,16 +115,15 @@ class SystemEstimator:
                         for m in models], dtype=np.float64)
         log_cols = [i for i, c in enumerate(spec.numeric) if c != "kv_utilization"]
         raw[:, log_cols] = np.log1p(np.maximum(raw[:, log_cols], 0.0))
-        numeric = ((raw - np.asarray(spec.numeric_mean)) / np.asarray(spec.numeric_std)).astype(np.float32)
+        numeric = (raw - np.asarray(spec.numeric_mean)) / np.asarray(spec.numeric_std)
         codes = np.array([[self._code(self._lat_index, c, role_id if c == "role_id" else m, "latency")
                            for c in spec.categorical] for m in models], dtype=np.int64)
-        return self.latency.predict_tensors(Tensors(torch.from_numpy(numeric), torch.from_numpy(codes), None, None))
+        return _to_units(self.latency.spec, self._lat_net(numeric, codes))
 
     def _length_batch(self, prompt_text: str, role_id: str, candidates: list[tuple[str, str]]) -> np.ndarray:
         spec = self.length.spec
         values = {"role_id": lambda m, s: role_id, "model_id": lambda m, s: m, "strategy_id": lambda m, s: s}
         codes = np.array([[self._code(self._len_index, c, values[c](m, s), "length") for c in spec.categorical]
                           for m, s in candidates], dtype=np.int64)
-        dense = self.prompt_embedding(prompt_text).expand(len(candidates), -1)
-        numeric = torch.zeros((len(candidates), 0), dtype=torch.float32)
-        return self.length.predict_tensors(Tensors(numeric, torch.from_numpy(codes), dense, None))
+        dense = np.broadcast_to(self.prompt_embedding(prompt_text), (len(candidates), spec.prompt_embedding_dim))
+        return _to_units(spec, self._len_net(np.zeros((len(candidates), 0)), codes, dense))
