@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import pandas as pd
 
@@ -44,3 +46,11 @@ def make_phase2(prompts: int = 40, seed: int = 0) -> pd.DataFrame:
     for c in ("concurrency", "queue_waiting", "queue_running", "total_input_tokens", "output_tokens"):
         df[c] = df[c].astype("int32")
     return df
+
+
+@lru_cache(maxsize=1)
+def shared_embedder():
+    """One MiniLM per test process: loading it costs seconds, and the cache by text is what the tests share."""
+    from sysaware.estimators.embeddings import PromptEmbedder
+
+    return PromptEmbedder()

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from estimator_factories import MODELS, make_phase2
+from estimator_factories import MODELS, make_phase2, shared_embedder
 from sysaware.config import REPO_ROOT
 from sysaware.estimators.data import split_by_prompt
 from sysaware.estimators.features import FeatureSpecError
@@ -88,7 +88,7 @@ class CountingEmbedder:
 def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     train, val = data()
     lat = train_latency(train, val, TINY)
-    length = train_length(train, val, TINY)
+    length = train_length(train, val, TINY, embedder=shared_embedder())
     est = SystemEstimator(lat, length)
     est.embedder = counting = CountingEmbedder(est.embedder)
 

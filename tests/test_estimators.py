@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from estimator_factories import LEVELS, make_phase2
+from estimator_factories import LEVELS, make_phase2, shared_embedder
 from sysaware.estimators.data import split_by_prompt, split_by_time
 from sysaware.estimators.models import QuantileMLP
 from sysaware.estimators.report import build_report, format_report
 from sysaware.estimators.train import TrainConfig, train_latency, train_length
 
-SMALL = TrainConfig(epochs=25, width=32, depth=2, batch_size=64, dropout=0.0, lr=3e-3)
+SMALL = TrainConfig(epochs=20, width=32, depth=2, batch_size=64, dropout=0.0, lr=3e-3)
 
 
 def test_split_by_prompt_puts_each_prompt_on_one_side():
@@ -49,7 +49,7 @@ def test_length_training_lowers_loss_and_orders_strategies():
     df = make_phase2(prompts=24)
     train, val = split_by_prompt(df, 0.25)
     seen = []
-    est = train_length(train, val, SMALL, on_epoch=lambda e, m: seen.append(m))
+    est = train_length(train, val, SMALL, on_epoch=lambda e, m: seen.append(m), embedder=shared_embedder())
     assert {"val_loss", "val_mae_tokens"} <= set(seen[0])
     assert seen[-1]["train_loss"] < seen[0]["train_loss"]
     pred = est.predict_frame(val)[:, 0, 0]
@@ -81,7 +81,8 @@ def test_report_lists_estimator_beside_baselines_per_level(tmp_path):
     df = make_phase2(prompts=30)
     train, val = split_by_prompt(df, 0.2, seed=0)
     cfg = TrainConfig(epochs=3, width=32, batch_size=128)
-    report = build_report(df, train_latency(train, val, cfg), train_length(train, val, cfg), plot_dir=tmp_path)
+    length = train_length(train, val, cfg, embedder=shared_embedder())
+    report = build_report(df, train_latency(train, val, cfg), length, plot_dir=tmp_path)
     rows = report.rows
     assert set(rows.scope) == {"all"} | {f"N={n}" for n in LEVELS}
     assert {"mlp", "ema", "linear"} <= set(rows[rows.target == "ttft"].method)
