@@ -9,14 +9,15 @@ Two cases:
 Prompts are the MBPP test tasks as the programmer role receives them (or a Phase 1 CSV with --prompts); replica states
 are drawn per call from a busy-pool range, outside the timed region.
 
-    python benchmarks/bench_estimator_latency.py [--latency-dir DIR --length-dir DIR] [--threads 1,2]
+    python benchmarks/bench_estimator_latency.py [--latency-dir DIR --length-dir DIR] [--threads N] [--rounds 5]
 
-Each case runs at each torch intra-op thread count given (default: 1 and torch's own default). The networks are tiny
-(15 rows), so a second thread buys nothing on the cached path and, on a busy 2-core machine, waiting for it to be
-scheduled puts milliseconds into the tail.
+Wall time is what the executor waits; CPU time (this process, all its threads) is the call's own work, which the
+machine's other load does not inflate. On a shared 2-core machine the wall tail is mostly other processes taking the
+cores, so the cached case runs in rounds and reports each round's p99: the median round is the headline, the spread
+says how noisy the machine was (the load average is printed too).
 
-Last line: the p99 of a cached-prompt call in ms at one torch thread (target: under 2 ms on a 2-core machine), with
-the default thread count's beside it.
+Last line: the p99 wall time of a cached-prompt call in ms, median over rounds (target: under 2 ms on a 2-core
+machine), with its CPU-time p99 beside it.
 """
 
 from __future__ import annotations
@@ -65,18 +66,19 @@ def random_states(models: list[str], rng: random.Random) -> dict[str, ReplicaSta
 
 
 def time_calls(estimator: SystemEstimator, prompts: list[str], states: list[dict], candidates) -> np.ndarray:
-    """Milliseconds of each predict_candidates call, prompts[i] with states[i]."""
-    out = np.empty(len(prompts))
+    """(calls, 2): wall and CPU milliseconds of each predict_candidates call, prompts[i] with states[i]."""
+    out = np.empty((len(prompts), 2))
     for i, (prompt, state) in enumerate(zip(prompts, states)):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         estimator.predict_candidates(prompt, ROLE, state, 400, candidates)
-        out[i] = (time.perf_counter() - start) * 1e3
+        out[i] = ((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3)
     return out
 
 
 def describe(name: str, ms: np.ndarray) -> str:
-    p50, p99 = np.percentile(ms, [50, 99])
-    return f"{name:<14} calls={len(ms):>5}  p50={p50:8.3f} ms  p99={p99:8.3f} ms  mean={ms.mean():8.3f} ms"
+    (w50, w99), (c50, c99) = np.percentile(ms[:, 0], [50, 99]), np.percentile(ms[:, 1], [50, 99])
+    return (f"{name:<22} calls={len(ms):>5}  wall p50={w50:8.3f} ms  p99={w99:8.3f} ms   "
+            f"cpu p50={c50:8.3f} ms  p99={c99:8.3f} ms")
 
 
 def main() -> None:
@@ -84,46 +86,53 @@ def main() -> None:
     p.add_argument("--latency-dir", type=Path, default=None, help="F_lat artifact (default: shipped)")
     p.add_argument("--length-dir", type=Path, default=None, help="F_len artifact (default: shipped)")
     p.add_argument("--prompts", type=Path, default=None, help="Phase 1 CSV to draw prompts from (default: MBPP)")
-    p.add_argument("--cached-calls", type=int, default=3000)
-    p.add_argument("--new-prompt-calls", type=int, default=200, help="per thread count")
-    p.add_argument("--threads", default=None, help="torch thread counts, comma-separated (default: 1 and torch's own)")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the cached case")
+    p.add_argument("--cached-calls", type=int, default=1000, help="per round")
+    p.add_argument("--new-prompt-calls", type=int, default=200)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     args = p.parse_args()
+
+    import os
 
     import torch
 
-    default_threads = torch.get_num_threads()
-    threads = [int(x) for x in args.threads.split(",")] if args.threads else sorted({1, default_threads})
+    if args.threads:
+        torch.set_num_threads(args.threads)
     pool = load_pool(DEFAULT_POOL)
     models = [m.name for m in pool.models]
     candidates = [(m, s.value) for m in models for s in Strategy]
-    limit = len(threads) * args.new_prompt_calls + 1
+    limit = args.new_prompt_calls + 1
     prompts = csv_prompts(args.prompts, limit) if args.prompts else mbpp_prompts(limit)
     if len(prompts) < limit:
         raise SystemExit(f"need {limit} distinct prompts, found {len(prompts)}; lower --new-prompt-calls")
-    print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies), prompts from "
-          f"{args.prompts or 'MBPP test tasks'}, {len(prompts)} distinct")
     estimator = SystemEstimator.load(args.latency_dir, args.length_dir)
     rng = random.Random(0)
-    p99_cached = {}
-    for i, n in enumerate(threads):
-        torch.set_num_threads(n)
-        # Warm-up: loads MiniLM, fills the cache for prompts[0], lets torch pick its kernels.
-        warm = [random_states(models, rng) for _ in range(50)]
-        time_calls(estimator, [prompts[0]] * len(warm), warm, candidates)
-        cached_states = [random_states(models, rng) for _ in range(args.cached_calls)]
-        cached = time_calls(estimator, [prompts[0]] * args.cached_calls, cached_states, candidates)
-        fresh_prompts = prompts[1 + i * args.new_prompt_calls:1 + (i + 1) * args.new_prompt_calls]  # never seen
-        fresh = time_calls(estimator, fresh_prompts, [random_states(models, rng) for _ in fresh_prompts], candidates)
-        print(f"torch threads {n}:")
-        print("  " + describe("new prompt", fresh))
-        print("  " + describe("cached prompt", cached))
-        p99_cached[n] = float(np.percentile(cached, 99))
+    print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies), torch threads "
+          f"{torch.get_num_threads()}, prompts from {args.prompts or 'MBPP test tasks'}; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
-    headline = p99_cached.get(1, next(iter(p99_cached.values())))
-    verdict = "meets" if headline < TARGET_P99_MS else "misses"
-    others = ", ".join(f"{p99:.3f} ms at {n} threads" for n, p99 in p99_cached.items() if n != 1)
-    print(f"cached-prompt T_hat call for {len(candidates)} candidates: p99 {headline:.3f} ms at 1 torch thread "
-          f"({verdict} the {TARGET_P99_MS:g} ms target){'; ' + others if others else ''}")
+    # Warm-up: loads MiniLM, fills the cache for prompts[0], lets torch pick its kernels.
+    warm = [random_states(models, rng) for _ in range(50)]
+    time_calls(estimator, [prompts[0]] * len(warm), warm, candidates)
+
+    rounds = []
+    for r in range(args.rounds):
+        states = [random_states(models, rng) for _ in range(args.cached_calls)]
+        rounds.append(time_calls(estimator, [prompts[0]] * args.cached_calls, states, candidates))
+        print(describe(f"cached prompt, round {r + 1}", rounds[-1]))
+    fresh = time_calls(estimator, prompts[1:limit], [random_states(models, rng) for _ in prompts[1:limit]], candidates)
+    print(describe("new prompt", fresh))
+    print(describe("cached prompt, all", np.concatenate(rounds)))
+    print(f"load average {os.getloadavg()[0]:.2f}")
+
+    p99_wall = sorted(float(np.percentile(x[:, 0], 99)) for x in rounds)
+    p99_cpu = float(np.median([np.percentile(x[:, 1], 99) for x in rounds]))
+    median = float(np.median(p99_wall))
+    verdict = "meets" if median < TARGET_P99_MS else "misses"
+    print(f"cached-prompt T_hat call for {len(candidates)} candidates: p99 {median:.3f} ms wall, median of "
+          f"{len(rounds)} rounds (best {p99_wall[0]:.3f}, worst {p99_wall[-1]:.3f}); cpu p99 {p99_cpu:.3f} ms; "
+          f"{verdict} the {TARGET_P99_MS:g} ms target")
+
 
 if __name__ == "__main__":
     main()
