@@ -54,3 +54,19 @@ def shared_embedder():
     from sysaware.estimators.embeddings import PromptEmbedder
 
     return PromptEmbedder()
+
+
+def write_phase2_run(run_dir, df: pd.DataFrame):
+    """A collect-metrics run folder: one shard per level, and the Phase 1 prompts CSV its manifest names."""
+    from pathlib import Path
+
+    from sysaware.pipelines import dataset_store as store
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True)
+    prompts_csv = run_dir / "intermediate_prompts.csv"
+    df[["prompt_id", "prompt_text"]].drop_duplicates().to_csv(prompts_csv, index=False)
+    for level, rows in df.groupby("concurrency"):
+        store.write_shard(run_dir, int(level), rows.drop(columns="prompt_text"))
+    store.write_manifest(run_dir, settings={}, prompts={"path": str(prompts_csv)})
+    return run_dir

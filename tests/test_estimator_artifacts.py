@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from estimator_factories import MODELS, make_phase2, shared_embedder
+from estimator_factories import MODELS, make_phase2, shared_embedder, write_phase2_run
 from sysaware.config import REPO_ROOT
 from sysaware.estimators.data import split_by_prompt
 from sysaware.estimators.features import FeatureSpecError
@@ -148,3 +148,21 @@ def test_shipped_artifacts_price_the_default_pool_from_a_fresh_process():
         assert 0 < r["t_hat_ms"] <= r["t_hat_p90_ms"]
     tokens = {s: np.mean([r["out_tokens"] for r in rows if r["strategy"] == s]) for s in ("flash", "deepthink")}
     assert tokens["deepthink"] > tokens["flash"]
+
+
+def test_cli_trains_then_reports_on_a_phase2_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from sysaware.cli import app
+
+    data = write_phase2_run(tmp_path / "run", make_phase2(prompts=10))
+    out = tmp_path / "artifacts"
+    trained = CliRunner().invoke(app, ["train-estimators", "--data", str(data), "--out", str(out), "--epochs", "2"])
+    assert trained.exit_code == 0, trained.output
+    assert (out / "latency-v1" / "weights.pt").exists() and (out / "length-v1" / "weights.pt").exists()
+    report = CliRunner().invoke(app, ["estimator-report", "--data", str(data), "--latency-dir", str(out / "latency-v1"),
+                                      "--length-dir", str(out / "length-v1"), "--plots", str(tmp_path / "plots")])
+    assert report.exit_code == 0, report.output
+    assert "latency=yes, length=yes" in report.output  # trained on the report's train half: test prompts unseen
+    assert "N=150" in report.output and "headline: ttft_mape=" in report.output
+    assert (tmp_path / "plots" / "pred_vs_actual_ttft.png").exists()
