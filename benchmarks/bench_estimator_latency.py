@@ -89,7 +89,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5, help="rounds of the cached case")
     p.add_argument("--cached-calls", type=int, default=1000, help="per round")
     p.add_argument("--new-prompt-calls", type=int, default=200)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads: MiniLM on a new prompt (default: torch's own)")
     args = p.parse_args()
 
     import os
