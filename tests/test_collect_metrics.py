@@ -7,14 +7,12 @@ import signal
 import subprocess
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from sysaware.config import DEFAULT_POOL, REPO_ROOT, PoolConfig, load_pool
+from sysaware.config import REPO_ROOT, PoolConfig
 from sysaware.pipelines import dataset_store as store
 from sysaware.pipelines.collect_metrics import (
     MetricsSettings,
@@ -26,18 +24,9 @@ from sysaware.pipelines.collect_metrics import (
 from sysaware.pipelines.collect_prompts import CollectSettings, collect_prompts
 from sysaware.pipelines.metrics_schema import COLUMNS, SchemaError
 from sysaware.tasks.prompts import STRATEGY_INSTRUCTIONS, Strategy
+from twin_factories import default_pool as pool, default_responder as twin_responder
 
 
-@lru_cache(maxsize=1)
-def pool() -> PoolConfig:
-    return load_pool(DEFAULT_POOL)
-
-
-@lru_cache(maxsize=1)
-def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(pool())
 
 
 def small_pool(models: int = 2, max_num_seqs: int = 256) -> PoolConfig:

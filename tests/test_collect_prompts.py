@@ -5,28 +5,18 @@ from __future__ import annotations
 import json
 import sys
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from sysaware.config import DEFAULT_POOL, REPO_ROOT, load_pool
+from sysaware.config import REPO_ROOT
 from sysaware.pipelines.collect_prompts import CSV_NAME, COLUMNS, CollectSettings, collect_prompts, read_existing
 from sysaware.tasks.mbpp import Split, get_task, split_of
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy
+from twin_factories import default_pool as pool, default_responder as twin_responder
 
 
-@lru_cache(maxsize=1)
-def pool():
-    return load_pool(DEFAULT_POOL)
-
-
-@lru_cache(maxsize=1)
-def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(pool())
 
 
 def collect(out: Path, num_tasks: int, runs_per_task: int = 1, batch_size: int = 16) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from functools import lru_cache
 import pandas as pd
 import pytest
 
-from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.engines.twin.answers import load_recorded_answers
 from sysaware.orchestration.budget import IdleBudget
 from sysaware.orchestration.context import Plan, PolicyResources
@@ -18,18 +17,9 @@ from sysaware.orchestration.topology import reflection, star
 from sysaware.orchestration.workflow import Workflow
 from sysaware.pipelines.evaluate import EvalSettings, evaluate, evaluation_tasks, summarise
 from sysaware.tasks.mbpp import Split, get_task, split_of
+from twin_factories import default_pool as pool, default_responder as twin_responder
 
 
-@lru_cache(maxsize=1)
-def pool():
-    return load_pool(DEFAULT_POOL)
-
-
-@lru_cache(maxsize=1)
-def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(pool())
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,6 @@ from functools import lru_cache
 
 import pytest
 
-from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.engines.twin.responder import load_responder_params
 from sysaware.orchestration.context import Action, PolicyResources, StepContext, all_actions
@@ -23,13 +22,10 @@ from sysaware.orchestration.topology import Slot, TopologyKind, default_topology
 from sysaware.tasks.mbpp import Split, get_task, split_of
 from sysaware.tasks.prompts import ROLES, Strategy
 from sysaware.tasks.regrade import load_regrade_table
+from twin_factories import default_pool as pool, default_responder as twin_responder
 
 TOKENS = {Strategy.FLASH: 50.0, Strategy.CONCISE: 100.0, Strategy.DEEPTHINK: 400.0}  # output tokens, every model
 
-
-@lru_cache(maxsize=1)
-def pool():
-    return load_pool(DEFAULT_POOL)
 
 
 def models() -> list[str]:
@@ -275,12 +271,6 @@ def test_planners():
 # The oracle's forecaster against reality
 # ---------------------------------------------------------------------------------------------------------------
 
-
-@lru_cache(maxsize=1)
-def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(pool())
 
 
 def probe(model: str, strategy: Strategy) -> GenerationRequest:

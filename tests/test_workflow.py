@@ -4,11 +4,9 @@ determinism, traces."""
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 
 import pytest
 
-from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.engines.twin.protocols import Response
 from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult
 from sysaware.orchestration.executors import FixedExecutor, RandomExecutor
@@ -27,18 +25,9 @@ from sysaware.orchestration.workflow import (
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy
 from sysaware.tasks.sandbox import ExecutionResult, ExecutionStatus
+from twin_factories import default_pool as pool, default_responder as twin_responder
 
 
-@lru_cache(maxsize=1)
-def pool():
-    return load_pool(DEFAULT_POOL)
-
-
-@lru_cache(maxsize=1)
-def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(pool())
 
 
 def result_of(call: ModelCall, text: str, start_s: float = 0.0, end_s: float = 1.0) -> GenerationResult:

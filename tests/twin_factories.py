@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
-from sysaware.config import TwinSettings
+from sysaware.config import DEFAULT_POOL, PoolConfig, TwinSettings, load_pool
 from sysaware.engines.twin.core import CHAT_TEMPLATE_TOKENS_PER_MESSAGE, EventKind, TwinEngineCore
 from sysaware.engines.twin.protocols import BatchShape, Response
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
@@ -211,3 +212,17 @@ def assert_drained(core: TwinEngineCore) -> None:
     assert not core.has_work()
     assert core.requests == {}
     assert core.kv_cache.num_free_blocks == core.kv_cache.num_blocks
+
+
+@lru_cache(maxsize=1)
+def default_pool() -> PoolConfig:
+    """configs/pool_twin.yaml, parsed once per test process."""
+    return load_pool(DEFAULT_POOL)
+
+
+@lru_cache(maxsize=1)
+def default_responder():
+    """The real TwinResponder of the default pool, built once per test process (it loads the recordings)."""
+    from sysaware.engines.twin.responder import TwinResponder
+
+    return TwinResponder(default_pool())
