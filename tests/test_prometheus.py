@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sysaware.engines.types import FinishReason, GenerationResult, ReplicaStats
+from sysaware.engines.types import FinishReason, GenerationResult
 from sysaware.serving.prometheus import TTFT_BUCKETS_S, PoolMetrics
 from sysaware.serving.telemetry import TelemetryState
+from twin_factories import create_stats
 
 VLLM_SAMPLE_NAMES = {
     "vllm:num_requests_waiting",
@@ -22,23 +23,6 @@ VLLM_SAMPLE_NAMES = {
     "vllm:inter_token_latency_seconds_count",
     "vllm:e2e_request_latency_seconds_count",
 }
-
-
-def create_stats(replica_id: str, model: str, **fields) -> ReplicaStats:
-    values = {
-        "timestamp_s": 1.0,
-        "num_requests_waiting": 0,
-        "num_requests_running": 0,
-        "kv_cache_usage_perc": 0.0,
-        "ema_ttft_ms": 0.0,
-        "prompt_tokens_total": 0,
-        "generation_tokens_total": 0,
-        "num_preemptions_total": 0,
-        "requests_finished_total": 0,
-        "num_gpu_blocks": 1000,
-        "block_size": 16,
-    } | fields
-    return ReplicaStats(replica_id=replica_id, model=model, **values)
 
 
 def create_result(
@@ -59,11 +43,11 @@ def create_result(
 def telemetry_snapshot() -> dict:
     """A real TelemetryState snapshot of two replicas of model a and one of model b."""
     state = TelemetryState()
-    state.push(create_stats("app#a#0", "a", num_requests_waiting=3, num_requests_running=5, kv_cache_usage_perc=0.25,
-                            num_preemptions_total=2, prompt_tokens_total=900, generation_tokens_total=4000,
-                            requests_finished_total=12))  # fmt: skip
-    state.push(create_stats("app#a#1", "a", num_requests_running=1, kv_cache_usage_perc=0.5))
-    state.push(create_stats("app#b#0", "b"))
+    state.push(create_stats("app#a#0", "a", t=1.0, num_requests_waiting=3, num_requests_running=5,
+                            kv_cache_usage_perc=0.25, num_preemptions_total=2, prompt_tokens_total=900,
+                            generation_tokens_total=4000, requests_finished_total=12))  # fmt: skip
+    state.push(create_stats("app#a#1", "a", t=1.0, num_requests_running=1, kv_cache_usage_perc=0.5))
+    state.push(create_stats("app#b#0", "b", t=1.0))
     return state.snapshot()
 
 
@@ -136,7 +120,7 @@ def test_aborted_requests_are_not_observed():
 def test_a_stale_replica_is_flagged_and_a_silent_pool_renders_empty_families():
     now = [0.0]
     state = TelemetryState(stale_after_s=0.5, forget_after_s=60.0, clock=lambda: now[0], wall_clock=lambda: now[0])
-    state.push(create_stats("app#a#0", "a"))
+    state.push(create_stats("app#a#0", "a", t=1.0))
     now[0] = 10.0  # silent for 10 s, 20 push periods
     samples = parse(PoolMetrics().render(state.snapshot()))
     assert value(samples, "sysaware:replica_stale", model_name="a", replica="app#a#0") == 1

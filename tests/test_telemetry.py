@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from sysaware.engines.types import ReplicaStats
 from sysaware.serving.telemetry import TelemetryState
+from twin_factories import create_stats
 
 
 class FakeClock:
@@ -24,23 +24,6 @@ def create_state(**overrides) -> tuple[TelemetryState, FakeClock]:
     clock = FakeClock()
     settings = {"stale_after_s": 0.5, "history_len": 5, "rate_window_s": 1.0} | overrides
     return TelemetryState(clock=clock, wall_clock=clock, **settings), clock
-
-
-def create_stats(replica_id: str = "m#0", model: str = "m", t: float = 0.0, **fields) -> ReplicaStats:
-    """Stats of an idle replica at engine time ``t``, with any field overridden."""
-    values = {
-        "num_requests_waiting": 0,
-        "num_requests_running": 0,
-        "kv_cache_usage_perc": 0.0,
-        "ema_ttft_ms": 0.0,
-        "prompt_tokens_total": 0,
-        "generation_tokens_total": 0,
-        "num_preemptions_total": 0,
-        "requests_finished_total": 0,
-        "num_gpu_blocks": 1000,
-        "block_size": 16,
-    } | fields
-    return ReplicaStats(replica_id=replica_id, model=model, timestamp_s=t, **values)
 
 
 def test_snapshot_aggregates_each_model_over_its_replicas():

@@ -17,7 +17,7 @@ import numpy as np
 from sysaware.config import DEFAULT_POOL, PoolConfig, TwinSettings, load_pool
 from sysaware.engines.twin.core import CHAT_TEMPLATE_TOKENS_PER_MESSAGE, EventKind, TwinEngineCore
 from sysaware.engines.twin.protocols import BatchShape, Response
-from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
+from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 
 MODEL = "fake-model"
 CHARS_PER_TOKEN = 4  # the fake answers' text length per token, so truncation is checkable
@@ -226,3 +226,20 @@ def default_responder():
     from sysaware.engines.twin.responder import TwinResponder
 
     return TwinResponder(default_pool())
+
+
+def create_stats(replica_id: str = "m#0", model: str = "m", t: float = 0.0, **fields) -> ReplicaStats:
+    """Stats of an idle replica at engine time ``t``, with any field overridden."""
+    values = {
+        "num_requests_waiting": 0,
+        "num_requests_running": 0,
+        "kv_cache_usage_perc": 0.0,
+        "ema_ttft_ms": 0.0,
+        "prompt_tokens_total": 0,
+        "generation_tokens_total": 0,
+        "num_preemptions_total": 0,
+        "requests_finished_total": 0,
+        "num_gpu_blocks": 1000,
+        "block_size": 16,
+    } | fields
+    return ReplicaStats(replica_id=replica_id, model=model, timestamp_s=t, **values)
