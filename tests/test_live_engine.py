@@ -13,11 +13,12 @@ from functools import lru_cache
 import pytest
 
 from sysaware.config import DEFAULT_POOL, Backend, PoolConfig, load_pool
-from sysaware.engines.twin.core import EventKind, TwinEngineCore
+from sysaware.engines.twin.core import TwinEngineCore
 from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest, GenerationResult
 from sysaware.serving.live_engine import LiveTwinEngine, StreamChunk, build_engine, shared_responder
 from sysaware.tasks.mbpp import load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
+from twin_factories import drive
 
 TIME_SCALE = 20.0  # engine seconds per wall second: a ~1 s (engine) answer streams in ~50 ms
 
@@ -58,22 +59,7 @@ def create_request(task_index: int, request_id: str | None = None, seed: int = 0
 def simulate(arrivals: list[tuple[float, GenerationRequest]]) -> dict[str, GenerationResult]:
     """The same requests at the same engine-clock arrival times on a fresh core with a virtual clock (an arrival
     bounds the step before it, as in sysaware.sim): the reference the live driver must reproduce."""
-    core = create_core("sim-0")
-    pending = sorted(arrivals, key=lambda a: a[0])
-    results, now, i = {}, 0.0, 0
-    while i < len(pending) or core.has_work():
-        while i < len(pending) and pending[i][0] <= now:
-            core.add_request(pending[i][1], pending[i][0])
-            i += 1
-        if not core.has_work():
-            now = pending[i][0]
-            continue
-        outcome = core.step(now, pending[i][0] if i < len(pending) else None)
-        now += outcome.duration_s
-        for event in outcome.events:
-            if event.kind is EventKind.FINISHED:
-                results[event.request_id] = event.result
-    return results
+    return drive(create_core("sim-0"), arrivals).results
 
 
 def simulate_alone(request: GenerationRequest) -> GenerationResult:

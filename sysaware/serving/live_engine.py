@@ -260,7 +260,8 @@ class LiveTwinEngine:
         horizon = start + self.max_run_s
         outcome = self.core.step(start, horizon if until is None else min(until, horizon))
         self.driver_stats.steps += 1
-        self._step = _StepInFlight(start, start + outcome.duration_s, outcome.num_iterations > 1)
+        # The core's own end time (it adds step durations one by one), not start + duration: bit-identical to sim.
+        self._step = _StepInFlight(start, outcome.end_s, outcome.num_iterations > 1)
 
     def _finish_step(self) -> None:
         """The step in flight has ended (on the engine clock): hand its events out."""
