@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import free_port
+from serve_factories import deployed, two_model_pool
 
-from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.orchestration.executors import FixedExecutor
 from sysaware.orchestration.live_driver import LiveDriver
 from sysaware.orchestration.planners import FixedPlanner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.topology import chain
 from sysaware.orchestration.workflow import Workflow, WorkflowState
-from sysaware.serving.app import build_app, deploy, select_models
 from sysaware.tasks.mbpp import get_task
 
 APP = "test-live-driver"
@@ -29,9 +27,6 @@ SEED = 7
 SLO_S = 120.0  # engine s
 
 
-def create_pool():
-    base = load_pool(DEFAULT_POOL)
-    return select_models(base, [m.name for m in base.models[:2]], replicas=1)
 
 
 def create_planner() -> FixedPlanner:
@@ -43,15 +38,7 @@ def create_planner() -> FixedPlanner:
 
 @pytest.fixture(scope="module")
 def live(ray_session):
-    from ray import serve
-
-    from sysaware.serving.telemetry import get_or_create_telemetry
-
-    pool = create_pool()
-    deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
-    handles = {m.name: serve.get_deployment_handle(m.name, app_name=APP) for m in pool.models}
-    yield pool, handles, get_or_create_telemetry()
-    serve.delete(APP)
+    yield from deployed(two_model_pool(), APP, TIME_SCALE)
 
 
 def test_live_chain_runs_the_workflow_and_matches_the_simulated_twin(live):

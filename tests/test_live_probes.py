@@ -9,23 +9,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from serve_factories import deployed, two_model_pool
 
-from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset, load_prompt_rows
 from sysaware.pipelines.collect_prompts import CollectSettings, collect_prompts
 from sysaware.pipelines.live_probes import LiveProbeBackend
 from sysaware.pipelines.metrics_schema import validate
 from sysaware.pipelines.probes import PromptPoolFactory
-from sysaware.serving.app import build_app, deploy, select_models
 
 APP = "test-live-probes"
 TIME_SCALE = 20.0  # engine seconds per wall second: a level of a dozen probes takes a second or two
 
 
-def create_pool():
-    base = load_pool(DEFAULT_POOL)
-    return select_models(base, [m.name for m in base.models[:2]], replicas=1)
 
 
 def create_settings(levels: tuple[int, ...]) -> MetricsSettings:
@@ -35,20 +30,12 @@ def create_settings(levels: tuple[int, ...]) -> MetricsSettings:
 @pytest.fixture(scope="module")
 def prompts_csv(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("phase1")
-    return collect_prompts(create_pool(), out, CollectSettings(runs_per_task=1, num_tasks=1), progress=False)
+    return collect_prompts(two_model_pool(), out, CollectSettings(runs_per_task=1, num_tasks=1), progress=False)
 
 
 @pytest.fixture(scope="module")
 def live(ray_session):
-    from ray import serve
-
-    from sysaware.serving.telemetry import get_or_create_telemetry
-
-    pool = create_pool()
-    deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
-    handles = {m.name: serve.get_deployment_handle(m.name, app_name=APP) for m in pool.models}
-    yield pool, handles, get_or_create_telemetry()
-    serve.delete(APP)
+    yield from deployed(two_model_pool(), APP, TIME_SCALE)
 
 
 def test_live_collection_is_valid_and_matches_the_simulated_answers(live, prompts_csv, tmp_path):
