@@ -14,8 +14,9 @@ LEVELS = (1, 10, 50, 150)
 
 
 def make_phase2(prompts: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Every prompt x strategy x model x level. TTFT grows with queue_waiting (the queueing past the knee), TPOT
-    with queue_running; ema_ttft_ms is a smoothed, lagging view of TTFT, so it is informative but not exact."""
+    """Every prompt x strategy x model x level. TTFT grows with queue_waiting (the queueing past the knee) and with
+    the wait for the in-progress step (step_remaining_ms), TPOT with queue_running; ema_ttft_ms is a smoothed,
+    lagging view of TTFT, so it is informative but not exact."""
     rng = np.random.default_rng(seed)
     rows = []
     texts = [f"Write a function number {i} that returns the {['sum', 'product', 'maximum', 'sorted list'][i % 4]} "
@@ -29,7 +30,9 @@ def make_phase2(prompts: int = 40, seed: int = 0) -> pd.DataFrame:
                     running = int(min(n, 64) + rng.integers(0, 3))
                     waiting = int(max(0, n - 64) + rng.integers(0, 3) * (n > 64))
                     kv = min(1.0, running / 80)
-                    ttft = (15 + 0.05 * in_tokens + 12.0 * waiting + 0.2 * running) * rng.lognormal(0, 0.1)
+                    step_ms = base_tpot * (1 + running / 40)
+                    remaining = step_ms * rng.uniform()
+                    ttft = (15 + remaining + 0.05 * in_tokens + 12.0 * waiting + 0.2 * running) * rng.lognormal(0, 0.1)
                     tpot = base_tpot * (1 + running / 40) * rng.lognormal(0, 0.05)
                     tokens = max(2, int(mean_tokens * (1 + 0.5 * (p % 3)) * rng.lognormal(0, 0.2)))
                     t += 0.01
@@ -38,12 +41,13 @@ def make_phase2(prompts: int = 40, seed: int = 0) -> pd.DataFrame:
                         "role_id": ROLES[p % 2], "strategy_id": strategy, "concurrency": n,
                         "replica_id": f"{model}/0", "queue_waiting": waiting, "queue_running": running,
                         "kv_utilization": kv, "ema_ttft_ms": ttft * rng.lognormal(0, 0.35),
+                        "step_ms": step_ms, "step_remaining_ms": remaining, "step_tokens": running,
                         "total_input_tokens": in_tokens, "output_tokens": tokens, "actual_ttft": ttft,
                         "actual_tpot": tpot, "queue_ms": 0.0, "e2e_ms": ttft + tokens * tpot, "submitted_at": t,
                         "prompt_text": text,
                     })
     df = pd.DataFrame(rows)
-    for c in ("concurrency", "queue_waiting", "queue_running", "total_input_tokens", "output_tokens"):
+    for c in ("concurrency", "queue_waiting", "queue_running", "step_tokens", "total_input_tokens", "output_tokens"):
         df[c] = df[c].astype("int32")
     return df
 

@@ -47,6 +47,9 @@ def make_dataset(prompts: int = 20, seed: int = 0, ttft_per_waiting_ms: float = 
                             "queue_running": running,
                             "kv_utilization": min(1.0, 0.01 * level + 0.02 * waiting + rng.uniform(0, 0.05)),
                             "ema_ttft_ms": ttft,
+                            "step_ms": 10.0,
+                            "step_remaining_ms": 5.0,
+                            "step_tokens": running,
                             "total_input_tokens": int(rng.integers(200, 800)),
                             "output_tokens": tokens,
                             "actual_ttft": ttft,
@@ -57,7 +60,7 @@ def make_dataset(prompts: int = 20, seed: int = 0, ttft_per_waiting_ms: float = 
                         }
                     )
     df = pd.DataFrame(rows)
-    for name in ("concurrency", "queue_waiting", "queue_running", "total_input_tokens", "output_tokens"):
+    for name in ("concurrency", "queue_waiting", "queue_running", "step_tokens", "total_input_tokens", "output_tokens"):
         df[name] = df[name].astype("int32")
     return df
 

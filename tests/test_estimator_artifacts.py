@@ -31,7 +31,7 @@ def data():
 
 def saved_latency(tmp_path: Path) -> Path:
     train, val = data()
-    return train_latency(train, val, TINY).save(tmp_path / "latency-v1")
+    return train_latency(train, val, TINY).save(tmp_path / "latency-v2")
 
 
 def test_round_trip_predicts_the_same(tmp_path):
@@ -94,6 +94,7 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
 
     class State:
         queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 2, 30, 0.4, 80.0
+        step_remaining_ms, step_ms, step_tokens = 6.0, 14.0, 30
 
     candidates = [(m, s) for m in MODELS for s in ("flash", "concise", "deepthink")]
     states = {m: State() for m in MODELS}
@@ -109,6 +110,7 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     model = next(iter(MODELS))
     row = val.head(1).assign(model_id=model, role_id="programmer", strategy_id="deepthink", queue_waiting=2,
                              queue_running=30, kv_utilization=0.4, ema_ttft_ms=80.0, total_input_tokens=90,
+                             step_remaining_ms=6.0, step_ms=14.0, step_tokens=30,
                              prompt_text="Write a function to add two numbers.")
     ref_lat, ref_len = lat.predict_frame(row)[0], length.predict_frame(row)[0]
     mine = next(c for c in first if c.model == model and c.strategy == "deepthink")
@@ -127,6 +129,7 @@ from sysaware.estimators.predictor import SystemEstimator
 
 class State:
     queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 0, 8, 0.1, 40.0
+    step_remaining_ms, step_ms, step_tokens = 5.0, 9.0, 8
 
 pool = load_pool(DEFAULT_POOL)
 models = [m.name for m in pool.models]
@@ -159,9 +162,9 @@ def test_cli_trains_then_reports_on_a_phase2_run(tmp_path):
     out = tmp_path / "artifacts"
     trained = CliRunner().invoke(app, ["train-estimators", "--data", str(data), "--out", str(out), "--epochs", "2"])
     assert trained.exit_code == 0, trained.output
-    assert (out / "latency-v1" / "weights.pt").exists() and (out / "length-v1" / "weights.pt").exists()
-    report = CliRunner().invoke(app, ["estimator-report", "--data", str(data), "--latency-dir", str(out / "latency-v1"),
-                                      "--length-dir", str(out / "length-v1"), "--plots", str(tmp_path / "plots")])
+    assert (out / "latency-v2" / "weights.pt").exists() and (out / "length-v2" / "weights.pt").exists()
+    report = CliRunner().invoke(app, ["estimator-report", "--data", str(data), "--latency-dir", str(out / "latency-v2"),
+                                      "--length-dir", str(out / "length-v2"), "--plots", str(tmp_path / "plots")])
     assert report.exit_code == 0, report.output
     assert "latency=yes, length=yes" in report.output  # trained on the report's train half: test prompts unseen
     assert "N=150" in report.output and "headline: ttft_mape=" in report.output

@@ -10,7 +10,7 @@ import pytest
 from sysaware.engines.twin.core import EventKind
 from sysaware.engines.twin.protocols import BatchShape
 from sysaware.engines.twin.request import RequestStatus
-from sysaware.engines.types import FinishReason
+from sysaware.engines.types import FinishReason, step_remaining_ms
 
 from twin_factories import (
     FakeResponder,
@@ -683,6 +683,38 @@ def test_stats_inside_a_run_are_those_of_single_steps():
         assert fast.stats((start + end) / 2) == slow.stats((start + end) / 2), (start + end) / 2
     assert fast.stats(out.end_s) == slow.stats(out.end_s)
     assert fast.stats(out.end_s).num_requests_running == 2
+
+
+def test_stats_report_the_step_in_progress_as_an_engine_knows_it():
+    # A new request waits for the in-progress step to end: stats carry how long that step has run, the previous
+    # step's duration (its only estimate before it ends) and its scheduled tokens, identical fast-forwarded or not.
+    core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
+    for r in create_requests(3, prompt_tokens=[30, 47, 16]):
+        core.add_request(r, 0.0)
+    out = core.step(0.0, run_after_prefill=True)
+    ends = core._last_run.times_s
+    prefill_end = core._last_run.run_start_s
+
+    inside_prefill = core.stats(prefill_end / 2)
+    assert inside_prefill.step_tokens == 30 + 47 + 16  # the three prompts, prefilled in one step
+    assert inside_prefill.step_elapsed_ms == pytest.approx(prefill_end / 2 * 1e3)
+    assert inside_prefill.step_ms == 0.0  # no step ran before it: nothing to expect from
+
+    start, end = ends[4], ends[5]  # step 6 of the call, a decode of the three sequences
+    mid = (start + end) / 2
+    s = core.stats(mid)
+    assert s.step_tokens == 3
+    assert s.step_elapsed_ms == pytest.approx((mid - start) * 1e3)
+    assert s.step_ms == pytest.approx((start - ends[3]) * 1e3)
+    # decode steps of one batch last nearly the same: the expected wait is the true one to within a percent
+    assert step_remaining_ms(s.step_elapsed_ms, s.step_ms) == pytest.approx((end - mid) * 1e3, rel=0.01)
+    # pushed telemetry read two steps later: extrapolated over equal steps, the phase is still known
+    later = step_remaining_ms(s.step_elapsed_ms, s.step_ms, age_s=2 * (end - start))
+    assert later == pytest.approx((end - mid) * 1e3, rel=0.05)
+
+    assert core.stats(start).step_ms == 0.0  # on a boundary the next step has not started: no wait
+    idle = core.stats(out.end_s + 1.0)
+    assert (idle.step_elapsed_ms, idle.step_ms, idle.step_tokens) == (0.0, 0.0, 0)
 
 
 def test_old_iteration_times_are_forgotten_but_results_stay_whole(monkeypatch):

@@ -95,6 +95,23 @@ class ReplicaStats:
     requests_finished_total: int  # vllm:request_success_total
     num_gpu_blocks: int  # KV cache capacity, blocks
     block_size: int  # tokens per block
+    # The engine step in progress at timestamp_s (0 and 0 when idle). A new request waits for it to end before its
+    # prefill can start, up to a whole step: at N>=10 that wait is most of the TTFT noise the gauges cannot see.
+    step_elapsed_ms: float = 0.0  # time since the in-progress step began
+    step_ms: float = 0.0  # its expected duration: the previous step's, all an engine knows before the step ends
+    step_tokens: int = 0  # tokens scheduled in it (decodes + prefill chunks): vllm:iteration_tokens_total's sample
+
+
+def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> float:
+    """Expected time until the in-progress step ends, seen ``age_s`` after the stats were taken.
+
+    Stats that are older than one step (pushed telemetry) are extrapolated as a steady run of equal steps: decode
+    steps of one batch last nearly the same, so the phase inside the current step is still a fair guess.
+    """
+    if step_ms <= 0.0:
+        return 0.0
+    elapsed = step_elapsed_ms + max(age_s, 0.0) * 1e3
+    return step_ms - elapsed % step_ms
 
 
 class Engine(Protocol):

@@ -1,7 +1,7 @@
 """Versioned artifact directories: weights, feature spec (with normalisation), hyper-parameters, metrics, data
 fingerprint. Loading checks the spec against the code's and fails with a clear message on mismatch.
 
-Layout of one directory (e.g. ``resources/estimators/latency-v1``)::
+Layout of one directory (e.g. ``resources/estimators/latency-v2``)::
 
     weights.pt         torch state_dict of QuantileMLP
     feature_spec.json  columns, vocabularies, embedding model, quantiles, normalisation, spec version

@@ -24,6 +24,9 @@ class ReplicaStateLike(Protocol):
     queue_running: int
     kv_utilization: float  # fraction
     ema_ttft_ms: float
+    step_remaining_ms: float  # expected wait for the replica's in-progress step (engines.types.step_remaining_ms)
+    step_ms: float  # the replica's latest step duration
+    step_tokens: int  # tokens scheduled in its in-progress step
 
 
 @dataclass(frozen=True)

@@ -120,15 +120,18 @@ class LiveDriver:
             prefix = f"{handle.app_name}#{handle.deployment_name}#"
             for rid, view in raw.get("replicas", {}).items():
                 if rid.startswith(prefix) and not view["stale"]:
-                    stats.append(replica_stats(rid, model, view))
+                    stats.append(replica_stats(rid, model, view, self.time_scale))
         snapshot = self.tracker.snapshot(now, stats)
         for model in self.handles:
             snapshot.models.setdefault(model, ModelLoad(model, 0, 0, 0, 0.0, 0.0, None, None))
         return snapshot
 
 
-def replica_stats(replica_id: str, model: str, view: dict) -> ReplicaStats:
-    """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as."""
+def replica_stats(replica_id: str, model: str, view: dict, time_scale: float = 1.0) -> ReplicaStats:
+    """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as; the in-progress step's
+    elapsed time is carried forward by the view's age (wall s x ``time_scale``), so ``step_remaining_ms`` reads it
+    at the time the snapshot was taken, not when the replica pushed it."""
+    age_ms = view.get("age_s", 0.0) * time_scale * 1e3
     return ReplicaStats(
         replica_id=replica_id,
         model=model,
@@ -143,6 +146,9 @@ def replica_stats(replica_id: str, model: str, view: dict) -> ReplicaStats:
         requests_finished_total=view["requests_finished_total"],
         num_gpu_blocks=view["num_gpu_blocks"],
         block_size=view["block_size"],
+        step_elapsed_ms=view.get("step_elapsed_ms", 0.0) + age_ms,
+        step_ms=view.get("step_ms", 0.0),
+        step_tokens=view.get("step_tokens", 0),
     )
 
 

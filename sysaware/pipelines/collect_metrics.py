@@ -29,7 +29,7 @@ import pandas as pd
 
 from sysaware.config import PoolConfig
 from sysaware.engines.twin.protocols import Responder
-from sysaware.engines.types import GenerationRequest
+from sysaware.engines.types import GenerationRequest, step_remaining_ms
 from sysaware.pipelines import dataset_store as store
 from sysaware.pipelines.collect_prompts import read_existing
 from sysaware.pipelines.probes import (
@@ -144,6 +144,9 @@ def outcome_row(spec: ProbeSpec, outcome: ProbeOutcome) -> dict:
         "queue_running": state.num_requests_running,
         "kv_utilization": float(state.kv_cache_usage_perc),
         "ema_ttft_ms": float(state.ema_ttft_ms),
+        "step_ms": float(state.step_ms),
+        "step_remaining_ms": step_remaining_ms(state.step_elapsed_ms, state.step_ms),
+        "step_tokens": state.step_tokens,
         "total_input_tokens": r.prompt_tokens,
         "output_tokens": r.output_tokens,
         "actual_ttft": math.nan if r.ttft_s is None else r.ttft_s * 1e3,

@@ -144,7 +144,7 @@ class LiveProbeBackend:
         for model, handle in self.handles.items():
             prefix = f"{handle.app_name}#{handle.deployment_name}#"
             out[model] = {
-                rid: replica_stats(rid, model, view)
+                rid: replica_stats(rid, model, view, self.time_scale)
                 for rid, view in raw.get("replicas", {}).items()
                 if rid.startswith(prefix)
             }

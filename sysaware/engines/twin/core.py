@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from functools import lru_cache
 from itertools import accumulate
@@ -145,6 +145,8 @@ class TwinEngineCore:
         self._has_ttft = False
         self.last_outcome: StepOutcome | None = None  # what the latest step() (or truncate()) returned
         self._last_run: _LastRun | None = None
+        self._step_before_call_s = 0.0  # the iteration before the latest step() call, s (what stats() expects next)
+        self._first_step_tokens = 0  # tokens scheduled in the latest call's first iteration, when not a decode run
 
     @classmethod
     def for_deployment(
@@ -272,12 +274,14 @@ class TwinEngineCore:
         scheduler = self.scheduler
         if not scheduler.has_work():
             raise RuntimeError("step() called with no request waiting or running; check has_work() first")
+        self._step_before_call_s = self._last_iteration_s()
         self._last_run = None
         self._compact_timeline()
         if scheduler.next_step_is_steady():
             return self._fast_forward(now, now, until, [], 0)
 
         out = scheduler.schedule(now)
+        self._first_step_tokens = out.num_tokens
         events = [EngineEvent(_PREEMPTED, r.request_id, now) for r in out.preempted]
         if not out.num_tokens:
             # The request that needed a block preempted itself: nothing runs this iteration.
@@ -407,6 +411,7 @@ class TwinEngineCore:
                 generation_tokens -= run.num_seqs * (run.num_steps - keep)
                 num_running += len(run.finished)
                 requests_finished -= len(run.finished)
+        step_start, step_estimate_s, step_tokens = self._step_in_progress(now)
         return ReplicaStats(
             replica_id=self.replica_id,
             model=self.model,
@@ -421,7 +426,45 @@ class TwinEngineCore:
             requests_finished_total=requests_finished,
             num_gpu_blocks=pool.num_blocks,
             block_size=pool.block_size,
+            step_elapsed_ms=(now - step_start) * 1e3,
+            step_ms=step_estimate_s * 1e3,
+            step_tokens=step_tokens,
         )
+
+    def _step_in_progress(self, now: float) -> tuple[float, float, int]:
+        """(start, expected duration, scheduled tokens) of the iteration running at ``now``; (now, 0, 0) when the
+        engine is idle then.
+
+        The expected duration is the previous iteration's, as a real engine would know it (its own step time is
+        only known once it ends): exact inside a decode run, short of a step that admits a prefill.
+        """
+        outcome = self.last_outcome
+        if outcome is None or outcome.end_s is None or now >= outcome.end_s or outcome.num_iterations == 0:
+            return now, 0.0, 0
+        last = self._last_run
+        if last is None:  # a single iteration
+            return outcome.end_s - outcome.duration_s, self._step_before_call_s, self._first_step_tokens
+        before_run = last.run_start_s - last.call_start_s if last.prefix_iterations else self._step_before_call_s
+        if now < last.run_start_s:  # the step the call began with, before the run
+            return last.call_start_s, self._step_before_call_s, self._first_step_tokens
+        times, num_seqs = last.times_s, last.run.num_seqs  # a decode run schedules one token per sequence
+        k = bisect_right(times, now)
+        if (times[k - 1] if k else last.run_start_s) == now and (k or last.prefix_iterations):
+            return now, 0.0, 0  # on a boundary, as one-iteration stepping sees it between two calls
+        if k == 0:
+            return last.run_start_s, before_run, num_seqs
+        start = times[k - 1]
+        return start, start - (times[k - 2] if k >= 2 else last.run_start_s), num_seqs
+
+    def _last_iteration_s(self) -> float:
+        """Duration of the latest call's last iteration (0 before any)."""
+        outcome, last = self.last_outcome, self._last_run
+        if last is not None:
+            times = last.times_s
+            return times[-1] - (times[-2] if len(times) >= 2 else last.run_start_s)
+        if outcome is None or outcome.num_iterations == 0:
+            return self._step_before_call_s
+        return outcome.duration_s
 
 
 def _run_steps_started_before(last: _LastRun, t: float) -> int:
