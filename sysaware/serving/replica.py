@@ -158,23 +158,36 @@ class LLMReplica:
                 delay = 0.0
             await asyncio.sleep(delay)
 
-    def __del__(self) -> None:
+    def __del__(self):
         """Graceful stop (Serve calls it on scale-down or delete): stop pushing and leave the snapshot, so only a
-        replica that died is ever reported stale."""
+        replica that died is ever reported stale.
+
+        Inside a running loop it returns a coroutine, which Serve awaits before the actor exits: a fire-and-forget
+        ``forget`` could still be unsent when the process goes, leaving the replica in the snapshot until it
+        turns stale.
+        """
         if self._closed:
-            return
+            return None
         self._closed = True
         task = self._push_task
         if task is not None and not task.done():
             task.cancel()
         try:
-            if self._telemetry is not None:
-                self._telemetry.forget.remote(self.replica_id)
-            close = getattr(self.engine, "close", None)
-            if close is not None:
-                asyncio.get_running_loop().create_task(close())
-        except Exception:  # no loop or no Ray any more (interpreter exit): nothing left to tidy
-            pass
+            asyncio.get_running_loop()
+        except RuntimeError:  # garbage collection outside a loop (interpreter exit): nothing left to tidy
+            return None
+        return self._leave()
+
+    async def _leave(self) -> None:
+        """Leave the telemetry snapshot (waited for, bounded) and close the engine."""
+        if self._telemetry is not None:
+            try:
+                await asyncio.wait_for(self._telemetry.forget.remote(self.replica_id), timeout=2.0)
+            except Exception as e:  # the actor is gone or slow: the replica turns stale and is forgotten later
+                logger.warning("%s: could not leave the telemetry snapshot: %r", self.replica_id, e)
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            await close()
 
 
 def deployment_for(
