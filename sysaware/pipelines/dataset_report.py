@@ -31,6 +31,7 @@ STATE: tuple[tuple[str, str], ...] = (
     ("queue_waiting", "q_wait"),
     ("queue_running", "q_run"),
     ("kv_utilization", "KV use"),
+    ("step_remaining_ms", "step wait"),  # the wait for the in-progress engine step: TTFT's share below the knee
 )
 QUANTILES = (0.5, 0.9, 0.99)
 ALL_LEVELS = "all"  # the concurrency label of the rows pooled over every level
