@@ -44,6 +44,9 @@ class ReplicaState:
     queue_running: int  # requests
     kv_utilization: float  # fraction
     ema_ttft_ms: float
+    step_remaining_ms: float
+    step_ms: float
+    step_tokens: int  # tokens
 
 
 def mbpp_prompts(limit: int) -> list[str]:
@@ -61,8 +64,12 @@ def csv_prompts(path: Path, limit: int) -> list[str]:
 
 
 def random_states(models: list[str], rng: random.Random) -> dict[str, ReplicaState]:
-    return {m: ReplicaState(rng.randint(0, 20), rng.randint(1, 64), rng.uniform(0.05, 0.9), rng.uniform(30, 800))
-            for m in models}
+    states = {}
+    for m in models:
+        step_ms = rng.uniform(8, 60)
+        states[m] = ReplicaState(rng.randint(0, 20), rng.randint(1, 64), rng.uniform(0.05, 0.9), rng.uniform(30, 800),
+                                 rng.uniform(0, step_ms), step_ms, rng.randint(1, 2048))
+    return states
 
 
 def time_calls(estimator: SystemEstimator, prompts: list[str], states: list[dict], candidates) -> np.ndarray:

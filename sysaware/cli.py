@@ -532,7 +532,7 @@ def collect_metrics_cmd(
 def train_estimators_cmd(
     data: list[Path] = typer.Option(..., "--data", help="Phase 2 run folder(s) from collect-metrics (repeatable)."),
     out: Path | None = typer.Option(None, help="Folder for latency-v*/ and length-v*/ (default: shipped resources)."),
-    epochs: int = typer.Option(30, min=1),
+    epochs: int = typer.Option(50, min=1),
     seed: int = typer.Option(0),
 ) -> None:
     """Train F_lat (TTFT/TPOT) and F_len (output tokens) on the train half of the prompt split; save the artifacts."""

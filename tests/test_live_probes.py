@@ -59,6 +59,9 @@ def test_live_collection_is_valid_and_matches_the_simulated_answers(live, prompt
     # With background clients running, the replica that served a probe was busy when it arrived.
     loaded = df[df.concurrency == 4]
     assert (loaded.queue_running + loaded.queue_waiting).min() >= 1
+    # ... and the engine step it was in reached the dataset through telemetry, its wait extrapolated to submission
+    assert (loaded.step_ms > 0).any() and (loaded.step_tokens > 0).any()
+    assert ((loaded.step_remaining_ms >= 0) & (loaded.step_remaining_ms <= loaded.step_ms)).all()
 
     collect_metrics(pool, prompts_csv, tmp_path / "sim", create_settings(levels=(1,)), progress=False)
     sim = load_dataset(tmp_path / "sim").set_index("probe_key")

@@ -29,7 +29,7 @@ class TrainConfig:
     dropout: float = 0.1
     emb_dim: int = 8  # size of each role / model / strategy embedding
     batch_size: int = 256
-    epochs: int = 30
+    epochs: int = 50
     seed: int = 0
     quantiles: tuple[float, ...] = (0.5, 0.9)
     weight_decay: float = 1e-5
