@@ -15,6 +15,10 @@ from sysaware.tasks.mbpp import MbppTask
 # Verdicts kept per task: far more than the distinct lines of its answers in a long run; a bound all the same,
 # since answers may quote prompts (a fixer quotes the failing test line).
 _MAX_LINES_PER_TASK = 1 << 14
+# Filtered answers kept per task: a simulated cluster's background load meets ~100 distinct answer texts per task
+# in a few virtual minutes (nine in ten answers are a text seen before); a bound, since reviews combine freely.
+_MAX_ANSWERS_PER_TASK = 1 << 10
+_UNSEEN = object()  # not in a memo (None is a value there)
 
 
 class AssertGuard:
@@ -36,6 +40,7 @@ class AssertGuard:
             hidden.append(body if len(body) >= 8 else squeezed)
         self.hidden = tuple(hidden)  # each hidden assert's expression (the whole assert when it is short)
         self._leaks: dict[str, bool] = {}
+        self._filtered: dict[str, CountedText | None] = {}  # answer text -> the filtered answer (None: unchanged)
 
     def leaks(self, line: str) -> bool:
         """Whether ``line`` shows a hidden assert (the example is cut out of the line first)."""
@@ -54,6 +59,28 @@ class AssertGuard:
         return bool(self.hidden) and (
             self.example_body in squeezed_text or any(h in squeezed_text for h in self.hidden)
         )
+
+    def filtered(self, answer: CountedText) -> CountedText:
+        """``answer`` without the lines that leak, recounted only when a line was dropped.
+
+        Remembered per answer text: most answers are texts seen before (cached pieces, or the same pieces joined
+        again), and a dictionary hit costs less than even the ``may_leak`` searches. The result is a function of
+        the text alone, so the memo changes nothing.
+        """
+        memo = self._filtered
+        result = memo.get(answer.text, _UNSEEN)
+        if result is not _UNSEEN:
+            return answer if result is None else result
+        result = None
+        if self.may_leak(answer.squeezed):
+            lines = answer.text.split("\n")
+            kept = [line for line in lines if not self.leaks(line)]
+            if len(kept) != len(lines):
+                result = counted("\n".join(kept))
+        if len(memo) >= _MAX_ANSWERS_PER_TASK:
+            memo.clear()
+        memo[answer.text] = result
+        return answer if result is None else result
 
 
 @lru_cache(maxsize=4096)
@@ -76,9 +103,4 @@ def strip_hidden_asserts(text: str, task: MbppTask) -> str:
 
 def without_hidden_asserts(answer: CountedText, task: MbppTask) -> CountedText:
     """``strip_hidden_asserts`` of a counted answer, recounted only when a line was dropped."""
-    guard = assert_guard(task)
-    if not guard.may_leak(answer.squeezed):
-        return answer
-    lines = answer.text.split("\n")
-    kept = [line for line in lines if not guard.leaks(line)]
-    return answer if len(kept) == len(lines) else counted("\n".join(kept))
+    return assert_guard(task).filtered(answer)

@@ -96,16 +96,38 @@ class TwinResponder:
         self.profiles = {m.name: build_profile(m, self.irt, self.params) for m in pool.models}
         self.outcomes = Outcomes(self.params, self.irt)
         self.situation = lru_cache(maxsize=SITUATION_CACHE_SIZE)(self._situation)
+        # (id(messages), model) -> (messages, situation): see _situation_of.
+        self._situation_by_identity: dict[tuple[int, str], tuple[tuple[ChatMessage, ...], Situation]] = {}
 
     # --- the protocol ---------------------------------------------------------------------------------------
     def respond(self, request: GenerationRequest) -> Response:
-        situation = self.situation(request.model, tuple(request.messages))
+        situation = self._situation_of(request.model, request.messages)
         answer = self._answer(situation, request)
         text = answer.text.strip()
         if not text:
             answer = counted(_EMPTY_ANSWER)
             text = answer.text
         return Response(text=text, output_tokens=max(answer.tokens, 1))  # strip() removes no tokens
+
+    def _situation_of(self, model: str, messages: tuple[ChatMessage, ...] | list[ChatMessage]) -> Situation:
+        """``self.situation(model, messages)``, found by the identity of the messages tuple when it was seen before.
+
+        Request factories and agents resend the very same tuple, and the lru_cache's key would hash it again every
+        time: ChatMessage's dataclass ``__hash__`` runs Python code per message (about a fifth of a warm
+        ``respond()``). The entry keeps its tuple alive, so its id cannot be reused by another object while the
+        entry exists; only tuples qualify (a list could change under the same id).
+        """
+        if type(messages) is not tuple:
+            return self.situation(model, tuple(messages))
+        key = (id(messages), model)
+        entry = self._situation_by_identity.get(key)
+        if entry is not None:
+            return entry[1]
+        situation = self.situation(model, messages)
+        if len(self._situation_by_identity) >= SITUATION_CACHE_SIZE:
+            self._situation_by_identity.clear()  # rare (new prompts only): a bound, not an eviction policy
+        self._situation_by_identity[key] = (messages, situation)
+        return situation
 
     def _situation(self, model: str, messages: tuple[ChatMessage, ...]) -> Situation:
         profile = self.profiles.get(model)
