@@ -36,7 +36,9 @@ from sysaware.tasks.prompts import RoleKind, Strategy
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+# Read-only by convention, not frozen: one is built per request, and a frozen dataclass's __init__ costs several
+# times a plain one's.
+@dataclass(slots=True)
 class Context:
     """Everything the composers need for one request."""
 

@@ -68,10 +68,12 @@ def join(separator: str, parts: Iterable[CountedText]) -> CountedText:
     """``separator.join(parts)`` with its count: the parts' counts add up because the separator is whitespace."""
     assert separator.isspace(), "only a whitespace separator keeps the counts additive"
     parts = tuple(parts)
+    # List comprehensions rather than generators: str.join builds a list from a generator anyway, and answers are
+    # joined once per request.
     return CountedText(
-        separator.join(p.text for p in parts),
-        sum(p.tokens for p in parts),
-        "".join(p.squeezed for p in parts),
+        separator.join([p.text for p in parts]),
+        sum([p.tokens for p in parts]),
+        "".join([p.squeezed for p in parts]),
     )
 
 
