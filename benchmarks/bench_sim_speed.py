@@ -5,10 +5,19 @@ depend on the seed per (model, prompt): the first virtual minutes meet mostly ne
 6 roles x 3 strategies x 5 models ~ 10.8k distinct prompts), a long run meets known ones (steady state). Also printed:
 core steps per virtual second (fast-forward makes cost follow events, not tokens) and the CPU time, which is less
 sensitive than wall time to other load on the machine.
+
+Finished requests are counted and dropped every 0.25 virtual s, as ``SimulatedDriver`` hands the background's
+results to its telemetry and clears them. Keeping them all (``--keep-results``) measures the garbage collector as
+much as the simulation: every result holds a list of its token times, each full collection walks all of them, and
+whether one falls inside the measured window moves the steady figure by 10-15%.
+
+    python benchmarks/bench_sim_speed.py                 # results drained, as the simulated driver does
+    python benchmarks/bench_sim_speed.py --keep-results  # every result kept in the loads' ``completed`` lists
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from sysaware.config import DEFAULT_POOL, load_pool
@@ -17,9 +26,33 @@ from sysaware.sim.cluster import SimulatedCluster
 from sysaware.sim.load import ClosedLoopLoad
 from sysaware.sim.workload import MbppRequestFactory
 
+DRAIN_PERIOD_S = 0.25  # virtual s; SimulatedDriver's default telemetry period
 
-def _phase(cluster: SimulatedCluster, loads: list[ClosedLoopLoad], start_s: float, virtual_s: float) -> dict:
-    steps0, done0 = cluster.steps_executed, sum(len(l.completed) for l in loads)
+
+class FinishedCounter:
+    """Counts the loads' finished requests; with ``drain``, drops them every ``DRAIN_PERIOD_S`` (a timer on the
+    cluster), as the simulated driver does after recording them."""
+
+    def __init__(self, cluster: SimulatedCluster, loads: list[ClosedLoopLoad], drain: bool) -> None:
+        self.loads = loads
+        self.drained = 0
+        self.cluster = cluster
+        if drain:
+            cluster.call_at(DRAIN_PERIOD_S, self._drain)
+
+    def _drain(self, now: float) -> None:
+        for load in self.loads:
+            self.drained += len(load.completed)
+            load.completed.clear()
+        self.cluster.call_at(now + DRAIN_PERIOD_S, self._drain)
+
+    @property
+    def total(self) -> int:
+        return self.drained + sum(len(load.completed) for load in self.loads)
+
+
+def _phase(cluster: SimulatedCluster, finished: FinishedCounter, start_s: float, virtual_s: float) -> dict:
+    steps0, done0 = cluster.steps_executed, finished.total
     w0, c0 = time.perf_counter(), time.process_time()
     cluster.run(until=start_s + virtual_s)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
@@ -28,11 +61,11 @@ def _phase(cluster: SimulatedCluster, loads: list[ClosedLoopLoad], start_s: floa
         "wall_s": wall,
         "cpu_s": cpu,
         "steps": cluster.steps_executed - steps0,
-        "requests": sum(len(l.completed) for l in loads) - done0,
+        "requests": finished.total - done0,
     }
 
 
-def main(concurrency: int = 50, cold_s: float = 120.0, steady_s: float = 240.0) -> None:
+def main(concurrency: int = 50, cold_s: float = 120.0, steady_s: float = 240.0, keep_results: bool = False) -> None:
     pool = load_pool(DEFAULT_POOL)
     t0 = time.perf_counter()
     responder = TwinResponder(pool)
@@ -40,10 +73,15 @@ def main(concurrency: int = 50, cold_s: float = 120.0, steady_s: float = 240.0) 
     cluster.keep_results = False
     factory = MbppRequestFactory.for_split("train")
     loads = [ClosedLoopLoad(cluster, m, concurrency, factory).start() for m in cluster.models]
+    finished = FinishedCounter(cluster, loads, drain=not keep_results)
     setup = time.perf_counter() - t0
-    cold = _phase(cluster, loads, 0.0, cold_s)
-    steady = _phase(cluster, loads, cold_s, steady_s)
-    print(f"pool {pool.name}: {len(cluster.replicas)} replicas, N={concurrency} clients per model; setup {setup:.2f} s")
+    cold = _phase(cluster, finished, 0.0, cold_s)
+    steady = _phase(cluster, finished, cold_s, steady_s)
+    kept = "kept" if keep_results else f"drained every {DRAIN_PERIOD_S} virtual s"
+    print(
+        f"pool {pool.name}: {len(cluster.replicas)} replicas, N={concurrency} clients per model; results {kept}; "
+        f"setup {setup:.2f} s"
+    )
     for name, p in (("cold  ", cold), ("steady", steady)):
         print(
             f"{name}: {p['virtual_s']:.0f} virtual s in {p['wall_s']:.2f} wall s ({p['cpu_s']:.2f} CPU s); "
@@ -57,4 +95,4 @@ def main(concurrency: int = 50, cold_s: float = 120.0, steady_s: float = 240.0) 
 
 
 if __name__ == "__main__":
-    main()
+    main(keep_results="--keep-results" in sys.argv[1:])
