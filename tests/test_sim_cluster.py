@@ -184,7 +184,7 @@ def test_kv_saturating_load_preempts_and_every_request_completes():
     for result in load.completed:
         assert result.finish_reason is FinishReason.STOP
         assert result.output_tokens == len(result.token_times_s) == answer_tokens[result.request_id]
-        assert result.token_times_s == sorted(result.token_times_s)
+        assert list(result.token_times_s) == sorted(result.token_times_s)
     assert sum(r.num_preemptions for r in load.completed) == stats.num_preemptions_total
     assert (stats.num_requests_running, stats.num_requests_waiting, stats.kv_cache_usage_perc) == (0, 0, 0.0)
 

@@ -7,7 +7,7 @@ names (``_s`` seconds, ``_ms`` milliseconds, ``_perc`` a fraction in [0, 1]).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
@@ -56,7 +56,7 @@ class GenerationResult:
     finished_s: float  # when the last token was emitted (or it was aborted)
     num_preemptions: int = 0
     replica_id: str = ""
-    token_times_s: list[float] = field(default_factory=list)  # emission time of every output token
+    token_times_s: tuple[float, ...] = ()  # emission time of every output token
 
     @property
     def queue_time_s(self) -> float:

@@ -167,5 +167,5 @@ def on_clock(result: GenerationResult, finished_s: float) -> GenerationResult:
         first_scheduled_s=move(result.first_scheduled_s),
         first_token_s=move(result.first_token_s),
         finished_s=finished_s,
-        token_times_s=[t + shift for t in result.token_times_s],
+        token_times_s=tuple(t + shift for t in result.token_times_s),
     )
