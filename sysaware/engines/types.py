@@ -105,13 +105,16 @@ class ReplicaStats:
 def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> float:
     """Expected time until the in-progress step ends, seen ``age_s`` after the stats were taken.
 
-    Stats that are older than one step (pushed telemetry) are extrapolated as a steady run of equal steps: decode
-    steps of one batch last nearly the same, so the phase inside the current step is still a fair guess.
+    Fresh stats (the engine's own, or a simulation's) give the phase: the previous step's duration minus the time
+    this one has run. Once that is used up (stats older than a step, as pushed telemetry is: every 0.1 s, 5-10
+    steps; or a step outlasting the previous one) the phase is unknown, and a request arriving at a random instant
+    waits half a step on average. (Extrapolating the phase over equal steps was tried: on the live pool it kept no
+    correlation with the real wait, since live step times vary.)
     """
     if step_ms <= 0.0:
         return 0.0
     elapsed = step_elapsed_ms + max(age_s, 0.0) * 1e3
-    return step_ms - elapsed % step_ms
+    return step_ms - elapsed if elapsed < step_ms else step_ms / 2
 
 
 class Engine(Protocol):
