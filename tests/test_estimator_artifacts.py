@@ -3,6 +3,7 @@ shipped defaults load in a fresh process and price every (model, strategy) candi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -120,6 +121,34 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     assert mine.t_hat_p90_ms == pytest.approx(ref_lat[0, -1] + ref_len[0, -1] * ref_lat[1, -1], rel=1e-4)
     with pytest.raises(FeatureSpecError, match="gpt-unknown"):
         est.predict_candidates("x", "programmer", {"gpt-unknown": State()}, 10, [("gpt-unknown", "flash")])
+
+
+def test_an_unknown_step_phase_keeps_the_mean_and_prices_p90_at_a_whole_step():
+    # Telemetry older than a step no longer says where in a step a request lands: the mean reads half a step (the
+    # expected wait), TTFT's P90 the worst phase, a whole step; a fresh snapshot is read as it is.
+    from sysaware.estimators.predictor import ReplicaState
+    from twin_factories import create_stats
+
+    train, val = data()
+    est = SystemEstimator(train_latency(train, val, TINY), train_length(train, val, TINY, embedder=shared_embedder()))
+    model = next(iter(MODELS))
+    stats = create_stats(model=model, num_requests_running=30, ema_ttft_ms=60.0, step_elapsed_ms=4.0, step_ms=20.0,
+                         step_tokens=30)
+    fresh, stale = ReplicaState.from_stats(stats), ReplicaState.from_stats(stats, age_s=0.1)
+    assert (fresh.step_remaining_ms, fresh.step_phase_known) == (16.0, True)
+    assert (stale.step_remaining_ms, stale.step_phase_known) == (10.0, False)
+
+    def price(state):
+        [c] = est.predict_candidates("Write a function to add two numbers.", "programmer", {model: state}, 90,
+                                     [(model, "flash")])
+        return c
+
+    guess = price(stale)
+    as_if_known = price(dataclasses.replace(stale, step_phase_known=True))
+    worst = price(dataclasses.replace(stale, step_remaining_ms=20.0, step_phase_known=True))
+    assert guess.ttft_ms == as_if_known.ttft_ms and guess.tpot_ms == as_if_known.tpot_ms
+    assert guess.ttft_p90_ms == pytest.approx(max(worst.ttft_p90_ms, as_if_known.ttft_p90_ms), rel=1e-9)
+    assert guess.t_hat_p90_ms == pytest.approx(guess.ttft_p90_ms + guess.out_tokens_p90 * guess.tpot_p90_ms)
 
 
 SHIPPED_SCRIPT = """

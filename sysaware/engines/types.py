@@ -117,6 +117,11 @@ def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0
     return step_ms - elapsed if elapsed < step_ms else step_ms / 2
 
 
+def step_phase_known(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> bool:
+    """Whether ``step_remaining_ms`` is a phase and not the half-step guess (idle counts as known: no wait)."""
+    return step_ms <= 0.0 or step_elapsed_ms + max(age_s, 0.0) * 1e3 < step_ms
+
+
 class Engine(Protocol):
     """The async surface every backend offers (twin driven in wall-clock time, vLLM, remote)."""
 
