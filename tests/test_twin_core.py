@@ -716,6 +716,45 @@ def test_stats_report_the_step_in_progress_as_an_engine_knows_it():
     assert (idle.step_elapsed_ms, idle.step_ms, idle.step_tokens) == (0.0, 0.0, 0)
 
 
+def test_step_fields_survive_a_cut_and_an_abort_as_with_single_steps():
+    # The live engine cuts a run where a client cancels and aborts the request: the step still running, and the one
+    # after it, must report what a core stepped one iteration per call reports.
+    def started():
+        core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
+        for r in create_requests(3, prompt_tokens=[30, 47, 16]):
+            core.add_request(r, 0.0)
+        return core
+
+    fast = started()
+    fast.step(0.0, run_after_prefill=True)
+    ends = list(fast._last_run.times_s)
+    cancel_at = (ends[5] + ends[6]) / 2  # inside the run's seventh step
+    fast.truncate(cancel_at)
+    fast.abort("req-1", cancel_at)
+
+    slow = started()
+    t = 0.0
+    while True:
+        end = slow.step(t, until=t).end_s
+        if end > cancel_at:
+            break
+        t = end
+    slow.abort("req-1", cancel_at)
+
+    def step_fields(core, at):
+        s = core.stats(at)
+        return s.step_elapsed_ms, s.step_ms, s.step_tokens
+
+    later = (cancel_at + ends[6]) / 2
+    assert step_fields(fast, later) == pytest.approx(step_fields(slow, later))
+    assert step_fields(fast, later)[2] == 3  # the step had started with all three sequences
+    next_end = fast.step(ends[6]).end_s
+    assert slow.step(ends[6]).end_s == next_end
+    mid_next = (ends[6] + next_end) / 2
+    assert step_fields(fast, mid_next) == pytest.approx(step_fields(slow, mid_next))
+    assert step_fields(fast, mid_next)[1] == pytest.approx((ends[6] - ends[5]) * 1e3)  # one step, not the whole run
+
+
 def test_old_iteration_times_are_forgotten_but_results_stay_whole(monkeypatch):
     import sysaware.engines.twin.core as core_module
 

@@ -145,6 +145,9 @@ class TwinEngineCore:
         self._has_ttft = False
         self.last_outcome: StepOutcome | None = None  # what the latest step() (or truncate()) returned
         self._last_run: _LastRun | None = None
+        # The latest call's run for step timing only (stats' step fields): like _last_run, but an abort, which ends
+        # the driver's right to cut the run, does not end the steps already running.
+        self._run_timing: _LastRun | None = None
         self._step_before_call_s = 0.0  # the iteration before the latest step() call, s (what stats() expects next)
         self._first_step_tokens = 0  # tokens scheduled in the latest call's first iteration, when not a decode run
 
@@ -275,7 +278,7 @@ class TwinEngineCore:
         if not scheduler.has_work():
             raise RuntimeError("step() called with no request waiting or running; check has_work() first")
         self._step_before_call_s = self._last_iteration_s()
-        self._last_run = None
+        self._last_run = self._run_timing = None
         self._compact_timeline()
         if scheduler.next_step_is_steady():
             return self._fast_forward(now, now, until, [], 0)
@@ -329,7 +332,9 @@ class TwinEngineCore:
         self.timeline.extend(ends)
         run = scheduler.advance_decode_run(num_steps, t_end)
         self.generation_tokens_total += num_seqs * num_steps
-        self._last_run = _LastRun(run, ends, call_start_s, run_start_s, list(events), prefix)
+        self._last_run = self._run_timing = _LastRun(run, ends, call_start_s, run_start_s, list(events), prefix)
+        if not prefix:
+            self._first_step_tokens = num_seqs  # the call began with the run's first decode step
         if run.finished:
             self._finished_events(run.finished, t_end, events)
         self.last_outcome = StepOutcome(t_end - call_start_s, events, prefix + num_steps, t_end)
@@ -358,7 +363,7 @@ class TwinEngineCore:
         self.timeline.truncate(run.start_iteration + keep)
         shortened = self.scheduler.truncate_decode_run(run, keep)
         t_end = last.times_s[keep - 1] if keep else last.run_start_s
-        self._last_run = (
+        self._last_run = self._run_timing = (
             _LastRun(shortened, last.times_s[:keep], last.call_start_s, last.run_start_s, last.prefix_events,
                      last.prefix_iterations)
             if keep
@@ -441,11 +446,11 @@ class TwinEngineCore:
         outcome = self.last_outcome
         if outcome is None or outcome.end_s is None or now >= outcome.end_s or outcome.num_iterations == 0:
             return now, 0.0, 0
-        last = self._last_run
+        last = self._run_timing
         if last is None:  # a single iteration
             return outcome.end_s - outcome.duration_s, self._step_before_call_s, self._first_step_tokens
         before_run = last.run_start_s - last.call_start_s if last.prefix_iterations else self._step_before_call_s
-        if now < last.run_start_s:  # the step the call began with, before the run
+        if last.prefix_iterations and now < last.run_start_s:  # the step the call began with, before the run
             return last.call_start_s, self._step_before_call_s, self._first_step_tokens
         times, num_seqs = last.times_s, last.run.num_seqs  # a decode run schedules one token per sequence
         k = bisect_right(times, now)
@@ -458,7 +463,7 @@ class TwinEngineCore:
 
     def _last_iteration_s(self) -> float:
         """Duration of the latest call's last iteration (0 before any)."""
-        outcome, last = self.last_outcome, self._last_run
+        outcome, last = self.last_outcome, self._run_timing
         if last is not None:
             times = last.times_s
             return times[-1] - (times[-2] if len(times) >= 2 else last.run_start_s)
