@@ -272,3 +272,37 @@ def test_a_killed_replica_is_marked_stale_and_serve_replaces_it(ray_session):
         for rid in ray.get(telemetry.snapshot.remote())["replicas"]:
             if rid.startswith(prefix):
                 ray.get(telemetry.forget.remote(rid))  # a killed replica never leaves by itself
+
+
+def test_a_graceful_stop_leaves_the_telemetry_snapshot_and_closes_the_engine_before_returning():
+    # Serve awaits what __del__ returns: by then forget must have reached the actor and the engine be closed; a
+    # second call (Serve's, then the garbage collector's) does nothing.
+    from sysaware.serving.replica import LLMReplica
+
+    class Telemetry:  # stands in for the actor handle: forget.remote(...) is awaitable
+        def __init__(self):
+            self.forgotten = []
+            outer = self
+
+            class Forget:
+                async def remote(self, replica_id):
+                    outer.forgotten.append(replica_id)
+                    return True
+
+            self.forget = Forget()
+
+    pool = two_model_pool()
+    model = pool.models[0].name
+    replica = LLMReplica(pool.model_dump(mode="json"), model, time_scale=20.0, telemetry=False, replica_id="direct#1")
+    closed = []
+    replica.engine.close = lambda: asyncio.sleep(0, closed.append(True))
+
+    async def main():
+        replica._telemetry = telemetry = Telemetry()
+        leaving = replica.__del__()
+        assert leaving is not None
+        await leaving
+        assert telemetry.forgotten == ["direct#1"] and closed == [True]
+        assert replica.__del__() is None
+
+    asyncio.run(main())

@@ -162,9 +162,10 @@ class LLMReplica:
         """Graceful stop (Serve calls it on scale-down or delete): stop pushing and leave the snapshot, so only a
         replica that died is ever reported stale.
 
-        Inside a running loop it returns a coroutine, which Serve awaits before the actor exits: a fire-and-forget
-        ``forget`` could still be unsent when the process goes, leaving the replica in the snapshot until it
-        turns stale.
+        Inside a running loop the work starts at once as a task, and the returned coroutine waits for it: Serve
+        (Ray 2.60, ``_call_func_or_gen``) awaits a coroutine that ``__del__`` returns, so the actor exits only after
+        ``forget`` arrived (sent fire-and-forget, it could still be unsent when the process went, leaving the replica
+        in the snapshot until it turned stale). Called by the garbage collector instead, the task runs all the same.
         """
         if self._closed:
             return None
@@ -173,10 +174,10 @@ class LLMReplica:
         if task is not None and not task.done():
             task.cancel()
         try:
-            asyncio.get_running_loop()
+            leaving = asyncio.get_running_loop().create_task(self._leave())
         except RuntimeError:  # garbage collection outside a loop (interpreter exit): nothing left to tidy
             return None
-        return self._leave()
+        return _wait_for(leaving)
 
     async def _leave(self) -> None:
         """Leave the telemetry snapshot (waited for, bounded) and close the engine."""
@@ -188,6 +189,10 @@ class LLMReplica:
         close = getattr(self.engine, "close", None)
         if close is not None:
             await close()
+
+
+async def _wait_for(task: asyncio.Task) -> None:
+    await asyncio.shield(task)
 
 
 def deployment_for(
