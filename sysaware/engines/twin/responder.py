@@ -121,7 +121,7 @@ class TwinResponder:
             return self.situation(model, tuple(messages))
         key = (id(messages), model)
         entry = self._situation_by_identity.get(key)
-        if entry is not None:
+        if entry is not None and entry[0] is messages:  # the same object, not another that reused a freed id
             return entry[1]
         situation = self.situation(model, messages)
         if len(self._situation_by_identity) >= SITUATION_CACHE_SIZE:
