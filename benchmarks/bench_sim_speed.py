@@ -10,8 +10,9 @@ events, not tokens) and the CPU time, which is less sensitive than wall time to 
 
 Finished requests are counted and dropped every 0.25 virtual s, as ``SimulatedDriver`` hands the background's
 results to its telemetry and clears them. Keeping them all (``--keep-results``) measures the garbage collector as
-much as the simulation: every result holds a list of its token times, each full collection walks all of them, and
-whether one falls inside the measured window moves the steady figure by 10-15%.
+much as the simulation: each full collection walks every kept result (their token times are tuples now, which the
+collector skips, but the results and their texts remain), and whether one falls inside the measured window moves
+the steady figure by several percent.
 
     python benchmarks/bench_sim_speed.py                 # results drained, as the simulated driver does
     python benchmarks/bench_sim_speed.py --keep-results  # every result kept in the loads' ``completed`` lists

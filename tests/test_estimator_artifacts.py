@@ -146,7 +146,8 @@ def test_an_unknown_step_phase_keeps_the_mean_and_prices_p90_at_a_whole_step():
     guess = price(stale)
     as_if_known = price(dataclasses.replace(stale, step_phase_known=True))
     worst = price(dataclasses.replace(stale, step_remaining_ms=20.0, step_phase_known=True))
-    assert guess.ttft_ms == as_if_known.ttft_ms and guess.tpot_ms == as_if_known.tpot_ms
+    assert guess.ttft_ms == pytest.approx(as_if_known.ttft_ms, rel=1e-12)
+    assert guess.tpot_ms == pytest.approx(as_if_known.tpot_ms, rel=1e-12)
     assert guess.ttft_p90_ms == pytest.approx(max(worst.ttft_p90_ms, as_if_known.ttft_p90_ms), rel=1e-9)
     assert guess.t_hat_p90_ms == pytest.approx(guess.ttft_p90_ms + guess.out_tokens_p90 * guess.tpot_p90_ms)
 

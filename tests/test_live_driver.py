@@ -76,3 +76,22 @@ def test_live_chain_runs_the_workflow_and_matches_the_simulated_twin(live):
     assert session.workflow.answer_code == sim_session.workflow.answer_code
     assert [s.output_tokens for s in trace.steps] == [s.output_tokens for s in sim_trace.steps]
     assert (trace.passed, trace.grade_status) == (sim_trace.passed, sim_trace.grade_status)
+
+
+def test_a_pushed_view_reads_its_step_phase_at_the_snapshot_time():
+    # The replica pushed 4 ms into a 20 ms step; the actor's view is 2 wall ms old at a twin running 3x real time:
+    # 6 engine ms later, 10 ms into the step, 10 ms left. Once the view is older than a step, the phase is unknown.
+    from sysaware.engines.types import step_phase_known, step_remaining_ms
+    from sysaware.orchestration.live_driver import replica_stats
+
+    view = {"engine_time_s": 1.0, "queue_waiting": 0, "queue_running": 3, "kv_utilization": 0.1, "ema_ttft_ms": 30.0,
+            "prompt_tokens_total": 0, "generation_tokens_total": 0, "preemptions": 0, "requests_finished_total": 0,
+            "num_gpu_blocks": 100, "block_size": 16, "step_elapsed_ms": 4.0, "step_ms": 20.0, "step_tokens": 3,
+            "age_s": 0.002}
+    s = replica_stats("m#0", "m", view, time_scale=3.0)
+    assert s.step_elapsed_ms == pytest.approx(10.0) and s.step_ms == 20.0 and s.step_tokens == 3
+    assert step_remaining_ms(s.step_elapsed_ms, s.step_ms) == pytest.approx(10.0)
+    old = replica_stats("m#0", "m", view | {"age_s": 0.1}, time_scale=3.0)
+    assert not step_phase_known(old.step_elapsed_ms, old.step_ms)
+    assert step_remaining_ms(old.step_elapsed_ms, old.step_ms) == 10.0  # half a step, the mean wait
+

@@ -114,7 +114,7 @@ def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0
     if step_ms <= 0.0:
         return 0.0
     elapsed = step_elapsed_ms + max(age_s, 0.0) * 1e3
-    return step_ms - elapsed if elapsed < step_ms else step_ms / 2
+    return min(step_ms - elapsed, step_ms) if elapsed < step_ms else step_ms / 2
 
 
 def step_phase_known(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> bool:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-SPEC_VERSION = 2  # 2: step_remaining_ms joined the latency features
+SPEC_VERSION = 2  # 2: step_remaining_ms, step_ms and step_tokens joined the latency features
 UNKNOWN = "<unk>"  # roles outside the vocabulary share this slot (new topologies add roles); models may not
 
 # Replica state at submission + prompt size; all log1p-scaled except kv_utilization (already a fraction).

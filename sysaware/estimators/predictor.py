@@ -37,7 +37,8 @@ class ReplicaStateLike(Protocol):
 
 @dataclass(frozen=True)
 class ReplicaState:
-    """What F_lat reads of a replica, from its stats as the caller saw them ``age_s`` after they were taken."""
+    """What F_lat reads of a replica, from its stats as the caller saw them ``age_s`` after they were taken (0 for
+    stats whose age is already folded into step_elapsed_ms, as the live driver's are)."""
 
     queue_waiting: int
     queue_running: int

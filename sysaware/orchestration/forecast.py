@@ -77,7 +77,7 @@ class ForkForecaster:
                     copied.stop_s = forked.now
         return forked
 
-    def _run_fork(self, probe: GenerationRequest, horizon_s: float | None) -> tuple[list[float], float]:
+    def _run_fork(self, probe: GenerationRequest, horizon_s: float | None) -> tuple[Sequence[float], float]:
         """Token emission times of ``probe`` sent now in a fork (those up to the horizon), and its arrival time."""
         started = time.perf_counter()
         forked = self.fork(keep_background_of=probe.model)

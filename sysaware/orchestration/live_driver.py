@@ -130,7 +130,8 @@ class LiveDriver:
 def replica_stats(replica_id: str, model: str, view: dict, time_scale: float = 1.0) -> ReplicaStats:
     """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as; the in-progress step's
     elapsed time is carried forward by the view's age (wall s x ``time_scale``), so ``step_remaining_ms`` reads it
-    at the time the snapshot was taken, not when the replica pushed it."""
+    at the time the snapshot was taken, not when the replica pushed it. The age is folded in here: pass these stats
+    on with age 0 (e.g. ``ReplicaState.from_stats(stats)``)."""
     age_ms = view.get("age_s", 0.0) * time_scale * 1e3
     return ReplicaStats(
         replica_id=replica_id,
