@@ -301,7 +301,9 @@ def test_a_graceful_stop_leaves_the_telemetry_snapshot_and_closes_the_engine_bef
         replica._telemetry = telemetry = Telemetry()
         leaving = replica.__del__()
         assert leaving is not None
-        for _ in range(5):  # the garbage collector's path: nobody awaits what __del__ returned, the work runs anyway
+        for _ in range(100):  # the garbage collector's path: nobody awaits what __del__ returned, the work runs anyway
+            if closed:
+                break
             await asyncio.sleep(0)
         assert telemetry.forgotten == ["direct#1"] and closed == [True]
         await leaving  # Serve's path: awaiting it returns once the work is done
