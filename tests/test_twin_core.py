@@ -655,26 +655,29 @@ def test_truncate_after_a_prefill_step_matches_until(cut_at):
     assert_drained(cut_core)
 
 
+def three_queued_requests():
+    """A core with three requests queued at 0 (prompts 30/47/16, answers 40/23/60 tokens): one prefill step, then a
+    decode run that ends when req-1 finishes."""
+    core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
+    for r in create_requests(3, prompt_tokens=[30, 47, 16]):
+        core.add_request(r, 0.0)
+    return core
+
+
 def test_stats_inside_a_run_are_those_of_single_steps():
     # A run that ends with a finish, sampled at every step start, mid-step and at the end: stats(t) must be what a
     # core stepped one iteration per call shows at t (the step in flight at t already applied).
-    def started():
-        core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
-        for r in create_requests(3, prompt_tokens=[30, 47, 16]):
-            core.add_request(r, 0.0)
-        return core
-
-    fast = started()
+    fast = three_queued_requests()
     out = fast.step(0.0, run_after_prefill=True)
     assert out.num_iterations == 23 and [e.kind for e in out.events][-1] is EventKind.FINISHED
-    slow = started()
+    slow = three_queued_requests()
     boundaries = [0.0]
     while len(boundaries) <= out.num_iterations:
         boundaries.append(slow.step(boundaries[-1], until=boundaries[-1]).end_s)
     assert boundaries[-1] == out.end_s
     # Replay the slow core step by step again, comparing at each instant. At a boundary the next step has not
     # started yet (the cluster runs timers before STEP_START); mid-step, the step in flight is applied.
-    slow = started()
+    slow = three_queued_requests()
     slow.step(0.0, until=0.0)
     assert fast.stats(boundaries[1] / 2) == slow.stats(boundaries[1] / 2)  # inside the prefill step
     for start, end in zip(boundaries[1:], boundaries[2:]):
@@ -688,9 +691,7 @@ def test_stats_inside_a_run_are_those_of_single_steps():
 def test_stats_report_the_step_in_progress_as_an_engine_knows_it():
     # A new request waits for the in-progress step to end: stats carry how long that step has run, the previous
     # step's duration (its only estimate before it ends) and its scheduled tokens, identical fast-forwarded or not.
-    core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
-    for r in create_requests(3, prompt_tokens=[30, 47, 16]):
-        core.add_request(r, 0.0)
+    core = three_queued_requests()
     out = core.step(0.0, run_after_prefill=True)
     ends = core._last_run.times_s
     prefill_end = core._last_run.run_start_s
@@ -719,20 +720,14 @@ def test_stats_report_the_step_in_progress_as_an_engine_knows_it():
 def test_step_fields_survive_a_cut_and_an_abort_as_with_single_steps():
     # The live engine cuts a run where a client cancels and aborts the request: the step still running, and the one
     # after it, must report what a core stepped one iteration per call reports.
-    def started():
-        core = create_core(num_gpu_blocks=64, responder=FakeResponder({"req-0": 40, "req-1": 23, "req-2": 60}))
-        for r in create_requests(3, prompt_tokens=[30, 47, 16]):
-            core.add_request(r, 0.0)
-        return core
-
-    fast = started()
+    fast = three_queued_requests()
     fast.step(0.0, run_after_prefill=True)
     ends = list(fast._last_run.times_s)
     cancel_at = (ends[5] + ends[6]) / 2  # inside the run's seventh step
     fast.truncate(cancel_at)
     fast.abort("req-1", cancel_at)
 
-    slow = started()
+    slow = three_queued_requests()
     t = 0.0
     while True:
         end = slow.step(t, until=t).end_s
