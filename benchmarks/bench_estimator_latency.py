@@ -25,28 +25,16 @@ from __future__ import annotations
 import argparse
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.estimators.predictor import SystemEstimator
+from sysaware.estimators.predictor import ReplicaState, SystemEstimator
 from sysaware.tasks.prompts import ROLES, Strategy, task_prompt
 
 TARGET_P99_MS = 2.0
 ROLE = "programmer"
-
-
-@dataclass(frozen=True)
-class ReplicaState:
-    queue_waiting: int  # requests
-    queue_running: int  # requests
-    kv_utilization: float  # fraction
-    ema_ttft_ms: float
-    step_remaining_ms: float
-    step_ms: float
-    step_tokens: int  # tokens
 
 
 def mbpp_prompts(limit: int) -> list[str]:

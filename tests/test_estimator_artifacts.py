@@ -18,7 +18,7 @@ from estimator_factories import MODELS, make_phase2, shared_embedder, write_phas
 from sysaware.config import REPO_ROOT
 from sysaware.estimators.data import split_by_prompt
 from sysaware.estimators.features import FeatureSpecError
-from sysaware.estimators.predictor import SystemEstimator
+from sysaware.estimators.predictor import ReplicaState, SystemEstimator
 from sysaware.estimators.train import TrainConfig, TrainedEstimator, train_latency, train_length
 
 TINY = TrainConfig(epochs=2, width=16, depth=1, batch_size=128)
@@ -93,12 +93,10 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     est = SystemEstimator(lat, length)
     est.embedder = counting = CountingEmbedder(est.embedder)
 
-    class State:
-        queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 2, 30, 0.4, 80.0
-        step_remaining_ms, step_ms, step_tokens = 6.0, 14.0, 30
-
+    state = ReplicaState(queue_waiting=2, queue_running=30, kv_utilization=0.4, ema_ttft_ms=80.0,
+                         step_remaining_ms=6.0, step_ms=14.0, step_tokens=30)
     candidates = [(m, s) for m in MODELS for s in ("flash", "concise", "deepthink")]
-    states = {m: State() for m in MODELS}
+    states = {m: state for m in MODELS}
     first = est.predict_candidates("Write a function to add two numbers.", "programmer", states, 90, candidates)
     again = est.predict_candidates("Write a function to add two numbers.", "programmer", states, 90, candidates)
     assert counting.texts == 1  # one prompt, embedded once across both calls
@@ -120,13 +118,12 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
     assert mine.out_tokens == pytest.approx(ref_len[0, 0], rel=1e-4)
     assert mine.t_hat_p90_ms == pytest.approx(ref_lat[0, -1] + ref_len[0, -1] * ref_lat[1, -1], rel=1e-4)
     with pytest.raises(FeatureSpecError, match="gpt-unknown"):
-        est.predict_candidates("x", "programmer", {"gpt-unknown": State()}, 10, [("gpt-unknown", "flash")])
+        est.predict_candidates("x", "programmer", {"gpt-unknown": state}, 10, [("gpt-unknown", "flash")])
 
 
 def test_an_unknown_step_phase_keeps_the_mean_and_prices_p90_at_a_whole_step():
     # Telemetry older than a step no longer says where in a step a request lands: the mean reads half a step (the
     # expected wait), TTFT's P90 the worst phase, a whole step; a fresh snapshot is read as it is.
-    from sysaware.estimators.predictor import ReplicaState
     from twin_factories import create_stats
 
     train, val = data()
@@ -155,17 +152,16 @@ def test_an_unknown_step_phase_keeps_the_mean_and_prices_p90_at_a_whole_step():
 SHIPPED_SCRIPT = """
 import json
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.estimators.predictor import SystemEstimator
+from sysaware.estimators.predictor import ReplicaState, SystemEstimator
 
-class State:
-    queue_waiting, queue_running, kv_utilization, ema_ttft_ms = 0, 8, 0.1, 40.0
-    step_remaining_ms, step_ms, step_tokens = 5.0, 9.0, 8
+state = ReplicaState(queue_waiting=0, queue_running=8, kv_utilization=0.1, ema_ttft_ms=40.0, step_remaining_ms=5.0,
+                     step_ms=9.0, step_tokens=8)
 
 pool = load_pool(DEFAULT_POOL)
 models = [m.name for m in pool.models]
 est = SystemEstimator.load()
 cands = [(m, s) for m in models for s in ("flash", "concise", "deepthink")]
-states = {m: State() for m in models}
+states = {m: state for m in models}
 out = est.predict_candidates("Write a function to reverse a string.", "programmer", states, 80, cands)
 print(json.dumps([c.__dict__ for c in out]))
 """
