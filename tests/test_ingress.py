@@ -24,6 +24,7 @@ from sysaware.engines.twin.core import count_prompt_tokens
 from sysaware.engines.types import ChatMessage
 from sysaware.serving.app import build_app, deploy, select_models
 from sysaware.sim.workload import MbppRequestFactory
+from twin_factories import VLLM_SAMPLE_NAMES
 
 APP = "test-ingress"
 TIME_SCALE = 2.0  # engine seconds per wall second: a typical answer (~80 tokens) takes ~0.3-0.6 s wall
@@ -289,18 +290,7 @@ def test_metrics_parse_and_carry_the_vllm_names(live):
         if s.labels.get("replica", "").startswith(f"{APP}#")
     ]
     samples = {s.name: s for s in ours}
-    for name in (
-        "vllm:num_requests_waiting",
-        "vllm:num_requests_running",
-        "vllm:kv_cache_usage_perc",
-        "vllm:num_preemptions_total",
-        "vllm:prompt_tokens_total",
-        "vllm:generation_tokens_total",
-        "vllm:request_success_total",
-        "vllm:time_to_first_token_seconds_count",
-        "vllm:inter_token_latency_seconds_count",
-        "vllm:e2e_request_latency_seconds_count",
-    ):
+    for name in sorted(VLLM_SAMPLE_NAMES):
         assert name in samples, name
     ttft_counts = [
         s.value

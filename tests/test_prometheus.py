@@ -9,20 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sysaware.engines.types import FinishReason, GenerationResult
 from sysaware.serving.prometheus import TTFT_BUCKETS_S, PoolMetrics
 from sysaware.serving.telemetry import TelemetryState
-from twin_factories import create_stats
-
-VLLM_SAMPLE_NAMES = {
-    "vllm:num_requests_waiting",
-    "vllm:num_requests_running",
-    "vllm:kv_cache_usage_perc",
-    "vllm:num_preemptions_total",
-    "vllm:prompt_tokens_total",
-    "vllm:generation_tokens_total",
-    "vllm:request_success_total",
-    "vllm:time_to_first_token_seconds_count",
-    "vllm:inter_token_latency_seconds_count",
-    "vllm:e2e_request_latency_seconds_count",
-}
+from twin_factories import VLLM_SAMPLE_NAMES, create_stats
 
 
 def create_result(

@@ -228,6 +228,21 @@ def default_responder():
     return TwinResponder(default_pool())
 
 
+# Samples a vLLM dashboard reads, by vLLM's names: what the pool's Prometheus text must carry.
+VLLM_SAMPLE_NAMES = {
+    "vllm:num_requests_waiting",
+    "vllm:num_requests_running",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_preemptions_total",
+    "vllm:prompt_tokens_total",
+    "vllm:generation_tokens_total",
+    "vllm:request_success_total",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:inter_token_latency_seconds_count",
+    "vllm:e2e_request_latency_seconds_count",
+}
+
+
 def create_stats(replica_id: str = "m#0", model: str = "m", t: float = 0.0, **fields) -> ReplicaStats:
     """Stats of an idle replica at engine time ``t``, with any field overridden."""
     values = {
