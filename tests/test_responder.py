@@ -303,25 +303,22 @@ def test_saved_replay_index_rebuilds_each_answer_as_the_slow_path_does():
         assert answer.code == extract_code(answer.text)
 
 
-def test_an_index_from_other_sources_is_not_used(tmp_path):
-    saved = json.loads(REPLAY_INDEX_JSON.read_text())
-    saved["sources"]["tasks/extract.py"] = "0" * 64  # the extractor changed since the index was built
-    other = tmp_path / "index.json"
+@pytest.mark.parametrize(
+    "saved_json, load, changed_source",
+    [
+        (REPLAY_INDEX_JSON, load_index, "tasks/extract.py"),  # the extractor changed since the index was built
+        (VERBOSITY_JSON, load_verbosity_table, "resources/routerbench_mbpp/mbpp_test.csv"),
+    ],
+    ids=["replay-index", "verbosity-table"],
+)
+def test_a_table_built_from_other_sources_is_not_used(tmp_path, saved_json, load, changed_source):
+    saved = json.loads(saved_json.read_text())
+    saved["sources"][changed_source] = "0" * 64
+    other = tmp_path / saved_json.name
     other.write_text(json.dumps(saved))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert load_index(other) == {}
-    assert any("refresh" in str(w.message) for w in caught)
-
-
-def test_a_verbosity_table_from_other_sources_is_not_used(tmp_path):
-    saved = json.loads(VERBOSITY_JSON.read_text())
-    saved["sources"]["resources/routerbench_mbpp/mbpp_test.csv"] = "0" * 64
-    other = tmp_path / "verbosity.json"
-    other.write_text(json.dumps(saved))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        assert load_verbosity_table(other) == {}
+        assert load(other) == {}
     assert any("refresh" in str(w.message) for w in caught)
 
 
