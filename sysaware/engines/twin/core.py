@@ -449,15 +449,15 @@ class TwinEngineCore:
         last = self._run_timing
         if last is None:  # a single iteration
             return outcome.end_s - outcome.duration_s, self._step_before_call_s, self._first_step_tokens
-        before_run = last.run_start_s - last.call_start_s if last.prefix_iterations else self._step_before_call_s
         if last.prefix_iterations and now < last.run_start_s:  # the step the call began with, before the run
             return last.call_start_s, self._step_before_call_s, self._first_step_tokens
         times, num_seqs = last.times_s, last.run.num_seqs  # a decode run schedules one token per sequence
         k = bisect_right(times, now)
         if (times[k - 1] if k else last.run_start_s) == now and (k or last.prefix_iterations):
             return now, 0.0, 0  # on a boundary, as one-iteration stepping sees it between two calls
-        if k == 0:
-            return last.run_start_s, before_run, num_seqs
+        if k == 0:  # the run's first step: after the call's own first step, or the previous call's last
+            before = last.run_start_s - last.call_start_s if last.prefix_iterations else self._step_before_call_s
+            return last.run_start_s, before, num_seqs
         start = times[k - 1]
         return start, start - (times[k - 2] if k >= 2 else last.run_start_s), num_seqs
 
