@@ -113,13 +113,18 @@ def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0
     """
     if step_ms <= 0.0:
         return 0.0
-    elapsed = step_elapsed_ms + max(age_s, 0.0) * 1e3
-    return min(step_ms - elapsed, step_ms) if elapsed < step_ms else step_ms / 2
+    if not step_phase_known(step_elapsed_ms, step_ms, age_s):
+        return step_ms / 2
+    return min(step_ms - _elapsed_ms(step_elapsed_ms, age_s), step_ms)
 
 
 def step_phase_known(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> bool:
     """Whether ``step_remaining_ms`` is a phase and not the half-step guess (idle counts as known: no wait)."""
-    return step_ms <= 0.0 or step_elapsed_ms + max(age_s, 0.0) * 1e3 < step_ms
+    return step_ms <= 0.0 or _elapsed_ms(step_elapsed_ms, age_s) < step_ms
+
+
+def _elapsed_ms(step_elapsed_ms: float, age_s: float) -> float:
+    return step_elapsed_ms + max(age_s, 0.0) * 1e3
 
 
 class Engine(Protocol):
