@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))  # test helpers (twin_factories) import as top-level modules
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Background answer files (sim/answer_stream.py) of this test run only: a test never reads another run's answers.
+os.environ.setdefault("SYSAWARE_ANSWER_STREAMS_DIR", tempfile.mkdtemp(prefix="sysaware-answer-streams-"))
 
 
 def free_port() -> int:

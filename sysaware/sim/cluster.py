@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from sysaware.config import PoolConfig
 from sysaware.engines.twin.perf.core import EngineEvent, EventKind, TwinEngineCore
-from sysaware.engines.twin.protocols import Responder
+from sysaware.engines.twin.protocols import Responder, Response
 from sysaware.engines.types import GenerationRequest, GenerationResult, ReplicaStats
 from sysaware.sim.routing import ReplicaRouter, make_router
 
@@ -48,6 +48,7 @@ class Submission:
     on_complete: CompletionCallback | None = None
     on_first_token: FirstTokenCallback | None = None
     replica_index: int | None = None  # pin to one replica of the model; None = the router decides
+    response: Response | None = None  # the answer, when the sender knows it already (None: the responder decides)
 
 
 @dataclass(slots=True)
@@ -117,6 +118,12 @@ class SimulatedCluster:
     def models(self) -> list[str]:
         return list(self.by_model)
 
+    @property
+    def responder(self) -> Responder | None:
+        """The responder every replica shares (None if they do not share one)."""
+        responders = {id(r.core.responder): r.core.responder for r in self.replicas}
+        return next(iter(responders.values())) if len(responders) == 1 else None
+
     # --- public API ----------------------------------------------------------------------------------------------
     def submit(
         self,
@@ -125,14 +132,17 @@ class SimulatedCluster:
         on_complete: CompletionCallback | None = None,
         on_first_token: FirstTokenCallback | None = None,
         replica_index: int | None = None,
+        response: Response | None = None,
     ) -> None:
-        """Schedule ``request`` to arrive at virtual time ``at`` (default: now)."""
+        """Schedule ``request`` to arrive at virtual time ``at`` (default: now). ``response``: its answer, when the
+        caller has it (it must be what the replicas' responder says to ``request``; background loads look theirs
+        up in ``answer_stream``)."""
         if request.model not in self.by_model:
             raise KeyError(f"unknown model {request.model!r}; known: {self.models}")
         t = self.now if at is None else at
         if t < self.now:
             raise ValueError(f"cannot submit in the past: at={t} < now={self.now}")
-        sub = Submission(request, on_complete, on_first_token, replica_index)
+        sub = Submission(request, on_complete, on_first_token, replica_index, response)
         heapq.heappush(self._heap, (t, _ARRIVAL, next(self._seq), sub, None))
 
     def call_at(self, t: float, callback: Callable[[float], None]) -> None:
@@ -197,7 +207,7 @@ class SimulatedCluster:
                 # on the heap already.
                 replica.end_events = []
                 heapq.heappush(self._heap, (new_end, _STEP_END, next(self._seq), replica, replica.step_version))
-        replica.core.add_request(sub.request, now)
+        replica.core.add_request(sub.request, now, sub.response)
         replica.submissions[sub.request.request_id] = sub
         if replica.step_end_s is None and not replica.start_pending:
             replica.start_pending = True

@@ -1,7 +1,9 @@
 """Background load generators on the simulated cluster's virtual clock.
 
 Closed loop: N clients, each sends a request, waits for its answer (plus an optional think time) and sends the next,
-so N requests are always in the system: the load level of the research notes (N = 1, 10, 50). Open loop: Poisson
+so N requests are always in the system: the load level of the research notes (N = 1, 10, 50). Its requests come
+from one seeded generator, in order, so their answers are looked up in a file built at first use
+(``answer_stream.py``) rather than composed, when the factory and the responder can key them. Open loop: Poisson
 arrivals at a fixed rate, whatever the system does, which is how overload builds queues without bound.
 """
 
@@ -11,6 +13,7 @@ import random
 from dataclasses import dataclass, field
 
 from sysaware.engines.types import GenerationResult
+from sysaware.sim.answer_stream import stream_for
 from sysaware.sim.cluster import SimulatedCluster
 from sysaware.sim.workload import RequestFactory
 
@@ -32,6 +35,9 @@ class ClosedLoopLoad:
         if self.concurrency < 0:
             raise ValueError("concurrency must be >= 0")
         self._rng = random.Random(f"closed/{self.model}/{self.seed}")
+        # The k-th request of this generator is the same in every simulation: its answer may be on file already.
+        self._stream = stream_for(self.cluster.responder, self.model, self.factory, f"closed/{self.model}/{self.seed}")
+        self._sent = 0
         for i in range(self.concurrency):
             # Stagger the first requests by a few ms so the clients do not arrive in lock-step.
             self._send(at + i * 0.002)
@@ -40,7 +46,13 @@ class ClosedLoopLoad:
     def _send(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self._on_complete)
+        request = self.factory(self.model, self._rng)
+        stream = self._stream
+        if stream is None:
+            self.cluster.submit(request, at=t, on_complete=self._on_complete)
+        else:
+            self._sent = index = self._sent + 1
+            self.cluster.submit(request, at=t, on_complete=self._on_complete, response=stream.answer(index - 1, request))
 
     def _on_complete(self, result: GenerationResult) -> None:
         self.completed.append(result)

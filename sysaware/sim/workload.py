@@ -7,9 +7,11 @@ prompts instead; this is the stand-alone version.
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.tasks.mbpp import MbppTask, Split, load_tasks
@@ -45,6 +47,18 @@ class MbppRequestFactory:
     @classmethod
     def for_split(cls, split: Split | str = Split.TRAIN, sanitized: bool = True, **kw) -> "MbppRequestFactory":
         return cls(tasks=load_tasks(split, sanitized=sanitized), **kw)
+
+    def stream_key(self) -> str:
+        """What the requests drawn from a given generator state depend on (tasks, roles, strategies and this code),
+        for files of their answers (``sim/answer_stream.py``)."""
+        key = getattr(self, "_stream_key", None)
+        if key is None:
+            h = hashlib.sha256(Path(__file__).read_bytes())
+            for t in self.tasks:
+                h.update(f"\x1e{t.task_id}\x1f{t.text}\x1f{t.example_test}".encode())
+            h.update(repr((tuple(self.roles), tuple(s.value for s in self.strategies))).encode())
+            key = self._stream_key = f"mbpp-factory:{h.hexdigest()}"
+        return key
 
     def __call__(self, model: str, rng: random.Random) -> GenerationRequest:
         task = rng.choice(self.tasks)

@@ -32,7 +32,7 @@ from typing import Callable
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
 from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
-from sysaware.engines.twin.protocols import Responder, StepTimeModel
+from sysaware.engines.twin.protocols import Responder, Response, StepTimeModel
 from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
@@ -185,8 +185,9 @@ class TwinEngineCore:
 
     # ---- requests in ----------------------------------------------------------------------------------------
 
-    def add_request(self, req: GenerationRequest, now: float) -> None:
-        """Queue ``req``, arrived at ``now``. Its answer (text and length) is decided here, once.
+    def add_request(self, req: GenerationRequest, now: float, response: Response | None = None) -> None:
+        """Queue ``req``, arrived at ``now``. Its answer (text and length) is decided here, once, by the responder,
+        unless the caller passes it (``response``: what the responder says to ``req``, known in advance).
 
         Raises ValueError when the request can never be served: a duplicate id, no messages, max_tokens < 1, a
         prompt that leaves no room in the model context, or prompt + answer that would not fit in the whole KV
@@ -207,7 +208,8 @@ class TwinEngineCore:
                 f"tokens (max_model_len) with room for one output token"
             )
 
-        response = self.responder.respond(req)
+        if response is None:
+            response = self.responder.respond(req)
         target = min(response.output_tokens, req.max_tokens)
         if max_len is not None:
             target = min(target, max_len - prompt_tokens)

@@ -19,8 +19,10 @@ messages), and texts are assembled from cached pieces whose token counts add up 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from sysaware.config import PoolConfig
 from sysaware.engines.twin.responder.composition import (
@@ -156,6 +158,19 @@ class TwinResponder:
             answer = compose(task, solution, ctx)
         return without_hidden_asserts(answer, task)
 
+    # --- identity of the answers, for caches kept outside the process ------------------------------------------
+    def answer_fingerprint(self, model: str) -> str | None:
+        """A key for everything this responder's answers to ``model`` depend on: the code and data files that decide
+        them, the parameter table and the model's profile. A file of answers saved under it is valid for any
+        process whose responder gives the same key (sim/answer_stream.py). None for a responder built from another
+        IRT fit than the shipped one (its object is not part of the key)."""
+        if model not in self.profiles or self.irt is not load_irt_model():
+            return None
+        h = hashlib.sha256(_answer_sources_digest().encode())
+        h.update(repr(self.params).encode())
+        h.update(repr(self.profiles[model]).encode())
+        return h.hexdigest()
+
     # --- the odds, for callers that study them ----------------------------------------------------------------
     def base_outcome(self, profile: ModelProfile, task_id: int) -> bool:
         """The model's outcome on the task before any strategy or collaboration effect (see ``Outcomes``)."""
@@ -164,6 +179,32 @@ class TwinResponder:
     def p_correct(self, reading: PromptReading, profile: ModelProfile) -> float:
         """P(the emitted solution is correct), before the seeded draws."""
         return self.outcomes.p_correct(reading, profile)
+
+
+@lru_cache(maxsize=1)
+def _answer_sources_digest() -> str:
+    """SHA-256 of the files answers are made from: the responder's and the tasks' code, the token counter, and the
+    data they read (recorded answers, MBPP, the parameter table, the IRT fit, the indexes, the tokenizer)."""
+    from sysaware.engines.tokens import minilm_model_dir
+    from sysaware.resources import RESOURCES
+
+    package = Path(__file__).resolve().parents[3]  # sysaware/
+    files = [
+        *sorted((package / "engines" / "twin" / "responder").glob("*.py")),
+        *sorted((package / "tasks").glob("*.py")),
+        package / "engines" / "tokens.py",
+        package / "engines" / "types.py",
+        package / "engines" / "twin" / "protocols.py",
+        *sorted(p for p in Path(RESOURCES).rglob("*") if p.is_file() and p.relative_to(RESOURCES).parts[0]
+                not in ("estimators", "vidur_profiles", "calibration.json", "__pycache__") and p.suffix != ".pyc"),
+        minilm_model_dir() / "tokenizer.json",
+    ]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(package) if f.is_relative_to(package) else f.name).encode())
+        h.update(b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def main() -> None:
