@@ -1,29 +1,35 @@
 """What one batched T_hat call costs: ``SystemEstimator.predict_candidates`` for every candidate of a step (the default
-pool's 5 models x 3 strategies = 15), as the executor calls it at every agent step.
+pool's 5 models x 3 strategies = 15), as the executor calls it at every agent step, embedding included.
 
-Two cases:
-  cached prompt: the step's prompt was embedded before (the embedding cache hit), so the call is feature building
-                 + one F_lat forward (one row per model) + one F_len forward (one row per candidate);
-  new prompt:    a prompt never seen, so the call also runs MiniLM on it (what a step with a fresh upstream
-                 message pays once).
-Prompts are the MBPP test tasks as the programmer role receives them (or a Phase 1 CSV with --prompts); replica states
-are drawn per call from a busy-pool range, outside the timed region.
+Three cases, in this order:
+  cached prompt:   the step's prompt was priced before: feature building + one F_lat forward (one row per model);
+                   F_len's answer is remembered per (task, role, candidates);
+  new prompt:      workflow steps, every prompt new (later steps carry upstream work: the reference solution, a
+                   review), four steps per task in order (programmer, test analyst, reviewer, decision maker), tasks
+                   never seen: only a task's first step embeds (F_len reads the task, feature spec v3);
+  new task:        every call a task never seen (the MBPP programmer prompt of a fresh task): each call runs MiniLM on
+                   the task, the worst case, what the first step of every workflow pays.
+Prompts come from the MBPP test tasks; replica states are drawn per call from a busy-pool range, outside the timed
+region.
 
-    python benchmarks/bench_estimator_latency.py [--latency-dir DIR --length-dir DIR] [--threads N] [--rounds 5]
+    python benchmarks/bench_estimator_latency.py [--cpu 0] [--busy] [--threads 1] [--runtime auto|onnx|torch]
 
-Wall time is what the executor waits; CPU time (this process, all its threads) is the call's own work, which the
-machine's other load does not inflate. On a shared 2-core machine the wall tail is mostly other processes taking the
-cores, so the cached case runs in rounds and reports each round's p99: the median round is the headline, the spread
-says how noisy the machine was (the load average is printed too).
+``--cpu N`` pins this process to core N (one core, as the issue asks); ``--busy`` starts a second process spinning
+for the whole run (the issue's "machine loaded by a second busy process"). Wall time is what the executor waits; CPU
+time (this process, all its threads) is the call's own work, which other load does not inflate. The load average is
+printed: on a shared machine the wall tail is mostly other processes taking the core.
 
-Last line: the p99 wall time of a cached-prompt call in ms, median over rounds (target: under 2 ms on a 2-core
-machine), with its CPU-time p99 beside it.
+Targets (one core, a second busy process): new prompt p50 <= 10 ms and p99 <= 25 ms; cached p99 <= 2 ms. The last
+line gives the new-prompt p50 and p99 and the cached p99 (wall, median over rounds for the cached case).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,24 +37,43 @@ import numpy as np
 
 from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.estimators.predictor import ReplicaState, SystemEstimator
-from sysaware.tasks.prompts import ROLES, Strategy, task_prompt
+from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 
-TARGET_P99_MS = 2.0
-ROLE = "programmer"
+TARGET_NEW_P50_MS, TARGET_NEW_P99_MS, TARGET_CACHED_P99_MS = 10.0, 25.0, 2.0
+STEP_ROLES = ("programmer", "test_analyst", "reviewer", "decision_maker")
 
 
-def mbpp_prompts(limit: int) -> list[str]:
+def _tasks(limit: int, offset: int = 0):
     from sysaware.tasks.mbpp import Split, load_tasks
 
-    system = ROLES[ROLE].system_prompt
-    return [f"{system}\n\n{task_prompt(t.text, t.example_test)}" for t in load_tasks(Split.TEST)[:limit]]
+    tasks = load_tasks(Split.TEST)
+    if len(tasks) < offset + limit:
+        raise SystemExit(f"need {offset + limit} MBPP test tasks, found {len(tasks)}")
+    return tasks[offset:offset + limit]
 
 
-def csv_prompts(path: Path, limit: int) -> list[str]:
-    import pandas as pd
+def prompt(role: str, task, upstream: list[tuple[str, str]] = ()) -> str:
+    """The prompt text as the executor's step query joins it (system, then the user message)."""
+    from sysaware.orchestration.messages import TEAM_HEADER
 
-    texts = pd.read_csv(path, usecols=["prompt_text"])["prompt_text"].astype(str).drop_duplicates()
-    return texts.sample(frac=1.0, random_state=0).head(limit).tolist()
+    parts = [task_prompt(task.text, task.example_test)]
+    if upstream:
+        parts.append(TEAM_HEADER)
+        parts += [f"### {ROLES[r].title}:\n{text}" for r, text in upstream]
+    parts.append(STRATEGY_INSTRUCTIONS[Strategy.FLASH])
+    return f"{ROLES[role].system_prompt}\n" + "\n\n".join(parts)
+
+
+def workflow_steps(task) -> list[tuple[str, str]]:
+    """(role, prompt) of four steps of one task, each prompt new (the later ones carry the earlier answers)."""
+    code = f"```python\n{task.reference_code.strip()}\n```"
+    review = f"Candidate 1 defines `{task.entry_point}`. Verdict: the code looks correct; no changes needed."
+    return [
+        ("programmer", prompt("programmer", task)),
+        ("test_analyst", prompt("test_analyst", task)),
+        ("reviewer", prompt("reviewer", task, [("programmer", code)])),
+        ("decision_maker", prompt("decision_maker", task, [("programmer", code), ("reviewer", review)])),
+    ]
 
 
 def random_states(models: list[str], rng: random.Random) -> dict[str, ReplicaState]:
@@ -60,19 +85,19 @@ def random_states(models: list[str], rng: random.Random) -> dict[str, ReplicaSta
     return states
 
 
-def time_calls(estimator: SystemEstimator, prompts: list[str], states: list[dict], candidates) -> np.ndarray:
-    """(calls, 2): wall and CPU milliseconds of each predict_candidates call, prompts[i] with states[i]."""
-    out = np.empty((len(prompts), 2))
-    for i, (prompt, state) in enumerate(zip(prompts, states)):
+def time_calls(estimator: SystemEstimator, calls: list[tuple[str, str]], states: list[dict], candidates) -> np.ndarray:
+    """(calls, 2): wall and CPU milliseconds of each predict_candidates call, (role, prompt) i with states[i]."""
+    out = np.empty((len(calls), 2))
+    for i, ((role, text), state) in enumerate(zip(calls, states)):
         wall, cpu = time.perf_counter(), time.process_time()
-        estimator.predict_candidates(prompt, ROLE, state, 400, candidates)
+        estimator.predict_candidates(text, role, state, 400, candidates)
         out[i] = ((time.perf_counter() - wall) * 1e3, (time.process_time() - cpu) * 1e3)
     return out
 
 
 def describe(name: str, ms: np.ndarray) -> str:
     (w50, w99), (c50, c99) = np.percentile(ms[:, 0], [50, 99]), np.percentile(ms[:, 1], [50, 99])
-    return (f"{name:<22} calls={len(ms):>5}  wall p50={w50:8.3f} ms  p99={w99:8.3f} ms   "
+    return (f"{name:<24} calls={len(ms):>5}  wall p50={w50:8.3f} ms  p99={w99:8.3f} ms   "
             f"cpu p50={c50:8.3f} ms  p99={c99:8.3f} ms")
 
 
@@ -80,54 +105,70 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--latency-dir", type=Path, default=None, help="F_lat artifact (default: shipped)")
     p.add_argument("--length-dir", type=Path, default=None, help="F_len artifact (default: shipped)")
-    p.add_argument("--prompts", type=Path, default=None, help="Phase 1 CSV to draw prompts from (default: MBPP)")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the cached case")
     p.add_argument("--cached-calls", type=int, default=1000, help="per round")
-    p.add_argument("--new-prompt-calls", type=int, default=200)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch.set_num_threads: MiniLM on a new prompt (default: torch's own)")
+    p.add_argument("--new-tasks", type=int, default=100, help="tasks of the new-prompt case (4 steps each)")
+    p.add_argument("--new-task-calls", type=int, default=200, help="calls of the new-task case")
+    p.add_argument("--threads", type=int, default=1, help="the encoder's intra-op threads (serving: 1)")
+    p.add_argument("--runtime", default="auto", help="encoder runtime: auto (onnx when installed), onnx, torch")
+    p.add_argument("--cpu", type=int, default=None, help="pin this process to this core")
+    p.add_argument("--busy", action="store_true", help="run a second process spinning on the CPU meanwhile")
     args = p.parse_args()
 
-    import os
+    from sysaware.estimators.embeddings import PromptEmbedder
+    from sysaware.estimators.train import TrainedEstimator
+    from sysaware.estimators.artifacts import default_dir
 
-    import torch
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
+    try:
+        pool = load_pool(DEFAULT_POOL)
+        models = [m.name for m in pool.models]
+        candidates = [(m, s.value) for m in models for s in Strategy]
+        latency = TrainedEstimator.load(args.latency_dir or default_dir("latency"), "latency")
+        length = TrainedEstimator.load(args.length_dir or default_dir("length"), "length")
+        estimator = SystemEstimator(latency, length, PromptEmbedder(threads=args.threads, runtime=args.runtime))
+        rng = random.Random(0)
+        t0 = time.perf_counter()
+        estimator.warm_up()
+        print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies); encoder "
+              f"{estimator.embedder.runtime} with {args.threads} thread(s), loaded in {time.perf_counter() - t0:.2f} s; "
+              f"cpus {sorted(os.sched_getaffinity(0))}, busy process {'on' if busy else 'off'}; "
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    pool = load_pool(DEFAULT_POOL)
-    models = [m.name for m in pool.models]
-    candidates = [(m, s.value) for m in models for s in Strategy]
-    limit = args.new_prompt_calls + 1
-    prompts = csv_prompts(args.prompts, limit) if args.prompts else mbpp_prompts(limit)
-    if len(prompts) < limit:
-        raise SystemExit(f"need {limit} distinct prompts, found {len(prompts)}; lower --new-prompt-calls")
-    estimator = SystemEstimator.load(args.latency_dir, args.length_dir)
-    rng = random.Random(0)
-    print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies), torch threads "
-          f"{torch.get_num_threads()}, prompts from {args.prompts or 'MBPP test tasks'}; "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+        warm_task, *new_tasks = _tasks(1 + args.new_tasks + args.new_task_calls)
+        cached_call = workflow_steps(warm_task)[3]
+        warm = [random_states(models, rng) for _ in range(50)]
+        time_calls(estimator, [cached_call] * len(warm), warm, candidates)
 
-    # Warm-up: loads MiniLM, fills the cache for prompts[0], lets torch pick its kernels.
-    warm = [random_states(models, rng) for _ in range(50)]
-    time_calls(estimator, [prompts[0]] * len(warm), warm, candidates)
+        rounds = []
+        for r in range(args.rounds):
+            states = [random_states(models, rng) for _ in range(args.cached_calls)]
+            rounds.append(time_calls(estimator, [cached_call] * args.cached_calls, states, candidates))
+            print(describe(f"cached prompt, round {r + 1}", rounds[-1]))
+        steps = [step for task in new_tasks[:args.new_tasks] for step in workflow_steps(task)]
+        fresh = time_calls(estimator, steps, [random_states(models, rng) for _ in steps], candidates)
+        first = fresh[0::len(STEP_ROLES)]
+        print(describe("new prompt (workflows)", fresh))
+        print(describe("  of which first steps", first))
+        calls = [("programmer", prompt("programmer", t)) for t in new_tasks[args.new_tasks:]]
+        new_task = time_calls(estimator, calls, [random_states(models, rng) for _ in calls], candidates)
+        print(describe("new task (worst case)", new_task))
+        print(describe("cached prompt, all", np.concatenate(rounds)))
+        print(f"load average {os.getloadavg()[0]:.2f}")
+    finally:
+        if busy is not None:
+            busy.kill()
 
-    rounds = []
-    for r in range(args.rounds):
-        states = [random_states(models, rng) for _ in range(args.cached_calls)]
-        rounds.append(time_calls(estimator, [prompts[0]] * args.cached_calls, states, candidates))
-        print(describe(f"cached prompt, round {r + 1}", rounds[-1]))
-    fresh = time_calls(estimator, prompts[1:limit], [random_states(models, rng) for _ in prompts[1:limit]], candidates)
-    print(describe("new prompt", fresh))
-    print(describe("cached prompt, all", np.concatenate(rounds)))
-    print(f"load average {os.getloadavg()[0]:.2f}")
-
-    p99_wall = sorted(float(np.percentile(x[:, 0], 99)) for x in rounds)
-    p99_cpu = float(np.median([np.percentile(x[:, 1], 99) for x in rounds]))
-    median = float(np.median(p99_wall))
-    verdict = "meets" if median < TARGET_P99_MS else "misses"
-    print(f"cached-prompt T_hat call for {len(candidates)} candidates: p99 {median:.3f} ms wall, median of "
-          f"{len(rounds)} rounds (best {p99_wall[0]:.3f}, worst {p99_wall[-1]:.3f}); cpu p99 {p99_cpu:.3f} ms; "
-          f"{verdict} the {TARGET_P99_MS:g} ms target")
+    cached_p99 = float(np.median([np.percentile(x[:, 0], 99) for x in rounds]))
+    new50, new99 = np.percentile(fresh[:, 0], [50, 99])
+    task50, task99 = np.percentile(new_task[:, 0], [50, 99])
+    verdict = "meets" if (new50 <= TARGET_NEW_P50_MS and new99 <= TARGET_NEW_P99_MS
+                          and cached_p99 <= TARGET_CACHED_P99_MS) else "misses"
+    print(f"T_hat call for {len(candidates)} candidates, wall: new prompt p50 {new50:.2f} ms, p99 {new99:.2f} ms "
+          f"(new task p50 {task50:.2f}, p99 {task99:.2f}); cached p99 {cached_p99:.3f} ms (median of {len(rounds)} "
+          f"rounds); {verdict} the targets ({TARGET_NEW_P50_MS:g} / {TARGET_NEW_P99_MS:g} / {TARGET_CACHED_P99_MS:g} ms)")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,29 @@ def test_predictor_prices_all_candidates_and_caches_the_prompt(tmp_path):
         est.predict_candidates("x", "programmer", {"gpt-unknown": state}, 10, [("gpt-unknown", "flash")])
 
 
+def test_later_steps_of_a_task_reuse_its_embedding_and_length_answer():
+    # A workflow's later steps carry upstream answers (new prompts) but the same task: F_len reads the task, so only
+    # the first step embeds, and a step whose task, role and candidates were priced before runs F_lat alone.
+    from sysaware.tasks.prompts import ROLES, task_prompt
+
+    train, val = data()
+    est = SystemEstimator(train_latency(train, val, TINY), train_length(train, val, TINY, embedder=shared_embedder()))
+    est.embedder = counting = CountingEmbedder(est.embedder)
+    task = task_prompt("Write a function to add two numbers.", "assert add(1, 2) == 3")
+    system = ROLES["programmer"].system_prompt
+    first = f"{system}\n{task}\n\nBe brief, focus on the result."
+    later = f"{system}\n{task}\n\nYour team's work so far:\n\n### Programmer:\ndef add(a, b): return a + b\n\nBe brief."
+    model = next(iter(MODELS))
+    state = ReplicaState(0, 10, 0.2, 50.0, 3.0, 12.0, 10)
+    a = est.predict_candidates(first, "programmer", {model: state}, 90, [(model, "flash")])
+    b = est.predict_candidates(later, "programmer", {model: state}, 140, [(model, "flash")])
+    assert counting.texts == 1
+    assert a[0].out_tokens == b[0].out_tokens and a[0].ttft_ms != b[0].ttft_ms  # F_len: same task; F_lat: new size
+    ref = est.length.predict_frame(val.head(1).assign(model_id=model, role_id="programmer", strategy_id="flash",
+                                                      prompt_text=later))[0]
+    assert b[0].out_tokens == pytest.approx(ref[0, 0], rel=1e-4)
+
+
 def test_an_unknown_step_phase_keeps_the_mean_and_prices_p90_at_a_whole_step():
     # Telemetry older than a step no longer says where in a step a request lands: the mean reads half a step (the
     # expected wait), TTFT's P90 the worst phase, a whole step; a fresh snapshot is read as it is.
@@ -188,9 +211,9 @@ def test_cli_trains_then_reports_on_a_phase2_run(tmp_path):
     out = tmp_path / "artifacts"
     trained = CliRunner().invoke(app, ["train-estimators", "--data", str(data), "--out", str(out), "--epochs", "2"])
     assert trained.exit_code == 0, trained.output
-    assert (out / "latency-v2" / "weights.pt").exists() and (out / "length-v2" / "weights.pt").exists()
+    assert (out / "latency-v2" / "weights.pt").exists() and (out / "length-v3" / "weights.pt").exists()
     report = CliRunner().invoke(app, ["estimator-report", "--data", str(data), "--latency-dir", str(out / "latency-v2"),
-                                      "--length-dir", str(out / "length-v2"), "--plots", str(tmp_path / "plots")])
+                                      "--length-dir", str(out / "length-v3"), "--plots", str(tmp_path / "plots")])
     assert report.exit_code == 0, report.output
     assert "latency=yes, length=yes" in report.output  # trained on the report's train half: test prompts unseen
     assert "N=150" in report.output and "headline: ttft_mape=" in report.output

@@ -85,7 +85,7 @@ def test_cli_tunes_one_estimator_on_a_phase2_run(ray_session, tmp_path: Path):
     assert len(pd.read_csv(out / RESULTS_CSV)) == 2
     assert "latency: best val_mape" in result.output
     assert TrainedEstimator.load(out / "latency-v2", "latency").kind == "latency"
-    assert not (out / "length-v2").exists()  # --estimator latency tunes only F_lat
+    assert not (out / "length-v3").exists()  # --estimator latency tunes only F_lat
 
     bad = CliRunner().invoke(app, ["tune-estimators", "--data", str(data), "--estimator", "size"])
     assert bad.exit_code == 2 and "latency, length or both" in bad.output

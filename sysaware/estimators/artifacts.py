@@ -1,7 +1,7 @@
 """Versioned artifact directories: weights, feature spec (with normalisation), hyper-parameters, metrics, data
 fingerprint. Loading checks the spec against the code's and fails with a clear message on mismatch.
 
-Layout of one directory (e.g. ``resources/estimators/latency-v2``)::
+Layout of one directory (e.g. ``resources/estimators/latency-v2``, ``length-v3``)::
 
     weights.pt         torch state_dict of QuantileMLP
     feature_spec.json  columns, vocabularies, embedding model, quantiles, normalisation, spec version
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sysaware.estimators.features import SPEC_VERSION, FeatureSpec, FeatureSpecError, expected_spec
+from sysaware.estimators.features import FeatureSpec, FeatureSpecError, expected_spec, spec_version
 from sysaware.estimators.models import QuantileMLP
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "estimators"
@@ -26,7 +26,7 @@ RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "estimator
 
 def default_dir(kind: str) -> Path:
     """The shipped artifact of ``kind`` ("latency" | "length")."""
-    return RESOURCE_DIR / f"{kind}-v{SPEC_VERSION}"
+    return RESOURCE_DIR / f"{kind}-v{spec_version(kind)}"
 
 
 def build_network(spec: FeatureSpec, cfg) -> QuantileMLP:

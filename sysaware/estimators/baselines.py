@@ -60,7 +60,7 @@ class LinearBaseline:
         for j, c in enumerate(self.spec.categorical):
             parts.append(np.eye(len(self.spec.vocabularies[c]))[codes[:, j]])
         if self.spec.prompt_embedding:
-            parts.append(self.embedder.embed(df["prompt_text"].astype(str).tolist()).astype(np.float64))
+            parts.append(self.embedder.embed(self.spec.embedding_texts(df)).astype(np.float64))
         return np.concatenate(parts, axis=1)
 
     def fit(self, train: pd.DataFrame) -> "LinearBaseline":

@@ -11,7 +11,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-SPEC_VERSION = 2  # 2: step_remaining_ms, step_ms and step_tokens joined the latency features
+SPEC_VERSION = 2  # latency: 2: step_remaining_ms, step_ms and step_tokens joined the latency features
+# Per kind: an artifact directory is ``<kind>-v<version>`` (artifacts.default_dir). Length 3: F_len embeds the task
+# part of the prompt (``tasks.prompts.task_in_prompt``) instead of the whole prompt, so a decision embeds a task once
+# and every later step of it (whose prompt is new: it carries upstream answers) finds the embedding cached.
+SPEC_VERSIONS = {"latency": SPEC_VERSION, "length": 3}
 UNKNOWN = "<unk>"  # roles outside the vocabulary share this slot (new topologies add roles); models may not
 
 # Replica state at submission + prompt size; all log1p-scaled except kv_utilization (already a fraction).
@@ -27,10 +31,27 @@ LATENCY_TARGETS: tuple[str, ...] = ("actual_ttft", "actual_tpot")  # ms, learned
 LENGTH_NUMERIC: tuple[str, ...] = ()
 LENGTH_CATEGORICAL: tuple[str, ...] = ("role_id", "strategy_id", "model_id")
 LENGTH_TARGETS: tuple[str, ...] = ("output_tokens",)  # tokens, learned as log(tokens)
+LENGTH_EMBEDDED_TEXT = "task"
 NOT_LOG_SCALED = frozenset({"kv_utilization"})
 STRICT_VOCABULARIES = frozenset({"model_id", "strategy_id"})
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
+EMBEDDED_TEXTS = ("prompt", "task")  # what of a prompt F_len embeds: all of it (spec v2) or its task (v3)
+
+
+def spec_version(kind: str) -> int:
+    if kind not in SPEC_VERSIONS:
+        raise FeatureSpecError(f"unknown estimator kind {kind!r}")
+    return SPEC_VERSIONS[kind]
+
+
+def embedded_text(prompt_text: str, what: str = "task") -> str:
+    """The text of a prompt that F_len embeds (``what``: see EMBEDDED_TEXTS)."""
+    if what == "task":
+        from sysaware.tasks.prompts import task_in_prompt
+
+        return task_in_prompt(prompt_text)
+    return prompt_text
 
 
 class FeatureSpecError(ValueError):
@@ -47,6 +68,7 @@ class FeatureSpec:
     quantiles: list[float]
     prompt_embedding: str | None = None  # sentence model name for F_len, None for F_lat
     prompt_embedding_dim: int = 0
+    embedded_text: str | None = None  # what of the prompt is embedded (EMBEDDED_TEXTS); None without an embedding
     version: int = SPEC_VERSION
     # per numeric column: mean and std of the transformed value (train split)
     numeric_mean: list[float] = field(default_factory=list)
@@ -65,7 +87,8 @@ class FeatureSpec:
     # --- checks -------------------------------------------------------------------------------------------------
     def check_compatible(self, expected: "FeatureSpec", source: str) -> None:
         """Fail if this (loaded) spec reads other features than the code's spec for the same kind."""
-        checked = ("kind", "numeric", "categorical", "targets", "prompt_embedding", "prompt_embedding_dim", "version")
+        checked = ("kind", "version", "numeric", "categorical", "targets", "prompt_embedding", "prompt_embedding_dim",
+                   "embedded_text")
         for name in checked:
             got, want = getattr(self, name), getattr(expected, name)
             if got != want:
@@ -75,6 +98,13 @@ class FeatureSpec:
                 )
 
     # --- transforms ---------------------------------------------------------------------------------------------
+    def embedding_texts(self, df: pd.DataFrame) -> list[str]:
+        """Per row, the text whose embedding the network reads (``embedded_text`` of its prompt)."""
+        texts = df["prompt_text"].astype(str)
+        if self.embedded_text and self.embedded_text != "prompt":
+            texts = texts.map(lambda t: embedded_text(t, self.embedded_text))
+        return texts.tolist()
+
     def numeric_raw(self, df: pd.DataFrame) -> np.ndarray:
         cols = []
         for c in self.numeric:
@@ -133,7 +163,8 @@ def latency_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> Featur
 def length_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> FeatureSpec:
     spec = FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS),
                        build_vocabularies(train_df, list(LENGTH_CATEGORICAL)), list(quantiles),
-                       prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM)
+                       prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM,
+                       embedded_text=LENGTH_EMBEDDED_TEXT, version=spec_version("length"))
     spec.fit_normalisation(train_df)
     return spec
 
@@ -144,5 +175,6 @@ def expected_spec(kind: str) -> FeatureSpec:
         return FeatureSpec("latency", list(LATENCY_NUMERIC), list(LATENCY_CATEGORICAL), list(LATENCY_TARGETS), {}, [])
     if kind == "length":
         return FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS), {}, [],
-                           prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM)
+                           prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM,
+                           embedded_text=LENGTH_EMBEDDED_TEXT, version=spec_version("length"))
     raise FeatureSpecError(f"unknown estimator kind {kind!r}")

@@ -2,7 +2,12 @@
 
 P90 of T_hat: ttft_p90 + L_out_p90 x tpot_p90. The sum and product of per-term P90s upper-bounds the P90 of the total
 when the terms are positively dependent (long answers and a busy replica both slow a step), so it is conservative:
-it over-covers rather than under-covers. The embedding of a prompt is computed once per text and cached.
+it over-covers rather than under-covers.
+
+F_len embeds the task part of the prompt (feature spec v3, ``tasks.prompts.task_in_prompt``): a workflow's later
+steps carry new upstream answers, but their task is the one already embedded, so only a task's first decision runs
+MiniLM (one intra-op thread: ``PromptEmbedder(threads=1)``). F_len's answer depends on nothing else but the role,
+model and strategy, so it is remembered per (task, role, candidates): a cached decision runs F_lat alone.
 
 A replica whose step phase is unknown (telemetry older than a step) is priced at the expected wait, half a step, for
 the mean, and at the worst phase, a whole step, for TTFT's P90: the network learned its quantiles where the phase was
@@ -20,8 +25,13 @@ import numpy as np
 from sysaware.engines.types import ReplicaStats, step_phase_known, step_remaining_ms
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
+from sysaware.estimators.features import embedded_text
 from sysaware.estimators.models import NumpyQuantileMLP
 from sysaware.estimators.train import TrainedEstimator
+
+
+SERVING_THREADS = 1  # the encoder's intra-op threads on the decision path (see the module docstring)
+LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered; cleared when full (a bound, not an eviction policy)
 
 
 class ReplicaStateLike(Protocol):
@@ -85,9 +95,10 @@ class SystemEstimator:
     def __init__(self, latency: TrainedEstimator, length: TrainedEstimator, embedder: PromptEmbedder | None = None):
         self.latency = latency
         self.length = length
-        self.embedder = embedder or length.embedder or PromptEmbedder()
+        self.embedder = embedder or length.embedder or PromptEmbedder(threads=SERVING_THREADS)
         self.length.embedder = self.embedder
-        self._embedding_cache: dict[str, np.ndarray] = {}
+        self._embedding_cache: dict[str, np.ndarray] = {}  # embedded text -> (1, 384) float64
+        self._length_cache: dict[tuple, np.ndarray] = {}  # (embedded text, role, candidates) -> F_len's output
         self._lat_net = NumpyQuantileMLP(latency.network)
         self._len_net = NumpyQuantileMLP(length.network)
         self._lat_index = {c: _index(latency.spec.vocabularies[c]) for c in latency.spec.categorical}
@@ -104,12 +115,22 @@ class SystemEstimator:
     def models(self) -> list[str]:
         return [m for m in self.latency.spec.vocabularies["model_id"][1:] if m in self._len_index["model_id"]]
 
+    def embedded_text(self, prompt_text: str) -> str:
+        """The part of ``prompt_text`` whose embedding F_len reads."""
+        return embedded_text(prompt_text, self.length.spec.embedded_text or "prompt")
+
     def prompt_embedding(self, text: str) -> np.ndarray:
+        """The embedding of ``text`` (already the embedded part of a prompt), (1, 384) float64, once per text."""
         emb = self._embedding_cache.get(text)
         if emb is None:
             emb = self.embedder.embed([text]).astype(np.float64)
             self._embedding_cache[text] = emb
         return emb
+
+    def warm_up(self) -> "SystemEstimator":
+        """Load the encoder (exporting it on a machine's first use) before the first decision needs it."""
+        self.embedder.warm_up()
+        return self
 
     def predict_candidates(self, prompt_text: str, role_id: str, states: dict[str, ReplicaStateLike],
                            input_tokens: int, candidates: list[tuple[str, str]]) -> list[CandidateEstimate]:
@@ -174,9 +195,20 @@ class SystemEstimator:
         return out
 
     def _length_batch(self, prompt_text: str, role_id: str, candidates: list[tuple[str, str]]) -> np.ndarray:
+        """(candidates, 1 target, 1 + K) tokens. Read-only: a remembered answer may be returned again."""
         spec = self.length.spec
+        text = self.embedded_text(prompt_text)
+        key = (text, role_id, tuple(candidates)) if not spec.numeric else None
+        if key is not None and (out := self._length_cache.get(key)) is not None:
+            return out
         values = {"role_id": lambda m, s: role_id, "model_id": lambda m, s: m, "strategy_id": lambda m, s: s}
         codes = np.array([[self._code(self._len_index, c, values[c](m, s), "length") for c in spec.categorical]
                           for m, s in candidates], dtype=np.int64)
-        dense = np.broadcast_to(self.prompt_embedding(prompt_text), (len(candidates), spec.prompt_embedding_dim))
-        return _to_units(spec, self._len_net(np.zeros((len(candidates), 0)), codes, dense))
+        dense = np.broadcast_to(self.prompt_embedding(text), (len(candidates), spec.prompt_embedding_dim))
+        out = _to_units(spec, self._len_net(np.zeros((len(candidates), 0)), codes, dense))
+        if key is not None:
+            if len(self._length_cache) >= LENGTH_CACHE_SIZE:
+                self._length_cache.clear()
+            out.setflags(write=False)
+            self._length_cache[key] = out
+        return out

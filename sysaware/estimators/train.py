@@ -83,7 +83,7 @@ class TrainedEstimator:
 def to_tensors(spec: FeatureSpec, df: pd.DataFrame, embedder: PromptEmbedder | None, with_target: bool) -> Tensors:
     dense = None
     if spec.prompt_embedding:
-        dense = torch.from_numpy(embedder.embed(df["prompt_text"].astype(str).tolist()))
+        dense = torch.from_numpy(embedder.embed(spec.embedding_texts(df)))
     return Tensors(
         numeric=torch.from_numpy(spec.numeric_features(df)),
         codes=torch.from_numpy(spec.categorical_codes(df)),
@@ -190,9 +190,9 @@ def load_training_data(data_dirs: list[str | Path]) -> pd.DataFrame:
 def train_estimators(df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfig | None = None,
                      embedding_cache: str | Path | None = None, on_epoch: OnEpoch | None = None) -> dict[str, Path]:
     """Train both estimators on the train half of the report's prompt split (so the report's test rows stay unseen);
-    early stopping uses a further prompt split of that half. Saves ``out_dir/{latency,length}-v<spec version>``."""
+    early stopping uses a further prompt split of that half. Saves ``out_dir/{latency,length}-v<spec version of the kind>``."""
     from sysaware.estimators.data import split_by_prompt
-    from sysaware.estimators.features import SPEC_VERSION
+    from sysaware.estimators.features import spec_version
     from sysaware.estimators.report import SPLIT_SEED, TEST_FRAC
 
     cfg = cfg or TrainConfig()
@@ -205,8 +205,8 @@ def train_estimators(df: pd.DataFrame, out_dir: str | Path, cfg: TrainConfig | N
 
     lat = train_latency(fit, val, cfg, on_epoch=tagged("latency"))
     lat.data = fingerprint(train)
-    paths["latency"] = lat.save(out / f"latency-v{SPEC_VERSION}")
+    paths["latency"] = lat.save(out / f"latency-v{spec_version('latency')}")
     length = train_length(fit, val, cfg, on_epoch=tagged("length"), embedder=PromptEmbedder(embedding_cache))
     length.data = fingerprint(train)
-    paths["length"] = length.save(out / f"length-v{SPEC_VERSION}")
+    paths["length"] = length.save(out / f"length-v{spec_version('length')}")
     return paths

@@ -29,7 +29,7 @@ import pandas as pd
 
 from sysaware.estimators.data import fingerprint, split_by_prompt
 from sysaware.estimators.embeddings import PromptEmbedder, text_key
-from sysaware.estimators.features import SPEC_VERSION
+from sysaware.estimators.features import LENGTH_EMBEDDED_TEXT, embedded_text, spec_version
 from sysaware.estimators.train import TrainConfig, TrainedEstimator, train_latency, train_length
 
 ESTIMATORS = ("latency", "length")
@@ -179,8 +179,9 @@ def tune_estimator(estimator: str, fit_df: pd.DataFrame, val_df: pd.DataFrame, r
     embedder = embedder or (PromptEmbedder() if estimator == "length" else None)
     trial_embedder = None
     if estimator == "length":
-        trial_embedder = PrecomputedEmbeddings.of(pd.concat([fit_df, val_df])["prompt_text"].astype(str).tolist(),
-                                                  embedder)
+        prompts = pd.concat([fit_df, val_df])["prompt_text"].astype(str)
+        trial_embedder = PrecomputedEmbeddings.of(
+            [embedded_text(t, LENGTH_EMBEDDED_TEXT) for t in prompts], embedder)
     base = replace(settings.base, epochs=settings.epochs, seed=settings.seed)
     trainable = tune.with_parameters(_trial, estimator=estimator, fit_df=fit_df, val_df=val_df, base=base,
                                      embedder=trial_embedder)
@@ -215,7 +216,7 @@ def tune_estimator(estimator: str, fit_df: pd.DataFrame, val_df: pd.DataFrame, r
         "metric": METRIC[estimator], "best_error": float(best["best_error"]), "best_trial": str(best["trial_id"]),
         "trials": int(len(trials)), "scheduler": type(scheduler).__name__, "settings": _settings_json(settings),
     }
-    artifact = final.save(run_dir / f"{estimator}-v{SPEC_VERSION}")
+    artifact = final.save(run_dir / f"{estimator}-v{spec_version(estimator)}")
     return TuneOutcome(estimator, METRIC[estimator], float(best["best_error"]), best_config, int(best["best_epoch"]),
                        trials, artifact, type(scheduler).__name__)
 

@@ -125,3 +125,25 @@ def strategy_in_text(text: str) -> Strategy | None:
 def task_prompt(problem: str, example_test: str) -> str:
     """The task as every agent sees it: MBPP's statement and its one example assert (never the hidden ones)."""
     return f"{problem}\nYour code should pass this test:\n{example_test}"
+
+
+TASK_TEST_HEADER = "\nYour code should pass this test:\n"
+
+
+def task_in_prompt(text: str) -> str:
+    """The task part of an agent's prompt: ``task_prompt``'s statement and example assert, without the role's
+    system prompt before it or what follows (upstream work, a test run, the strategy instruction).
+
+    Read from the text alone, so that a dataset row (``prompt_text``) and a live step give the same answer. The
+    statement is the line before the header (MBPP's statements are one line) and the assert the line after it. A
+    prompt without the header: its first paragraph after a known system prompt (the whole text if it has none).
+    """
+    i = text.find(TASK_TEST_HEADER)
+    if i >= 0:
+        end = text.find("\n", i + len(TASK_TEST_HEADER))
+        return text[text.rfind("\n", 0, i) + 1 : len(text) if end < 0 else end]
+    for role in ROLES.values():
+        if text.startswith(role.system_prompt):
+            text = text[len(role.system_prompt) :].lstrip("\n")
+            break
+    return text.split("\n\n", 1)[0]
