@@ -208,6 +208,7 @@ class SimulatedCluster:
                 replica.end_events = []
                 heapq.heappush(self._heap, (new_end, _STEP_END, next(self._seq), replica, replica.step_version))
         replica.core.add_request(sub.request, now, sub.response)
+        sub.response = None  # the core keeps what it needs
         replica.submissions[sub.request.request_id] = sub
         if replica.step_end_s is None and not replica.start_pending:
             replica.start_pending = True

@@ -54,6 +54,9 @@ class Response:
     text: str  # the full answer
     output_tokens: int  # its length in tokens (before any max_tokens cap), >= 1
 
+    def __deepcopy__(self, memo: dict) -> "Response":
+        return self  # immutable: a forked simulation shares it
+
 
 class Responder(Protocol):
     def respond(self, request: GenerationRequest) -> Response:
