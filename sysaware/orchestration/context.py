@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
+from sysaware.data.profile import PoolProfile
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.latency import IdleProfile, QueueingLatencyEstimator
 from sysaware.orchestration.tables import LengthTable, QualityTable
@@ -88,12 +88,13 @@ class Plan:
     """The planner's decision for one request: a topology with its slots' roles, and the budget if it set one."""
 
     topology: Topology
-    slo_s: float | None = None  # None: the driver sets the default budget (see budget.py)
+    slo_s: float | None = None  # the request's own budget, s; None: the default budget (budget.py)
 
 
 @dataclass(frozen=True)
 class PolicyResources:
-    """Static knowledge policies may use (never the live load: that comes in the step context)."""
+    """Static knowledge policies may use (never the live load: that comes in the step context). All of it is a
+    view of the pool's measured profile: no policy reads how a backend decides its answers."""
 
     pool: PoolConfig
     quality: QualityTable
@@ -111,5 +112,18 @@ class PolicyResources:
         return QueueingLatencyEstimator(self.idle)
 
     @classmethod
-    def build(cls, pool: PoolConfig, responder: Responder) -> "PolicyResources":
-        return cls(pool, QualityTable.from_twin(pool), LengthTable.measure(pool, responder), IdleProfile.measure(pool, responder))
+    def from_profile(cls, pool: PoolConfig, profile: PoolProfile) -> "PolicyResources":
+        """The tables of ``profile``, which must have been measured on ``pool`` (ProfileError otherwise)."""
+        profile.check_pool(pool)
+        models = [m.name for m in pool.models]
+        return cls(
+            pool,
+            QualityTable.from_profile(profile, models),
+            LengthTable.from_profile(profile, models),
+            IdleProfile.from_profile(profile, models),
+        )
+
+    @classmethod
+    def default_for(cls, pool: PoolConfig) -> "PolicyResources":
+        """From the profile shipped for ``pool`` (``PoolProfile.default_for``)."""
+        return cls.from_profile(pool, PoolProfile.default_for(pool))
