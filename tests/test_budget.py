@@ -10,7 +10,7 @@ import math
 import pytest
 
 from sysaware.data.profile import IdleLatencyMeasurement
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import FinishReason, GenerationResult
 from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, check_slo_s, plan_slo_s
 from sysaware.orchestration.context import Plan, PolicyResources

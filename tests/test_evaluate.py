@@ -6,23 +6,23 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sysaware.engines.twin.answers import load_recorded_answers
+from sysaware.engines.twin.responder.answers import load_recorded_answers
 from sysaware.orchestration.budget import ProfileBudget
 from sysaware.orchestration.context import PolicyResources
 from sysaware.pipelines.evaluate import EvalSettings, evaluate, evaluation_tasks, plan_requests, summarise
 from sysaware.tasks.mbpp import Split, get_task, split_of
 from profile_factories import hand_made_profile
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend
 
 
 def test_evaluation_tasks_are_test_split_tasks_with_recorded_answers():
     recorded = set(load_recorded_answers().task_ids)
-    every = evaluation_tasks(None)
+    every = evaluation_tasks(twin_backend(), None)
     assert all(split_of(t.task_id) is Split.TEST and t.task_id in recorded for t in every)
     assert len(every) == len({t for t in recorded if split_of(t) is Split.TEST})
-    sample = evaluation_tasks(10, seed=1)
-    assert [t.task_id for t in sample] == sorted(t.task_id for t in sample) == [t.task_id for t in evaluation_tasks(10, seed=1)]
-    assert [t.task_id for t in sample] != [t.task_id for t in evaluation_tasks(10, seed=2)]
+    sample = evaluation_tasks(twin_backend(), 10, seed=1)
+    assert [t.task_id for t in sample] == sorted(t.task_id for t in sample) == [t.task_id for t in evaluation_tasks(twin_backend(), 10, seed=1)]
+    assert [t.task_id for t in sample] != [t.task_id for t in evaluation_tasks(twin_backend(), 10, seed=2)]
 
 
 def test_planned_requests_get_the_profile_budget_of_their_plan():
@@ -36,7 +36,7 @@ def test_planned_requests_get_the_profile_budget_of_their_plan():
 
 def test_a_tiny_evaluation_compares_policies_on_the_same_plans_and_budgets():
     settings = EvalSettings(policies=("fixed", "greedy", "oracle"), levels=(2,), num_tasks=3, warmup_s=2.0, arrival_interval_s=1.0)
-    runs, steps, cost = evaluate(pool(), settings, responder=twin_responder())
+    runs, steps, cost = evaluate(pool(), settings, backend=twin_backend())
     assert len(runs) == 9 and set(runs["policy"]) == {"fixed", "greedy", "oracle"} and set(runs["load"]) == {2}
     per_task = runs.groupby("task_id")
     assert (per_task["slo_s"].nunique() == 1).all() and (per_task["topology"].nunique() == 1).all()

@@ -8,6 +8,7 @@ from functools import lru_cache
 
 import pytest
 
+from sysaware.data.telemetry import ModelLoad, SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.context import Action, PolicyResources, StepContext, all_actions
 from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
@@ -16,12 +17,11 @@ from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.planners import PLANNERS, FixedPlanner, RandomPlanner, make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.tables import LengthTable, QualityTable
-from sysaware.orchestration.telemetry import ModelLoad, SystemSnapshot
 from sysaware.orchestration.topology import Slot, TopologyKind, default_topology
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import ROLES, Strategy
 from profile_factories import TOKENS, hand_made_profile
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 def models() -> list[str]:
@@ -269,7 +269,7 @@ def probe(model: str, strategy: Strategy) -> GenerationRequest:
 
 
 def loaded_driver() -> SimulatedDriver:
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(background_per_model=6, seed=2))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(background_per_model=6, seed=2))
     driver.cluster.run(until=4.0)
     return driver
 

@@ -29,8 +29,9 @@ class InstantForecaster:
 @pytest.fixture
 def no_responder(monkeypatch):
     """Fail any attempt to build the twin's responder or read its parameter file while policies are built and act."""
-    import sysaware.engines.twin.params as params
-    import sysaware.engines.twin.responder as responder
+    import sysaware.engines.twin.factory as factory
+    import sysaware.engines.twin.responder.params as params
+    import sysaware.engines.twin.responder.twin_responder as responder
 
     def refuse(*_args, **_kwargs):
         raise AssertionError("a policy built or read the twin's responder")
@@ -38,6 +39,7 @@ def no_responder(monkeypatch):
     monkeypatch.setattr(responder.TwinResponder, "__init__", refuse)
     monkeypatch.setattr(params, "load_responder_params", refuse)
     monkeypatch.setattr(responder, "load_responder_params", refuse)
+    monkeypatch.setattr(factory, "shared_responder", refuse)
 
 
 def test_every_executor_and_planner_is_built_from_a_profile_alone(tmp_path, no_responder):
@@ -52,6 +54,19 @@ def test_every_executor_and_planner_is_built_from_a_profile_alone(tmp_path, no_r
     for name in PLANNERS:
         plan = make_planner(name).plan(get_task(11), None, None)
         assert plan.topology.slots and plan.slo_s is None
+
+
+def test_the_policy_modules_import_no_simulator_or_twin():
+    """Stricter than test_layers for the policies and their resources: not even the simulated cluster."""
+    import ast
+    import importlib
+
+    for module in ("executors", "planners", "context", "tables", "latency", "budget"):
+        source = importlib.import_module(f"sysaware.orchestration.{module}").__file__
+        tree = ast.parse(open(source).read())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith(("sysaware.engines.twin", "sysaware.sim"))], module
 
 
 # --- the artifact --------------------------------------------------------------------------------------------

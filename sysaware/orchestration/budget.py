@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.topology import Topology

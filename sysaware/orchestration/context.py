@@ -13,10 +13,10 @@ from typing import NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
 from sysaware.data.profile import PoolProfile
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.latency import IdleProfile, QueueingLatencyEstimator
 from sysaware.orchestration.tables import LengthTable, QualityTable
-from sysaware.orchestration.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Slot, Topology
 from sysaware.orchestration.trace import StepRecord
 from sysaware.tasks.mbpp import MbppTask

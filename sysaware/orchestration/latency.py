@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sysaware.data.profile import PoolProfile
+from sysaware.data.telemetry import ModelLoad
 from sysaware.engines.types import GenerationResult
-from sysaware.orchestration.telemetry import ModelLoad
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import Planner
 from sysaware.orchestration.session import DriverEffect, WorkflowSession
-from sysaware.orchestration.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
+from sysaware.data.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, Workflow
 from sysaware.tasks.mbpp import MbppTask

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import GenerationResult
 from sysaware.orchestration.context import Action, Forecaster, StepContext
 from sysaware.orchestration.executors import Executor
-from sysaware.orchestration.telemetry import SystemSnapshot
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import DecisionPoint, Effect, ModelCall, SandboxRun, Workflow
 from sysaware.tasks.prompts import Strategy

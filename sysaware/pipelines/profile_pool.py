@@ -60,8 +60,10 @@ from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.latency import fit_idle_latency
 from sysaware.orchestration.topology import Topology, chain, io, reflection
+from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.trace import RunTrace
-from sysaware.orchestration.workflow import call_seed
+from sysaware.orchestration.workflow import Workflow, call_seed
+from sysaware.sim.backend import SimBackend
 from sysaware.tasks.mbpp import MbppTask, Split, get_task, load_tasks, split_of
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 
@@ -148,37 +150,28 @@ class ProfileDriver(Protocol):
 
 
 class SimProfileDriver:
-    """The twin pool in simulation: workflows on a SimulatedDriver (virtual time), graded in a shared cached
-    sandbox; idle calls on a fresh, idle SimulatedCluster."""
+    """The twin pool in simulation (``SimBackend``): workflows on a SimulatedDriver (virtual time), graded in a
+    shared cached sandbox; idle calls on a fresh, idle cluster of the same backend."""
 
     backend = "sim"
 
-    def __init__(self, pool: PoolConfig, seed: int = 0, sandbox: CachedSandbox | None = None) -> None:
-        from sysaware.engines.twin.responder import TwinResponder
-
+    def __init__(self, pool: PoolConfig, sim: SimBackend | None = None, seed: int = 0, sandbox: CachedSandbox | None = None) -> None:
         self.pool = pool
+        self.sim = sim or SimBackend(pool)
         self.seed = seed
         self.sandbox = sandbox or CachedSandbox()
-        self.responder = TwinResponder(pool)  # shared by every driver: its caches carry over
 
     def answerable_task_ids(self) -> Collection[int]:
-        from sysaware.engines.twin.answers import load_recorded_answers
-
-        return load_recorded_answers().task_ids
+        return self.sim.answerable_task_ids
 
     def run(self, jobs: Sequence[ProbeJob]) -> list[RunTrace]:
-        from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
-        from sysaware.orchestration.workflow import Workflow
-
-        driver = SimulatedDriver(self.pool, self.responder, SimSettings(seed=self.seed), sandbox=self.sandbox)
+        driver = SimulatedDriver(self.pool, self.sim, SimSettings(seed=self.seed), sandbox=self.sandbox)
         for job in jobs:
             driver.add(Workflow(job.run_id, job.task, job.topology, math.inf, seed=job.seed), job.executor, at_s=0.0)
         return driver.run()
 
     def call_alone(self, request: GenerationRequest) -> GenerationResult:
-        from sysaware.sim.cluster import SimulatedCluster
-
-        cluster = SimulatedCluster.from_pool(self.pool, responder=self.responder, seed=self.seed)
+        cluster = self.sim.cluster(seed=self.seed)
         done: list[GenerationResult] = []
         cluster.submit(request, on_complete=done.append)
         cluster.run()
@@ -285,7 +278,7 @@ def measure_idle(driver: ProfileDriver, models: Sequence[str]) -> dict[str, Idle
 
 def phase2_lengths(run_dir: Path) -> tuple[dict[tuple[str, Strategy, str], tuple[float, int]], str]:
     """Mean output tokens and row count per (model, strategy, role) of a Phase 2 dataset, and its fingerprint."""
-    from sysaware.pipelines import dataset_store as store
+    from sysaware.data import dataset_store as store
 
     df = store.load_dataset(run_dir)
     if df.empty:
