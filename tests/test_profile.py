@@ -197,3 +197,29 @@ def test_every_role_has_a_probe_with_the_role_in_its_probed_slot():
     assert set(PROBES) == set(ROLES)
     for role, probe in PROBES.items():
         assert probe.topology.slot(probe.slot_id).role_id == role
+
+
+def test_phase2_lengths_replace_the_probes_where_the_dataset_has_rows(tmp_path):
+    from sysaware.data import dataset_store as store
+    from test_dataset_report import MEAN_TOKENS, make_dataset
+
+    df = make_dataset(prompts=4)
+    df["model_id"] = df["model_id"].map({"model-a": STRONG, "model-b": "gpt-9"})  # gpt-9: not in the pool, ignored
+    df["role_id"] = "reviewer"
+    df["probe_key"] = df["probe_key"] + "|" + df["model_id"]
+    for level, rows in df.groupby("concurrency"):
+        store.write_shard(tmp_path, int(level), rows)
+    settings = ProfileSettings(num_tasks=1, phase2=tmp_path, command="test")
+    profile = profile_pool(pool(), FewTasks(pool()), settings)
+    probed = profile_pool(pool(), FewTasks(pool()), ProfileSettings(num_tasks=1, command="test"))
+    for s in Strategy:
+        expected = df[(df.model_id == STRONG) & (df.strategy_id == s.value)]["output_tokens"].mean()
+        assert profile.output_tokens(STRONG, s, "reviewer") == pytest.approx(expected)
+        assert abs(expected - MEAN_TOKENS[s.value]) < 0.2 * MEAN_TOKENS[s.value]
+        assert profile.cell(STRONG, s, "reviewer").output_tokens_n == len(df[(df.model_id == STRONG) & (df.strategy_id == s.value)])
+        # every other cell keeps the probes' lengths
+        assert profile.output_tokens(WEAK, s, "reviewer") == probed.output_tokens(WEAK, s, "reviewer")
+        assert profile.output_tokens(STRONG, s, "programmer") == probed.output_tokens(STRONG, s, "programmer")
+    assert "Phase 2" in profile.provenance.lengths_source
+    assert profile.provenance.data_fingerprint != probed.provenance.data_fingerprint
+    assert profile.models[WEAK] == probed.models[WEAK]
