@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from sysaware.engines.types import GenerationResult, ReplicaStats
+from sysaware.engines.types import GenerationResult, TelemetrySnapshot
 from sysaware.orchestration.context import Action, all_actions
 from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
@@ -147,46 +147,19 @@ class LiveDriver:
     def _snapshot_at(self, now: float) -> SystemSnapshot:
         return dataclasses.replace(self._snapshot, timestamp_s=now)
 
-    def to_system_snapshot(self, raw: dict, now: float) -> SystemSnapshot:
-        """The actor's JSON view -> the orchestration's snapshot, for this driver's deployments only (the actor is
-        shared by every application on the cluster). A model none of whose replicas has pushed yet reads as idle,
-        so an executor never meets a model it may choose but cannot look up."""
-        stats = []
-        for model, handle in self.handles.items():
-            prefix = f"{handle.app_name}#{handle.deployment_name}#"
-            for rid, view in raw.get("replicas", {}).items():
-                if rid.startswith(prefix) and not view["stale"]:
-                    stats.append(replica_stats(rid, model, view, self.time_scale))
+    def to_system_snapshot(self, raw: TelemetrySnapshot, now: float) -> SystemSnapshot:
+        """The actor's snapshot -> the orchestration's, for this driver's deployments' fresh replicas only (the
+        actor is shared by every application on the cluster). A model none of whose replicas has pushed yet reads
+        as idle, so an executor never meets a model it may choose but cannot look up."""
+        stats = [
+            view.stats_at_read(self.time_scale)
+            for handle in self.handles.values()
+            for view in raw.deployment(handle.app_name, handle.deployment_name, fresh_only=True)
+        ]
         snapshot = self.tracker.snapshot(now, stats)
         for model in self.handles:
             snapshot.models.setdefault(model, ModelLoad(model, 0, 0, 0, 0.0, 0.0, None, None))
         return snapshot
-
-
-def replica_stats(replica_id: str, model: str, view: dict, time_scale: float = 1.0) -> ReplicaStats:
-    """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as; the in-progress step's
-    elapsed time is carried forward by the view's age (wall s x ``time_scale``), so ``step_remaining_ms`` reads it
-    at the time the snapshot was taken, not when the replica pushed it. The age is folded in here: pass these stats
-    on with age 0 (e.g. ``ReplicaState.from_stats(stats)``)."""
-    age_ms = view.get("age_s", 0.0) * time_scale * 1e3
-    return ReplicaStats(
-        replica_id=replica_id,
-        model=model,
-        timestamp_s=view["engine_time_s"],
-        num_requests_waiting=view["queue_waiting"],
-        num_requests_running=view["queue_running"],
-        kv_cache_usage_perc=view["kv_utilization"],
-        ema_ttft_ms=view["ema_ttft_ms"],
-        prompt_tokens_total=view["prompt_tokens_total"],
-        generation_tokens_total=view["generation_tokens_total"],
-        num_preemptions_total=view["preemptions"],
-        requests_finished_total=view["requests_finished_total"],
-        num_gpu_blocks=view["num_gpu_blocks"],
-        block_size=view["block_size"],
-        step_elapsed_ms=view.get("step_elapsed_ms", 0.0) + age_ms,
-        step_ms=view.get("step_ms", 0.0),
-        step_tokens=view.get("step_tokens", 0),
-    )
 
 
 async def _settle(value):
