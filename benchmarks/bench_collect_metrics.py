@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.engines.twin.responder import TwinResponder
+from sysaware.sim.backend import SimBackend
 from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset, load_prompt_rows
 from sysaware.pipelines.collect_prompts import read_existing
 from sysaware.pipelines.probes import PromptPoolFactory, SimProbeBackend
@@ -90,9 +90,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     all_rows = load_prompt_rows(prompts_csv)
-    responder = TwinResponder(pool)
+    sim_backend = SimBackend(pool)
     background = PromptPoolFactory(all_rows, settings.strategies, settings.max_tokens)
-    backend = TimedBackend(SimProbeBackend(pool, background, responder, settings.warmup_s, seed=settings.seed))
+    backend = TimedBackend(SimProbeBackend(pool, background, sim_backend, settings.warmup_s, seed=settings.seed))
     setup_s = time.perf_counter() - t0
 
     with tempfile.TemporaryDirectory() as run_dir:

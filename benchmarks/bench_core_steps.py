@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from twin_factories import FakeResponder, FakeStepTime, count_words, create_requests  # noqa: E402
 
 from sysaware.config import TwinSettings  # noqa: E402
-from sysaware.engines.twin.core import EventKind, TwinEngineCore  # noqa: E402
+from sysaware.engines.twin.perf.core import EventKind, TwinEngineCore  # noqa: E402
 
 CONCURRENCY = 50
 

@@ -1,4 +1,4 @@
-"""How faithfully the live driver (sysaware.serving.live_engine) reproduces the simulated twin, and what it adds.
+"""How faithfully the live driver (sysaware.engines.twin.live) reproduces the simulated twin, and what it adds.
 
 Real stack: roofline step times and the recorded-answer responder for mistral-7b-instruct (configs/pool_twin.yaml),
 programmer prompts over MBPP tasks. Three measurements:
@@ -26,9 +26,10 @@ import time
 import numpy as np
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
-from sysaware.engines.twin.core import EventKind, TwinEngineCore
+from sysaware.engines.twin.perf.core import EventKind, TwinEngineCore
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
-from sysaware.serving.live_engine import LiveTwinEngine, shared_responder, warm_up
+from sysaware.engines.twin.factory import shared_responder, warm_up
+from sysaware.engines.twin.live import LiveTwinEngine
 from sysaware.tasks.mbpp import load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 

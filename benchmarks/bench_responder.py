@@ -28,8 +28,8 @@ import numpy as np
 def main(cold: int = 2000, warmup: int = 40000, warm: int = 20000, seed: int = 0) -> None:
     t0 = time.perf_counter()
     from sysaware.config import DEFAULT_POOL, load_pool
-    from sysaware.engines.tokenizer import count_tokens
-    from sysaware.engines.twin.responder import TwinResponder
+    from sysaware.engines.tokens import count_tokens
+    from sysaware.engines.twin.responder.twin_responder import TwinResponder
     from sysaware.sim.workload import MbppRequestFactory
 
     import_s = time.perf_counter() - t0

@@ -24,7 +24,7 @@ import sys
 import time
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.engines.twin.responder import TwinResponder
+from sysaware.engines.twin.responder.twin_responder import TwinResponder
 from sysaware.sim.cluster import SimulatedCluster
 from sysaware.sim.load import ClosedLoopLoad
 from sysaware.sim.workload import MbppRequestFactory

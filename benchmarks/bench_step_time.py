@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.engines.twin.calibration import REFERENCE_GPUS, VIDUR_DIR, load_operator_profile
+from sysaware.engines.twin.perf.calibration import REFERENCE_GPUS, VIDUR_DIR, load_operator_profile
 from sysaware.engines.twin.protocols import BatchShape
-from sysaware.engines.twin.step_time import RooflineStepTime
+from sysaware.engines.twin.perf.step_time import RooflineStepTime
 
 CASES = [  # (profile under vidur_profiles/compute, tensor-parallel degrees)
     ("h100/meta-llama/Llama-2-7b-hf", (1,)),

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from sysaware.config import load_pool
-from sysaware.pipelines import dataset_store as store
+from sysaware.data import dataset_store as store
 from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset
 from sysaware.runs import new_run_dir
 from sysaware.tasks.prompts import Strategy

@@ -30,13 +30,13 @@ from sysaware.runs import new_run_dir
 
 @ray.remote(num_cpus=1)
 def _shard(pool_path: str, runs: list[RunKey], settings: CollectSettings) -> list[list[dict]]:
-    from sysaware.engines.twin.responder import TwinResponder
+    from sysaware.sim.backend import SimBackend
 
     pool = load_pool(pool_path)
-    responder = TwinResponder(pool)
+    backend = SimBackend(pool)
     out = []
     for start in range(0, len(runs), settings.batch_size):
-        out += simulate_runs(pool, runs[start : start + settings.batch_size], settings, responder)
+        out += simulate_runs(pool, runs[start : start + settings.batch_size], settings, backend)
     return out
 
 

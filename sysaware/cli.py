@@ -100,9 +100,9 @@ def regrade(out: Path | None = typer.Option(None, help="CSV to write (default: t
 @app.command()
 def calibrate() -> None:
     """Refit the twin's step-time efficiency factors to the vendored Vidur profiles."""
-    from sysaware.engines.twin import calibration
+    from sysaware.engines.calibration import main
 
-    calibration.main()
+    main()
 
 
 
@@ -296,14 +296,14 @@ def load_sweep(
     if int(df.failed.sum()):
         console.print(f"[yellow]{int(df.failed.sum())} requests failed; see load_sweep_requests.csv[/yellow]")
     if compare_sim:
-        from sysaware.engines.twin.responder import TwinResponder
+        from sysaware.sim.backend import SimBackend
         from sysaware.sim.sweep import SweepSettings, sweep
 
         # The same window per level as the live run measured (the simulator has no speed limit).
         windows = df.groupby("concurrency").measure_s.first()
-        responder = TwinResponder(cfg)
+        backend = SimBackend(cfg)
         sim = pd.concat(
-            [sweep(cfg, SweepSettings((n,), warmup_s, float(windows[n]), seed=seed), responder) for n in parsed_levels],
+            [sweep(cfg, SweepSettings((n,), warmup_s, float(windows[n]), seed=seed), backend) for n in parsed_levels],
             ignore_index=True,
         )
         sim.to_csv(out / "sim_sweep.csv", index=False)
@@ -459,7 +459,7 @@ def dataset_report_cmd(
     """Phase 2 dataset report: TTFT/TPOT/output-length distributions per model x concurrency, their correlation
     with queue depth and KV use, DeepThink vs Flash lengths; report.md and PNG plots."""
     from sysaware.pipelines.dataset_report import build_report, load_metrics
-    from sysaware.pipelines.metrics_schema import SchemaError
+    from sysaware.data.metrics_schema import SchemaError
 
     try:
         df = load_metrics(data)
@@ -491,7 +491,7 @@ def collect_metrics_cmd(
     """Phase 2: every harvested prompt x strategy x model probed under background load on the simulated cluster or
     the live pool; the served replica's state at submission and the measured TTFT/TPOT/lengths, as Parquet shards +
     manifest."""
-    from sysaware.pipelines import dataset_store as store
+    from sysaware.data import dataset_store as store
     from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset
     from sysaware.runs import new_run_dir
 

@@ -64,7 +64,7 @@ def write_phase2_run(run_dir, df: pd.DataFrame):
     """A collect-metrics run folder: one shard per level, and the Phase 1 prompts CSV its manifest names."""
     from pathlib import Path
 
-    from sysaware.pipelines import dataset_store as store
+    from sysaware.data import dataset_store as store
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True)

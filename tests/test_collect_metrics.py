@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from sysaware.config import REPO_ROOT, PoolConfig
-from sysaware.pipelines import dataset_store as store
+from sysaware.data import dataset_store as store
+from sysaware.sim.backend import SimBackend
 from sysaware.pipelines.collect_metrics import (
     MetricsSettings,
     collect_metrics,
@@ -22,9 +23,9 @@ from sysaware.pipelines.collect_metrics import (
     plan_level,
 )
 from sysaware.pipelines.collect_prompts import CollectSettings, collect_prompts
-from sysaware.pipelines.metrics_schema import COLUMNS, SchemaError
+from sysaware.data.metrics_schema import COLUMNS, SchemaError
 from sysaware.tasks.prompts import STRATEGY_INSTRUCTIONS, Strategy
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 
@@ -43,13 +44,13 @@ def small_pool(models: int = 2, max_num_seqs: int = 256) -> PoolConfig:
 def prompts_csv(tmp_path_factory) -> Path:
     """A small Phase 1 output: 3 train tasks, one workflow each (a dozen or so prompts)."""
     out = tmp_path_factory.mktemp("phase1")
-    return collect_prompts(pool(), out, CollectSettings(runs_per_task=1, num_tasks=3), twin_responder(), progress=False)
+    return collect_prompts(pool(), out, CollectSettings(runs_per_task=1, num_tasks=3), twin_backend(), progress=False)
 
 
 def collect(prompts_csv: Path, run_dir: Path, cfg: PoolConfig | None = None, **settings) -> Path:
-    return collect_metrics(
-        cfg or small_pool(), prompts_csv, run_dir, MetricsSettings(**settings), responder=twin_responder(), progress=False
-    )
+    cfg = cfg or small_pool()
+    sim = SimBackend(cfg, twin_responder())  # the shared responder (it loads the recordings once) on this pool
+    return collect_metrics(cfg, prompts_csv, run_dir, MetricsSettings(**settings), sim=sim, progress=False)
 
 
 def expected_keys(prompts_csv: Path, cfg: PoolConfig, settings: MetricsSettings) -> set[str]:

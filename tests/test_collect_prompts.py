@@ -14,14 +14,14 @@ from sysaware.config import REPO_ROOT
 from sysaware.pipelines.collect_prompts import CSV_NAME, COLUMNS, CollectSettings, collect_prompts, read_existing
 from sysaware.tasks.mbpp import Split, get_task, split_of
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 
 
 def collect(out: Path, num_tasks: int, runs_per_task: int = 1, batch_size: int = 16) -> pd.DataFrame:
     settings = CollectSettings(runs_per_task=runs_per_task, num_tasks=num_tasks, seed=0, batch_size=batch_size)
-    path = collect_prompts(pool(), out, settings, responder=twin_responder(), progress=False)
+    path = collect_prompts(pool(), out, settings, backend=twin_backend(), progress=False)
     assert path == out / CSV_NAME
     return read_existing(path)
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from sysaware.pipelines.dataset_report import PLOT_FILES, REPORT_NAME, build_report
-from sysaware.pipelines.metrics_schema import COLUMN_NAMES, SchemaError
+from sysaware.data.metrics_schema import COLUMN_NAMES, SchemaError
 
 MODELS = ("model-a", "model-b")
 LEVELS = (1, 10, 50)
@@ -143,7 +143,7 @@ def write_parquet_folder(df: pd.DataFrame, folder: Path, shards: int = 2) -> Pat
     """A folder of Parquet files in the schema, split into shards as the collector writes them."""
     import pyarrow.parquet as pq
 
-    from sysaware.pipelines.metrics_schema import to_table
+    from sysaware.data.metrics_schema import to_table
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, part in enumerate(np.array_split(np.arange(len(df)), shards)):

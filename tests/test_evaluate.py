@@ -8,7 +8,7 @@ from functools import lru_cache
 import pandas as pd
 import pytest
 
-from sysaware.engines.twin.answers import load_recorded_answers
+from sysaware.engines.twin.responder.answers import load_recorded_answers
 from sysaware.orchestration.budget import IdleBudget
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import make_executor
@@ -17,32 +17,32 @@ from sysaware.orchestration.topology import reflection, star
 from sysaware.orchestration.workflow import Workflow
 from sysaware.pipelines.evaluate import EvalSettings, evaluate, evaluation_tasks, summarise
 from sysaware.tasks.mbpp import Split, get_task, split_of
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 
 
 @lru_cache(maxsize=1)
 def resources() -> PolicyResources:
-    return PolicyResources.build(pool(), twin_responder())
+    return PolicyResources.build(pool(), twin_backend())
 
 
 def test_evaluation_tasks_are_test_split_tasks_with_recorded_answers():
     recorded = set(load_recorded_answers().task_ids)
-    every = evaluation_tasks(None)
+    every = evaluation_tasks(twin_backend(), None)
     assert all(split_of(t.task_id) is Split.TEST and t.task_id in recorded for t in every)
     assert len(every) == len({t for t in recorded if split_of(t) is Split.TEST})
-    sample = evaluation_tasks(10, seed=1)
-    assert [t.task_id for t in sample] == sorted(t.task_id for t in sample) == [t.task_id for t in evaluation_tasks(10, seed=1)]
-    assert [t.task_id for t in sample] != [t.task_id for t in evaluation_tasks(10, seed=2)]
+    sample = evaluation_tasks(twin_backend(), 10, seed=1)
+    assert [t.task_id for t in sample] == sorted(t.task_id for t in sample) == [t.task_id for t in evaluation_tasks(twin_backend(), 10, seed=1)]
+    assert [t.task_id for t in sample] != [t.task_id for t in evaluation_tasks(twin_backend(), 10, seed=2)]
 
 
 def test_the_default_budget_is_slack_times_the_plan_on_an_idle_cluster():
-    budget = IdleBudget(pool(), twin_responder(), resources(), slack=2.0)
+    budget = IdleBudget(pool(), twin_backend(), resources(), slack=2.0)
     task = get_task(17)
     idle = budget.idle_latency_s(task, reflection(), seed=4)
     # the same workflow with the reference executor (best model, Concise) on a fresh idle cluster takes exactly that
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(grade=False))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(grade=False))
     driver.add(Workflow("w", task, reflection(), slo_s=math.inf, seed=4), make_executor("best_single", resources()), at_s=3.0)
     [trace] = driver.run()
     assert trace.e2e_latency_s == pytest.approx(idle)
@@ -51,12 +51,12 @@ def test_the_default_budget_is_slack_times_the_plan_on_an_idle_cluster():
     # more work, more budget: a star with three workers and an aggregator vs one reflection
     assert budget.idle_latency_s(task, star(["programmer"] * 3), seed=4) > 0
     with pytest.raises(ValueError, match="slack"):
-        IdleBudget(pool(), twin_responder(), resources(), slack=0.0)
+        IdleBudget(pool(), twin_backend(), resources(), slack=0.0)
 
 
 def test_a_tiny_evaluation_compares_policies_on_the_same_plans_and_budgets():
     settings = EvalSettings(policies=("fixed", "greedy", "oracle"), levels=(2,), num_tasks=3, warmup_s=2.0, arrival_interval_s=1.0)
-    runs, steps, cost = evaluate(pool(), settings, responder=twin_responder())
+    runs, steps, cost = evaluate(pool(), settings, backend=twin_backend())
     assert len(runs) == 9 and set(runs["policy"]) == {"fixed", "greedy", "oracle"} and set(runs["load"]) == {2}
     per_task = runs.groupby("task_id")
     assert (per_task["slo_s"].nunique() == 1).all() and (per_task["topology"].nunique() == 1).all()

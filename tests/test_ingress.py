@@ -20,7 +20,7 @@ from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import ChatMessage
 from sysaware.serving.app import build_app, deploy, select_models
 from sysaware.sim.workload import MbppRequestFactory

@@ -9,7 +9,7 @@ from scipy.special import expit
 from scipy.stats import spearmanr
 
 from sysaware.config import CONFIG_DIR, load_pool
-from sysaware.engines.twin.irt import (
+from sysaware.engines.twin.responder.irt import (
     IRT_FIT_JSON,
     IrtModel,
     ability_for_pass_rate,
@@ -91,7 +91,7 @@ def test_tasks_without_recordings_get_a_finite_predicted_difficulty():
 def test_saved_fit_is_what_a_refit_gives():
     saved = load_irt_model()
     refit = fit_irt_model()
-    stale = "irt_fit.json is stale (regrade.csv changed?): refit with python -m sysaware.engines.twin.irt"
+    stale = "irt_fit.json is stale (regrade.csv changed?): refit with python -m sysaware.engines.twin.responder.irt"
     assert set(saved.difficulty) == set(refit.difficulty), stale
     assert max(abs(saved.difficulty[t] - refit.difficulty[t]) for t in saved.difficulty) < 1e-3, stale
     assert max(abs(saved.ability[m] - refit.ability[m]) for m in saved.ability) < 1e-3

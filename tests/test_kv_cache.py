@@ -3,8 +3,8 @@
 import pytest
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.engines.twin.core import TwinEngineCore
-from sysaware.engines.twin.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.twin.perf.core import TwinEngineCore
+from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
 
 from twin_factories import FakeResponder, FakeStepTime
 

@@ -13,9 +13,12 @@ from functools import lru_cache
 import pytest
 
 from sysaware.config import DEFAULT_POOL, Backend, PoolConfig, load_pool
-from sysaware.engines.twin.core import TwinEngineCore
+from sysaware.engines.twin.perf.core import TwinEngineCore
 from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest, GenerationResult
-from sysaware.serving.live_engine import LiveTwinEngine, StreamChunk, build_engine, shared_responder
+from sysaware.engines.registry import build_engine
+from sysaware.engines.twin.factory import shared_responder
+from sysaware.engines.twin.live import LiveTwinEngine
+from sysaware.engines.types import StreamChunk
 from sysaware.tasks.mbpp import load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 from twin_factories import drive
@@ -214,5 +217,5 @@ def test_build_engine_picks_the_twin_and_names_the_backends_still_missing():
     assert isinstance(engine, LiveTwinEngine)
     assert (engine.core.model, engine.core.replica_id, engine.time_scale) == (model.name, "replica-7", 5.0)
     vllm = model.model_copy(update={"backend": Backend.VLLM})
-    with pytest.raises(NotImplementedError, match="backend 'vllm' lands in a later issue"):
+    with pytest.raises(NotImplementedError, match="backend 'vllm' is not implemented yet"):
         build_engine(vllm, pool, "replica-8")

@@ -14,7 +14,7 @@ from serve_factories import deployed, two_model_pool
 from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset, load_prompt_rows
 from sysaware.pipelines.collect_prompts import CollectSettings, collect_prompts
 from sysaware.pipelines.live_probes import LiveProbeBackend
-from sysaware.pipelines.metrics_schema import validate
+from sysaware.data.metrics_schema import validate
 from sysaware.pipelines.probes import PromptPoolFactory
 
 APP = "test-live-probes"

@@ -9,7 +9,7 @@ from functools import lru_cache
 import pytest
 
 from sysaware.engines.types import ChatMessage, GenerationRequest
-from sysaware.engines.twin.responder import load_responder_params
+from sysaware.engines.twin.responder.twin_responder import load_responder_params
 from sysaware.orchestration.context import Action, PolicyResources, StepContext, all_actions
 from sysaware.orchestration.executors import EXECUTORS, make_executor
 from sysaware.orchestration.latency import IdleLatency, IdleProfile, QueueingLatencyEstimator
@@ -17,12 +17,12 @@ from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.planners import PLANNERS, FixedPlanner, RandomPlanner, make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.tables import LengthTable, QualityTable, base_pass_rates
-from sysaware.orchestration.telemetry import ModelLoad, SystemSnapshot
+from sysaware.data.telemetry import ModelLoad, SystemSnapshot
 from sysaware.orchestration.topology import Slot, TopologyKind, default_topology
 from sysaware.tasks.mbpp import Split, get_task, split_of
 from sysaware.tasks.prompts import ROLES, Strategy
 from sysaware.tasks.regrade import load_regrade_table
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 TOKENS = {Strategy.FLASH: 50.0, Strategy.CONCISE: 100.0, Strategy.DEEPTHINK: 400.0}  # output tokens, every model
 
@@ -273,7 +273,7 @@ def probe(model: str, strategy: Strategy) -> GenerationRequest:
 
 
 def loaded_driver() -> SimulatedDriver:
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(background_per_model=6, seed=2))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(background_per_model=6, seed=2))
     driver.cluster.run(until=4.0)
     return driver
 

@@ -17,25 +17,25 @@ import pytest
 import yaml
 
 from sysaware.config import CONFIG_DIR, PoolConfig, load_pool
-from sysaware.engines.tokenizer import count_tokens
-from sysaware.engines.twin.answers import (
+from sysaware.engines.tokens import count_tokens
+from sysaware.engines.twin.responder.answers import (
     load_recorded_answers,
     program_key,
     routerbench_test_task_ids,
     task_solutions,
     wrong_variant,
 )
-from sysaware.engines.twin.counted_text import counted, join, token_count
-from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
-from sysaware.engines.twin.outcomes import coupled_p_correct
-from sysaware.engines.twin.params import ParamsError
-from sysaware.engines.twin.prompt_reading import Feedback, Verdict, find_task
-from sysaware.engines.twin.provenance import file_digests
-from sysaware.engines.twin.renaming import renamed_answer
-from sysaware.engines.twin.replay_index import REPLAY_INDEX_JSON, hint_for, load_index, replay_hint
-from sysaware.engines.twin.replay_index import SOURCES as REPLAY_SOURCES
-from sysaware.engines.twin.responder import TwinResponder, load_responder_params, read_prompt
-from sysaware.engines.twin.verbosity import (
+from sysaware.engines.twin.responder.counted_text import counted, join, token_count
+from sysaware.engines.twin.responder.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
+from sysaware.engines.twin.responder.outcomes import coupled_p_correct
+from sysaware.engines.twin.responder.params import ParamsError
+from sysaware.engines.twin.responder.prompt_reading import Feedback, Verdict, find_task
+from sysaware.engines.twin.responder.provenance import file_digests
+from sysaware.engines.twin.responder.renaming import renamed_answer
+from sysaware.engines.twin.responder.replay_index import REPLAY_INDEX_JSON, hint_for, load_index, replay_hint
+from sysaware.engines.twin.responder.replay_index import SOURCES as REPLAY_SOURCES
+from sysaware.engines.twin.responder.twin_responder import TwinResponder, load_responder_params, read_prompt
+from sysaware.engines.twin.responder.verbosity import (
     VERBOSITY_JSON,
     load_verbosity_table,
     measure_verbosity,
@@ -282,7 +282,7 @@ def test_answers_do_not_depend_on_the_order_requests_arrive_in():
 
 def test_saved_verbosity_table_is_what_a_new_measurement_gives():
     saved = json.loads(VERBOSITY_JSON.read_text())
-    stale = "recorded_verbosity.json is stale: refresh it with python -m sysaware.engines.twin.verbosity"
+    stale = "recorded_verbosity.json is stale: refresh it with python -m sysaware.engines.twin.responder.verbosity"
     assert saved["sources"] == source_fingerprint(), stale
     table = load_verbosity_table()
     for model in load_responder_params().recorded_model_params_b:  # the models every profile is measured against
@@ -291,7 +291,7 @@ def test_saved_verbosity_table_is_what_a_new_measurement_gives():
 
 
 def test_saved_replay_index_rebuilds_each_answer_as_the_slow_path_does():
-    stale = "replay_index.json is stale: rebuild it with python -m sysaware.engines.twin.replay_index"
+    stale = "replay_index.json is stale: rebuild it with python -m sysaware.engines.twin.responder.replay_index"
     assert json.loads(REPLAY_INDEX_JSON.read_text())["sources"] == file_digests(REPLAY_SOURCES), stale
     answers = load_recorded_answers()
     sample = [a for t in answers.task_ids[::9] for a in answers.for_task(t)[::2]]
@@ -541,7 +541,7 @@ def test_answers_do_not_depend_on_the_process_hash_seed():
     script = (
         "import hashlib\n"
         "from sysaware.config import CONFIG_DIR, load_pool\n"
-        "from sysaware.engines.twin.responder import TwinResponder\n"
+        "from sysaware.engines.twin.responder.twin_responder import TwinResponder\n"
         "from sysaware.engines.types import ChatMessage, GenerationRequest\n"
         "from sysaware.tasks.mbpp import get_task\n"
         "from sysaware.tasks.prompts import ROLES, task_prompt\n"

@@ -32,7 +32,7 @@ def seeded_lengths(low: int = 40, spread: int = 500) -> FakeResponder:
 
 @lru_cache(maxsize=1)
 def twin_responder():
-    from sysaware.engines.twin.responder import TwinResponder
+    from sysaware.engines.twin.responder.twin_responder import TwinResponder
 
     return TwinResponder(load_pool(DEFAULT_POOL))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sysaware.config import CONFIG_DIR, DEFAULT_POOL, GPUSpec, ModelArchitecture, load_pool
-from sysaware.engines.twin.calibration import (
+from sysaware.engines.twin.perf.calibration import (
     CALIBRATION_PATH,
     REFERENCE_GPUS,
     VIDUR_DIR,
@@ -17,7 +17,7 @@ from sysaware.engines.twin.calibration import (
     load_operator_profile,
 )
 from sysaware.engines.twin.protocols import BatchShape, StepTimeModel
-from sysaware.engines.twin.step_time import RooflineStepTime, all_reduce_s, expected_experts_touched
+from sysaware.engines.twin.perf.step_time import RooflineStepTime, all_reduce_s, expected_experts_touched
 
 TWIN_POOL = load_pool(DEFAULT_POOL)
 LLAMA3_POOL = load_pool(CONFIG_DIR / "pool_llama3.yaml")

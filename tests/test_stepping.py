@@ -9,19 +9,19 @@ from collections.abc import Callable
 
 import pytest
 
-from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult
+from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult, TelemetrySnapshot
 from sysaware.orchestration.context import Action, InvalidAction, all_actions, check_action
 from sysaware.orchestration.executors import Executor, FixedExecutor, LeastQueueExecutor
 from sysaware.orchestration.live_driver import LiveDriver
 from sysaware.orchestration.planners import FixedPlanner
 from sysaware.orchestration.session import DecisionError, DecisionPoint, WorkflowSession
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
-from sysaware.orchestration.telemetry import SystemSnapshot
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import chain, debate, reflection, star
 from sysaware.orchestration.workflow import Workflow
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import Strategy
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_backend as twin_backend, default_pool as pool, default_responder as twin_responder
 
 SEED = 4
 WORKFLOWS = [(11, star()), (12, reflection()), (13, debate()), (14, chain(["programmer", "bug_fixer"])), (15, star())]
@@ -29,7 +29,7 @@ WORKFLOWS = [(11, star()), (12, reflection()), (13, debate()), (14, chain(["prog
 
 def driver_with(executor: Executor | None, background: int = 2) -> SimulatedDriver:
     """The same workflows under the same background load, decided by ``executor`` (None: from outside)."""
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(background_per_model=background, seed=SEED))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(background_per_model=background, seed=SEED))
     for i, (task_id, topology) in enumerate(WORKFLOWS):
         workflow = Workflow(f"w{i}", get_task(task_id), topology, slo_s=20.0, seed=SEED + i)
         driver.add(workflow, executor, at_s=1.0 + 0.4 * i)  # start times close enough that runs overlap
@@ -137,7 +137,7 @@ def test_an_executor_choosing_outside_the_candidates_is_stopped_by_the_session()
         def choose(self, ctx):
             return Action("gpt-9", Strategy.FLASH)
 
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(grade=False))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(grade=False))
     driver.add(Workflow("w", get_task(11), chain(["programmer"]), slo_s=20.0), Stubborn(None), at_s=0.0)
     with pytest.raises(InvalidAction, match="w/c0: gpt-9/flash is not among the candidates"):
         driver.run()
@@ -182,7 +182,7 @@ class FakeHandle:
 
 class FakeTelemetry:
     def __init__(self) -> None:
-        self.snapshot = _Remote(lambda: {"replicas": {}})
+        self.snapshot = _Remote(lambda: TelemetrySnapshot(wall_time_s=0.0, stale_after_s=0.5))  # nobody pushed
 
 
 class AsyncAgent:

@@ -60,7 +60,7 @@ def test_length_sweep_writes_one_row_per_trial_and_a_loadable_artifact(ray_sessi
 
 def write_phase2_run(run_dir: Path, df: pd.DataFrame) -> Path:
     """A collect-metrics run folder: one shard per level, the Phase 1 prompts CSV its manifest names."""
-    from sysaware.pipelines import dataset_store as store
+    from sysaware.data import dataset_store as store
 
     prompts_csv = run_dir / "intermediate_prompts.csv"
     run_dir.mkdir(parents=True)

@@ -7,9 +7,9 @@ every assertion below can be worked out by hand; the arithmetic is in the commen
 import numpy as np
 import pytest
 
-from sysaware.engines.twin.core import EventKind
+from sysaware.engines.twin.perf.core import EventKind
 from sysaware.engines.twin.protocols import BatchShape
-from sysaware.engines.twin.request import RequestStatus
+from sysaware.engines.twin.perf.request import RequestStatus
 from sysaware.engines.types import FinishReason, step_remaining_ms
 
 from twin_factories import (
@@ -751,7 +751,7 @@ def test_step_fields_survive_a_cut_and_an_abort_as_with_single_steps():
 
 
 def test_old_iteration_times_are_forgotten_but_results_stay_whole(monkeypatch):
-    import sysaware.engines.twin.core as core_module
+    import sysaware.engines.twin.perf.core as core_module
 
     monkeypatch.setattr(core_module, "TIMELINE_COMPACT_AT", 50)
     arrivals, outputs = _mixed_workload()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 
 from sysaware.config import CONFIG_DIR, load_pool
-from sysaware.engines.tokenizer import count_tokens
-from sysaware.engines.twin.counted_text import counted
-from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
-from sysaware.engines.twin.responder import TwinResponder
+from sysaware.engines.tokens import count_tokens
+from sysaware.engines.twin.responder.counted_text import counted
+from sysaware.engines.twin.responder.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
+from sysaware.engines.twin.responder.twin_responder import TwinResponder
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.sim.workload import MbppRequestFactory
 from sysaware.tasks.mbpp import Split, load_tasks

@@ -9,6 +9,7 @@ import pytest
 
 from sysaware.engines.twin.protocols import Response
 from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult
+from sysaware.sim.backend import SimBackend
 from sysaware.orchestration.executors import FixedExecutor, RandomExecutor
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.topology import TopologyKind, chain, debate, default_topology, io, reflection, star
@@ -25,7 +26,7 @@ from sysaware.orchestration.workflow import (
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy
 from sysaware.tasks.sandbox import ExecutionResult, ExecutionStatus
-from twin_factories import default_pool as pool, default_responder as twin_responder
+from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 
@@ -150,7 +151,7 @@ def test_hidden_asserts_written_by_an_agent_never_reach_a_later_prompt():
 
 def test_no_prompt_of_a_twin_run_contains_a_hidden_assert():
     """Every topology on several tasks with the real responder: every prompt any agent received is checked."""
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(grade=False))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(grade=False))
     executor = RandomExecutor(None, seed=1)
     sessions = []
     task_ids = (11, 17, 71, 141, 230, 345)
@@ -188,7 +189,7 @@ class ReplayResponder:
 
 
 def run_replay(text: str, topology) -> tuple:
-    driver = SimulatedDriver(pool(), ReplayResponder(text), SimSettings())
+    driver = SimulatedDriver(pool(), SimBackend(pool(), ReplayResponder(text)), SimSettings())
     wf = Workflow("replay", get_task(17), topology, slo_s=30.0)
     driver.add(wf, FixedExecutor(None, model="mistral-7b-instruct"), at_s=1.0)
     [trace] = driver.run()
@@ -213,7 +214,7 @@ def test_a_known_correct_answer_passes_and_a_known_wrong_one_fails(topology):
 
 
 def simulate(seed: int, background: int = 3) -> list:
-    driver = SimulatedDriver(pool(), twin_responder(), SimSettings(background_per_model=background, seed=seed))
+    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(background_per_model=background, seed=seed))
     executor = RandomExecutor(None, seed=seed)
     for i, (task_id, topology) in enumerate([(11, star()), (12, reflection()), (13, debate())]):
         driver.add(Workflow(f"w{i}", get_task(task_id), topology, slo_s=20.0, seed=seed + i), executor, at_s=2.0 + i)

@@ -15,7 +15,8 @@ from functools import lru_cache
 import numpy as np
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, TwinSettings, load_pool
-from sysaware.engines.twin.core import CHAT_TEMPLATE_TOKENS_PER_MESSAGE, EventKind, TwinEngineCore
+from sysaware.engines.tokens import CHAT_TEMPLATE_TOKENS_PER_MESSAGE
+from sysaware.engines.twin.perf.core import EventKind, TwinEngineCore
 from sysaware.engines.twin.protocols import BatchShape, Response
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 
@@ -223,9 +224,16 @@ def default_pool() -> PoolConfig:
 @lru_cache(maxsize=1)
 def default_responder():
     """The real TwinResponder of the default pool, built once per test process (it loads the recordings)."""
-    from sysaware.engines.twin.responder import TwinResponder
+    from sysaware.engines.twin.responder.twin_responder import TwinResponder
 
     return TwinResponder(default_pool())
+
+
+def default_backend():
+    """The simulated backend of the default pool over ``default_responder``."""
+    from sysaware.sim.backend import SimBackend
+
+    return SimBackend(default_pool(), default_responder())
 
 
 # Samples a vLLM dashboard reads, by vLLM's names: what the pool's Prometheus text must carry.

@@ -15,7 +15,7 @@ Replica stats travel one way, typed all along, and only the ends rename them:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -179,9 +179,34 @@ def _elapsed_ms(step_elapsed_ms: float, age_s: float) -> float:
     return step_elapsed_ms + max(age_s, 0.0) * 1e3
 
 
-class Engine(Protocol):
-    """The async surface every backend offers (twin driven in wall-clock time, vLLM, remote)."""
+@dataclass(frozen=True)
+class StreamChunk:
+    """One piece of a streamed completion. Concatenating every chunk's ``text`` gives the non-streamed text."""
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+    text: str  # new text since the previous chunk (may be empty on the last one)
+    num_tokens: int  # output tokens emitted so far, tokens
+    finished: bool = False
+    result: GenerationResult | None = None  # the whole request's measurements; on the last chunk only
+
+
+class Engine(Protocol):
+    """The async surface every backend offers (the twin driven in wall-clock time, vLLM, a remote server).
+
+    A Serve replica hosts one and never asks which; ``engines.registry.build_engine`` picks it from the pool file.
+    """
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Serve ``request`` to the end; cancelling the caller aborts it (its KV blocks are freed)."""
+        ...
+
+    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
+        """The same request as chunks; the last one is ``finished`` and carries the whole result."""
+        ...
 
     async def stats(self) -> ReplicaStats: ...
+
+    def check_health(self) -> None:
+        """Raise if the engine can no longer serve (the replica is then replaced)."""
+        ...
+
+    async def close(self) -> None: ...

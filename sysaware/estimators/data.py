@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sysaware.pipelines import dataset_store as store
-from sysaware.pipelines.collect_metrics import load_dataset
-from sysaware.pipelines.collect_prompts import read_existing
-from sysaware.pipelines.metrics_schema import validate
+from sysaware.data import dataset_store as store
+from sysaware.data.dataset_store import load_dataset
+from sysaware.data.prompts_store import read_existing
+from sysaware.data.metrics_schema import validate
 
 
 def load_phase2(path: str | Path, prompts_csv: str | Path | None = None) -> pd.DataFrame:

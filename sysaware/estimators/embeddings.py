@@ -30,7 +30,7 @@ class PromptEmbedder:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            from sysaware.engines.tokenizer import minilm_model_dir
+            from sysaware.engines.tokens import minilm_model_dir
 
             self._model = SentenceTransformer(str(minilm_model_dir()), device="cpu")
         return self._model

@@ -22,7 +22,7 @@ from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
 from sysaware.estimators.models import NumpyQuantileMLP
 from sysaware.estimators.train import TrainedEstimator
-from sysaware.pipelines.metrics_schema import replica_state_columns
+from sysaware.data.metrics_schema import replica_state_columns
 
 
 class ReplicaStateLike(Protocol):

@@ -14,12 +14,12 @@ import math
 from dataclasses import dataclass, field
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import BestSingleModelExecutor, Executor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.topology import Topology
 from sysaware.orchestration.workflow import Workflow
+from sysaware.sim.backend import SimBackend
 from sysaware.tasks.mbpp import MbppTask
 
 DEFAULT_SLACK = 1.5  # budget = 1.5 x the idle latency of the plan under the reference executor
@@ -30,7 +30,7 @@ class IdleBudget:
     """Measures plans on an idle simulated cluster and turns them into budgets."""
 
     pool: PoolConfig
-    responder: Responder
+    backend: SimBackend
     resources: PolicyResources
     slack: float = DEFAULT_SLACK
     sandbox: CachedSandbox = field(default_factory=CachedSandbox)
@@ -45,7 +45,7 @@ class IdleBudget:
         from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 
         # One idle driver for every measurement: each workflow runs alone and the cluster is idle again after it.
-        self._driver = SimulatedDriver(self.pool, self.responder, SimSettings(grade=False), sandbox=self.sandbox)
+        self._driver = SimulatedDriver(self.pool, self.backend, SimSettings(grade=False), sandbox=self.sandbox)
 
     def idle_latency_s(self, task: MbppTask, topology: Topology, seed: int = 0) -> float:
         key = (task.task_id, repr(topology.slots), seed)

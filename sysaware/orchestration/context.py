@@ -9,18 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.latency import IdleProfile, QueueingLatencyEstimator
 from sysaware.orchestration.tables import LengthTable, QualityTable
-from sysaware.orchestration.telemetry import SystemSnapshot
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Slot, Topology
 from sysaware.orchestration.trace import StepRecord
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import Strategy
+
+if TYPE_CHECKING:
+    from sysaware.sim.backend import SimBackend
 
 
 class Action(NamedTuple):
@@ -131,5 +133,5 @@ class PolicyResources:
         return QueueingLatencyEstimator(self.idle)
 
     @classmethod
-    def build(cls, pool: PoolConfig, responder: Responder) -> "PolicyResources":
-        return cls(pool, QualityTable.from_twin(pool), LengthTable.measure(pool, responder), IdleProfile.measure(pool, responder))
+    def build(cls, pool: PoolConfig, backend: "SimBackend") -> "PolicyResources":
+        return cls(pool, QualityTable.from_twin(pool), LengthTable.measure(pool, backend.responder), IdleProfile.measure(pool, backend))

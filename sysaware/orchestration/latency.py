@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
-from sysaware.orchestration.telemetry import ModelLoad
+from sysaware.data.telemetry import ModelLoad
 from sysaware.tasks.mbpp import Split, load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 
@@ -46,11 +45,11 @@ class IdleProfile:
         return self.models[model]
 
     @classmethod
-    def measure(cls, pool: PoolConfig, responder: Responder | None = None) -> "IdleProfile":
+    def measure(cls, pool: PoolConfig, backend=None) -> "IdleProfile":
         """Two calls per model on an idle simulated cluster: a short and a long prompt."""
-        from sysaware.sim.cluster import SimulatedCluster
+        from sysaware.sim.backend import SimBackend
 
-        cluster = SimulatedCluster.from_pool(pool, responder=responder)
+        cluster = (backend or SimBackend(pool)).cluster()
         task = load_tasks(Split.TRAIN, sanitized=True)[0]
         short = task_prompt(task.text, task.example_test)
         long = "\n\n".join([short] * 12)  # a team's worth of context, ~12x the tokens

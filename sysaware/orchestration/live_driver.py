@@ -39,7 +39,7 @@ from sysaware.orchestration.session import (
     SessionEffect,
     WorkflowSession,
 )
-from sysaware.orchestration.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
+from sysaware.data.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, Workflow
 from sysaware.tasks.mbpp import MbppTask

@@ -1,7 +1,7 @@
 """What an agent reads: its role's system prompt, the task, its inputs' outputs, a test run, the strategy.
 
 The texts come from their one home (``sysaware.tasks.prompts``), and the layout is the one the twin's responder
-reads (``engines/twin/responder.py``, ``read_prompt``): upstream work is introduced by its role's title ("###
+reads (``engines/twin/responder/twin_responder.py``, ``read_prompt``): upstream work is introduced by its role's title ("###
 Algorithm Designer:" marks a plan, "### Test Analyst:" tests), code stays in fenced blocks, a test run reads "N of M
 tests passed" with the sandbox's status line, and the strategy instruction is the last paragraph.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sysaware.engines.twin.responder import strip_hidden_asserts
+from sysaware.tasks.hidden_asserts import strip_hidden_asserts
 from sysaware.engines.types import ChatMessage
 from sysaware.orchestration.topology import Slot
 from sysaware.tasks.mbpp import MbppTask

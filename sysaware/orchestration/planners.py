@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections import Counter
 
 from sysaware.orchestration.context import Plan
-from sysaware.orchestration.telemetry import SystemSnapshot
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Topology, TopologyKind, chain, debate, default_topology, io, reflection, star
 from sysaware.tasks.mbpp import MbppTask
 

@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import GenerationResult
 from sysaware.orchestration.context import Action, Forecaster, StepContext, check_action
-from sysaware.orchestration.telemetry import SystemSnapshot
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import Effect, ModelCall, SandboxRun, SlotReady, Workflow
 from sysaware.tasks.prompts import Strategy

@@ -30,11 +30,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import GenerationResult
 from sysaware.orchestration.context import Action, all_actions
 from sysaware.orchestration.executors import Executor
-from sysaware.orchestration.forecast import ForkForecaster
+from sysaware.sim.forecast import ForkForecaster
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.session import (
     EXTERNAL_DECIDER,
@@ -45,10 +44,10 @@ from sysaware.orchestration.session import (
     SessionEffect,
     WorkflowSession,
 )
-from sysaware.orchestration.telemetry import SystemSnapshot, TelemetryTracker
+from sysaware.data.telemetry import SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, SandboxPurpose, SandboxRun, Workflow, WorkflowState
-from sysaware.sim.cluster import SimulatedCluster
+from sysaware.sim.backend import SimBackend
 from sysaware.sim.load import ClosedLoopLoad
 from sysaware.sim.workload import MbppRequestFactory, RequestFactory
 
@@ -100,20 +99,18 @@ class SimulatedDriver:
     def __init__(
         self,
         pool: PoolConfig,
-        responder: Responder | None = None,
+        backend: SimBackend | None = None,
         settings: SimSettings = SimSettings(),
         sandbox: CachedSandbox | None = None,
         background: RequestFactory | None = None,
     ) -> None:
-        if responder is None:
-            from sysaware.engines.twin.responder import TwinResponder
-
-            responder = TwinResponder(pool)
         self.pool = pool
-        self.responder = responder
+        self.backend = backend or SimBackend(pool)
+        if self.backend.pool != pool:
+            raise ValueError(f"the backend simulates pool {self.backend.pool.name!r}, not {pool.name!r}")
         self.settings = settings
         self.sandbox = sandbox or CachedSandbox()
-        self.cluster = SimulatedCluster.from_pool(pool, responder=responder, seed=settings.seed)
+        self.cluster = self.backend.cluster(seed=settings.seed)
         self.cluster.keep_results = False
         self.tracker = TelemetryTracker()
         self.sessions: list[WorkflowSession] = []

@@ -24,7 +24,7 @@ import numpy as np
 
 from sysaware.config import PoolConfig
 from sysaware.engines.twin.protocols import Responder
-from sysaware.engines.twin.responder import ResponderParams, load_responder_params
+from sysaware.engines.twin.responder.twin_responder import ResponderParams, load_responder_params
 from sysaware.engines.types import GenerationRequest
 from sysaware.orchestration.messages import UpstreamOutput, build_messages
 from sysaware.orchestration.topology import Slot

@@ -28,11 +28,10 @@ from pathlib import Path
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import GenerationRequest
-from sysaware.pipelines import dataset_store as store
+from sysaware.data import dataset_store as store
+from sysaware.data.metrics_schema import replica_state_columns
 from sysaware.pipelines.collect_prompts import read_existing
-from sysaware.pipelines.metrics_schema import replica_state_columns
 from sysaware.pipelines.probes import (
     ProbeBackend,
     ProbeOutcome,
@@ -42,6 +41,7 @@ from sysaware.pipelines.probes import (
     SimProbeBackend,
     with_strategy,
 )
+from sysaware.sim.backend import SimBackend
 from sysaware.tasks.prompts import Strategy
 
 DEFAULT_LEVELS = (1, 10, 50)
@@ -158,7 +158,7 @@ def collect_metrics(
     run_dir: str | Path,
     settings: MetricsSettings = MetricsSettings(),
     backend: ProbeBackend | None = None,
-    responder: Responder | None = None,
+    sim: SimBackend | None = None,  # the simulated pool when no probe backend is given (default: the pool's twin)
     progress: bool = True,
     write_csv: bool = False,
     on_shard: Callable[[Path, int], None] | None = None,
@@ -174,7 +174,7 @@ def collect_metrics(
     store.check_same_input(run_dir, prompts_info)
     if backend is None:
         background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
-        backend = SimProbeBackend(pool, background, responder, settings.warmup_s, seed=settings.seed)
+        backend = SimProbeBackend(pool, background, sim, settings.warmup_s, seed=settings.seed)
     manifest_settings = {**settings.to_json(), "models": models, "backend": backend.name, "pool": pool.name}
 
     done = store.existing_keys(run_dir)

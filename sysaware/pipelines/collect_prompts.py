@@ -38,32 +38,16 @@ from pathlib import Path
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
+from sysaware.data.prompts_store import COLUMNS, CSV_NAME, read_existing
 from sysaware.orchestration.executors import RandomExecutor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import RandomPlanner
 from sysaware.orchestration.session import WorkflowSession
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.workflow import Workflow
+from sysaware.sim.backend import SimBackend
 from sysaware.tasks.mbpp import MbppTask, Split, get_task, load_tasks
 
-CSV_NAME = "intermediate_prompts.csv"
-COLUMNS = [
-    "prompt_id",
-    "run_id",
-    "run_prompts",
-    "task_id",
-    "topology",
-    "step",
-    "slot_id",
-    "role_id",
-    "strategy",
-    "model",
-    "upstream_roles",
-    "prompt_tokens",
-    "prompt_text",
-    "messages_json",
-]
 
 csv.field_size_limit(sys.maxsize)  # prompt texts are long
 
@@ -135,10 +119,10 @@ def rows_of(session: WorkflowSession) -> list[dict]:
 
 
 def simulate_runs(
-    pool: PoolConfig, runs: Sequence[RunKey], settings: CollectSettings, responder: Responder, sandbox: CachedSandbox | None = None
+    pool: PoolConfig, runs: Sequence[RunKey], settings: CollectSettings, backend: SimBackend, sandbox: CachedSandbox | None = None
 ) -> list[list[dict]]:
     """Simulate ``runs`` together on an idle cluster (prompts do not depend on load); each run's rows."""
-    driver = SimulatedDriver(pool, responder, SimSettings(seed=settings.seed, grade=False), sandbox=sandbox)
+    driver = SimulatedDriver(pool, backend, SimSettings(seed=settings.seed, grade=False), sandbox=sandbox)
     sessions = []
     for key in runs:
         task = get_task(key.task_id)
@@ -154,12 +138,6 @@ def simulate_runs(
 # ---------------------------------------------------------------------------------------------------------------
 # The CSV: append run by run, resume without duplicates
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def read_existing(path: Path) -> pd.DataFrame:
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(path, dtype={"prompt_id": str, "run_id": str}, keep_default_na=False)
 
 
 def complete_runs(path: Path) -> set[str]:
@@ -195,15 +173,12 @@ def collect_prompts(
     pool: PoolConfig,
     out_dir: Path,
     settings: CollectSettings = CollectSettings(),
-    responder: Responder | None = None,
+    backend: SimBackend | None = None,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> Path:
     """Simulate every planned run that the CSV lacks and append its prompts; returns the CSV's path."""
-    if responder is None:
-        from sysaware.engines.twin.responder import TwinResponder
-
-        responder = TwinResponder(pool)
+    backend = backend or SimBackend(pool)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(out_dir) / CSV_NAME
     done = complete_runs(path)
@@ -218,7 +193,7 @@ def collect_prompts(
     for start in range(0, len(todo), settings.batch_size):
         batch = todo[start : start + settings.batch_size]
         written = 0
-        for rows in simulate_runs(pool, batch, settings, responder, sandbox):
+        for rows in simulate_runs(pool, batch, settings, backend, sandbox):
             written += append_rows(path, rows, known)
         if bar is not None:
             bar.update(len(batch))

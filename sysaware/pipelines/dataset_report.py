@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sysaware.pipelines.metrics_schema import SchemaError, validate
+from sysaware.data.metrics_schema import SchemaError, validate
 from sysaware.tasks.prompts import Strategy
 
 REPORT_NAME = "report.md"
@@ -313,13 +313,10 @@ def _plot_kv_histogram(df: pd.DataFrame, path: Path) -> None:
 
 
 def _collector_loader():
-    """The collector's ``load_dataset(run_dir)`` (shards + manifest layout), or None where it is not installed."""
-    for module in ("sysaware.pipelines.collect_metrics", "sysaware.pipelines.dataset_store"):
-        try:
-            return getattr(__import__(module, fromlist=["load_dataset"]), "load_dataset")
-        except (ImportError, AttributeError):
-            continue
-    return None
+    """The dataset store's ``load_dataset(run_dir)`` (shards + manifest layout)."""
+    from sysaware.data.dataset_store import load_dataset
+
+    return load_dataset
 
 
 def load_metrics(data_dir: Path) -> pd.DataFrame:

@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import make_executor
@@ -26,6 +25,7 @@ from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.workflow import Workflow, call_seed
+from sysaware.sim.backend import SimBackend
 from sysaware.tasks.mbpp import MbppTask, Split, get_task, split_of
 
 DEFAULT_POLICIES = ("random", "fixed", "best_single", "static_qmp", "least_queue", "greedy", "oracle")
@@ -53,11 +53,9 @@ class PlannedRequest:
     seed: int
 
 
-def evaluation_tasks(num_tasks: int | None = None, seed: int = 0) -> list[MbppTask]:
-    """MBPP test-split tasks (ids 11-510) that have recorded answers: a seeded sample, in task order."""
-    from sysaware.engines.twin.answers import load_recorded_answers
-
-    ids = [t for t in load_recorded_answers().task_ids if split_of(t) is Split.TEST]
+def evaluation_tasks(backend: SimBackend, num_tasks: int | None = None, seed: int = 0) -> list[MbppTask]:
+    """MBPP test-split tasks (ids 11-510) the backend can answer: a seeded sample, in task order."""
+    ids = [t for t in backend.answerable_task_ids if split_of(t) is Split.TEST]
     if num_tasks is not None and num_tasks < len(ids):
         ids = sorted(random.Random(f"eval-tasks/{seed}").sample(ids, num_tasks))
     return [get_task(t) for t in ids]
@@ -79,7 +77,7 @@ def plan_requests(
 
 def run_policy(
     pool: PoolConfig,
-    responder: Responder,
+    backend: SimBackend,
     resources: PolicyResources,
     requests: Sequence[PlannedRequest],
     policy: str,
@@ -89,7 +87,7 @@ def run_policy(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """One (policy, load) cell: per-run rows, per-step rows, and what the simulation cost."""
     driver = SimulatedDriver(
-        pool, responder, SimSettings(background_per_model=level, seed=settings.seed), sandbox=sandbox
+        pool, backend, SimSettings(background_per_model=level, seed=settings.seed), sandbox=sandbox
     )
     executor = make_executor(policy, resources, seed=settings.seed)
     for r in requests:
@@ -114,22 +112,19 @@ def run_policy(
 def evaluate(
     pool: PoolConfig,
     settings: EvalSettings = EvalSettings(),
-    responder: Responder | None = None,
+    backend: SimBackend | None = None,
     on_cell: Callable[[dict], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Every (load, policy) cell; returns (runs, steps, cost) tables."""
-    if responder is None:
-        from sysaware.engines.twin.responder import TwinResponder
-
-        responder = TwinResponder(pool)
-    resources = PolicyResources.build(pool, responder)
+    backend = backend or SimBackend(pool)
+    resources = PolicyResources.build(pool, backend)
     sandbox = CachedSandbox()
-    budget = IdleBudget(pool, responder, resources, slack=settings.slack, sandbox=sandbox)
-    requests = plan_requests(evaluation_tasks(settings.num_tasks, settings.seed), settings, budget)
+    budget = IdleBudget(pool, backend, resources, slack=settings.slack, sandbox=sandbox)
+    requests = plan_requests(evaluation_tasks(backend, settings.num_tasks, settings.seed), settings, budget)
     runs, steps, costs = [], [], []
     for level in settings.levels:
         for policy in settings.policies:
-            r, s, c = run_policy(pool, responder, resources, requests, policy, level, settings, sandbox)
+            r, s, c = run_policy(pool, backend, resources, requests, policy, level, settings, sandbox)
             runs.append(r)
             steps.append(s)
             costs.append(c)

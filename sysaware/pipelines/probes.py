@@ -15,10 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from sysaware.sim.backend import SimBackend
+
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 from sysaware.tasks.prompts import STRATEGY_INSTRUCTIONS, Strategy
 
@@ -123,7 +124,7 @@ class SimProbeBackend:
 
     pool: PoolConfig
     background: PromptPoolFactory
-    responder: Responder | None = None
+    backend: SimBackend | None = None
     warmup_s: float = 20.0  # virtual seconds of background load before the first probe (queues reach steady state)
     router: str = "least_loaded"
     seed: int = 0
@@ -131,17 +132,17 @@ class SimProbeBackend:
     name: str = "sim"
 
     def __post_init__(self) -> None:
-        if self.responder is None:
-            from sysaware.engines.twin.responder import TwinResponder
+        if self.backend is None:
 
-            self.responder = TwinResponder(self.pool)
+            self.backend = SimBackend(self.pool)
+        if self.backend.pool != self.pool:
+            raise ValueError(f"the backend simulates pool {self.backend.pool.name!r}, not {self.pool.name!r}")
         self.cluster = None
 
     def start_level(self, concurrency: int) -> None:
-        from sysaware.sim.cluster import SimulatedCluster
         from sysaware.sim.load import ClosedLoopLoad
 
-        cluster = SimulatedCluster.from_pool(self.pool, responder=self.responder, router=self.router, seed=self.seed)
+        cluster = self.backend.cluster(seed=self.seed, router=self.router)
         cluster.keep_results = False  # background results are not needed; probes get theirs by callback
         for model in cluster.models:
             ClosedLoopLoad(cluster, model, concurrency, self.background, seed=self.seed).start()

@@ -1,7 +1,7 @@
 """Serving on Ray Serve: replicas hosting engines, the telemetry actor, the latency-aware request router.
 
-A thin re-export. Names load on first access, so ``import sysaware.serving.live_engine`` (no Ray needed) does not
-pay for importing Ray Serve.
+A thin re-export. Names load on first access, so importing one module does not pay for importing Ray Serve.
+Replicas host any ``sysaware.engines.Engine`` (``engines.registry.build_engine``).
 """
 
 from __future__ import annotations
@@ -10,10 +10,6 @@ import importlib
 from typing import TYPE_CHECKING
 
 _EXPORTS = {
-    "LiveTwinEngine": "live_engine",
-    "ServingEngine": "live_engine",
-    "StreamChunk": "live_engine",
-    "build_engine": "live_engine",
     "TelemetryActor": "telemetry",
     "TelemetryState": "telemetry",
     "get_or_create_telemetry": "telemetry",
@@ -33,7 +29,6 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from sysaware.serving.app import AppArgs, build_app
     from sysaware.serving.prometheus import PoolMetrics
-    from sysaware.serving.live_engine import LiveTwinEngine, ServingEngine, StreamChunk, build_engine
     from sysaware.serving.replica import LLMReplica, deployment_for
     from sysaware.serving.router import LatencyAwareRouter, predicted_latency_ms
     from sysaware.serving.telemetry import (

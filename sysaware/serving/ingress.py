@@ -26,10 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
 
 from sysaware.config import ModelDeployment, PoolConfig
-from sysaware.engines.tokenizer import count_tokens
-from sysaware.engines.twin.core import count_prompt_tokens
+from sysaware.engines.tokens import count_tokens
+from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import GenerationRequest, GenerationResult
-from sysaware.serving.live_engine import StreamChunk
+from sysaware.engines.types import StreamChunk
 from sysaware.serving.openai_types import (
     SSE_DONE,
     ChatCompletion,

@@ -17,12 +17,13 @@ from typing import Any
 
 from sysaware.config import ModelDeployment, PoolConfig
 from sysaware.engines.types import GenerationRequest, GenerationResult, ReplicaStats
-from sysaware.serving.live_engine import ServingEngine, StreamChunk, build_engine
+from sysaware.engines.registry import build_engine
+from sysaware.engines.types import Engine, StreamChunk
 from sysaware.serving.router import LatencyAwareRouter, predicted_latency_ms
 
 logger = logging.getLogger(__name__)
 
-EngineFactory = Callable[[ModelDeployment, PoolConfig, str, float], ServingEngine]
+EngineFactory = Callable[[ModelDeployment, PoolConfig, str, float], Engine]
 
 ROUTING_STATS_PERIOD_S = 0.1  # how often Serve's controller polls record_routing_stats
 
@@ -59,7 +60,7 @@ class LLMReplica:
         self.replica_id = serve_replica_id() or replica_id or f"{model_name}#local"
         self.time_scale = time_scale
         factory = engine_factory or build_engine
-        self.engine: ServingEngine = factory(self.model, self.pool, self.replica_id, time_scale)
+        self.engine: Engine = factory(self.model, self.pool, self.replica_id, time_scale)
         self.telemetry_enabled = telemetry
         self.push_period_s = push_period_s
         self.pushes_sent = 0  # pushes the telemetry actor acknowledged

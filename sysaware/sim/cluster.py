@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.core import EngineEvent, EventKind, TwinEngineCore
+from sysaware.engines.twin.perf.core import EngineEvent, EventKind, TwinEngineCore
 from sysaware.engines.twin.protocols import Responder
 from sysaware.engines.types import GenerationRequest, GenerationResult, ReplicaStats
 from sysaware.sim.routing import ReplicaRouter, make_router
@@ -111,7 +111,7 @@ class SimulatedCluster:
         fast_forward: bool = True,
     ) -> "SimulatedCluster":
         if responder is None:
-            from sysaware.engines.twin.responder import TwinResponder
+            from sysaware.engines.twin.responder.twin_responder import TwinResponder
 
             responder = TwinResponder(pool)
         replicas = []

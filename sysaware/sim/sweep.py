@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.protocols import Responder
-from sysaware.sim.cluster import SimulatedCluster
+from sysaware.sim.backend import SimBackend
 from sysaware.sim.load import ClosedLoopLoad
 from sysaware.sim.workload import MbppRequestFactory
 
@@ -42,9 +41,9 @@ class LevelRun:
 
 
 def run_level(
-    pool: PoolConfig, concurrency: int, settings: SweepSettings, responder: Responder | None = None
+    pool: PoolConfig, concurrency: int, settings: SweepSettings, backend: SimBackend | None = None
 ) -> LevelRun:
-    cluster = SimulatedCluster.from_pool(pool, responder=responder, seed=settings.seed)
+    cluster = (backend or SimBackend(pool)).cluster(seed=settings.seed)
     factory = MbppRequestFactory.for_split("train", prefix=f"n{concurrency}")
     stop = settings.warmup_s + settings.measure_s
     loads = {
@@ -132,17 +131,14 @@ def _pct(x: np.ndarray, q: float) -> float:
 def sweep(
     pool: PoolConfig,
     settings: SweepSettings = SweepSettings(),
-    responder: Responder | None = None,
+    backend: SimBackend | None = None,
     on_level: Callable[[LevelRun], None] | None = None,
 ) -> pd.DataFrame:
     """Run every load level; returns the per-model table (and calls ``on_level`` after each, for progress)."""
-    if responder is None:
-        from sysaware.engines.twin.responder import TwinResponder
-
-        responder = TwinResponder(pool)
+    backend = backend or SimBackend(pool)
     tables = []
     for n in settings.concurrency_levels:
-        run = run_level(pool, n, settings, responder)
+        run = run_level(pool, n, settings, backend)
         tables.append(summarise_level(run, settings))
         if on_level is not None:
             on_level(run)

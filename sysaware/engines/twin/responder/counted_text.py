@@ -1,6 +1,6 @@
 """Text that knows its token count, so an answer assembled from cached pieces is never tokenized whole.
 
-Why the sum is exact: the tokenizer (``engines/tokenizer.py``) is WordPiece behind BERT's pre-tokenizer, which
+Why the sum is exact: the tokenizer (``engines/tokens.py``) is WordPiece behind BERT's pre-tokenizer, which
 splits on whitespace before anything else, so no token spans a whitespace character and whitespace itself yields
 none. Pieces joined by whitespace therefore count exactly the sum of their counts (tests/test_responder.py checks
 it on every kind of answer against ``count_tokens`` of the whole text). Tokenizing a 1.5 kB answer takes about
@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sysaware.engines.tokenizer import count_tokens
+from sysaware.engines.tokens import count_tokens
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 
-from sysaware.pipelines.metrics_schema import COLUMN_NAMES, SchemaError, to_table, validate
+from sysaware.data.metrics_schema import COLUMN_NAMES, SchemaError, to_table, validate
 
 DATASET_DIR = "metrics"
 MANIFEST_NAME = "manifest.json"

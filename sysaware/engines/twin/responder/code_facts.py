@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sysaware.engines.twin.renaming import parse_quietly
+from sysaware.engines.twin.responder.renaming import parse_quietly
 from sysaware.tasks.extract import defined_functions
 from sysaware.tasks.mbpp import MbppTask
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from functools import lru_cache
 
-from sysaware.engines.twin.renaming import parse_quietly
+from sysaware.engines.twin.responder.renaming import parse_quietly
 
 # The mutation injects the bugs LLM-written code typically has, at every site where they apply: off-by-one range
 # ends and slice bounds, inverted comparisons (< vs >, == vs !=, in vs not in), swapped operators (+/-, & vs |),

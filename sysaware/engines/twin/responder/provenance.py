@@ -10,10 +10,10 @@ from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from sysaware.engines.tokenizer import minilm_model_dir
+from sysaware.engines.tokens import minilm_model_dir
 from sysaware.resources import RESOURCES
 
-PACKAGE = Path(__file__).resolve().parents[2]  # sysaware/
+PACKAGE = Path(__file__).resolve().parents[3]  # sysaware/
 
 # The recorded answers as the twin reads them: RouterBench's files, the MBPP tasks they are matched to (and whose
 # asserts name the entry point), and the code that matches them and extracts their solutions.

@@ -19,7 +19,7 @@ Two kinds of numbers, kept apart on purpose:
   paper. llm-d-inference-sim's 30 ms + 0.25 ms/token prefill is recorded but not fitted: it is ~10x slower than
   Vidur's measured operators. All these choices are written into the json with their reason.
 
-``python -m sysaware.engines.twin.calibration`` refits everything and rewrites ``resources/calibration.json``.
+``python -m sysaware.engines.twin.perf.calibration`` refits everything and rewrites ``resources/calibration.json``.
 """
 
 from __future__ import annotations
@@ -352,7 +352,7 @@ def main() -> None:
     # are wired together for the fit, not at the top.
     from sysaware.config import CONFIG_DIR, load_pool
     from sysaware.engines.twin.protocols import BatchShape
-    from sysaware.engines.twin.step_time import RooflineStepTime, non_attention_layers_s
+    from sysaware.engines.twin.perf.step_time import RooflineStepTime, non_attention_layers_s
 
     gpus = {key: fit_gpu(key, non_attention_layers_s) for key in REFERENCE_GPUS}
     all_reduce = fit_all_reduce_fallback(all_reduce_curves(), REFERENCE_GPUS[ALL_REDUCE_PROFILE_GPU].interconnect_gbps)

@@ -2,7 +2,7 @@
 
 The core is clock-free (``step(now, until)`` returns how long the step took); this driver gives it a clock:
 
-    engine clock = (time.monotonic() - t0) x time_scale        (seconds of simulated GPU time)
+    engine clock = (time.monotonic() - t0) x time_scale        (seconds of simulated GPU time; engines/clock.py)
 
 One background task per engine, on the replica's event loop, runs the core back to back: ``step(start)``, then
 ``await`` until the wall clock reaches the step's end, then deliver its events (first tokens, finished requests,
@@ -34,39 +34,10 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Protocol
 
-from sysaware.config import Backend, ModelDeployment, PoolConfig
-from sysaware.engines.twin.core import EventKind, StepOutcome, TwinEngineCore
-from sysaware.engines.twin.protocols import Responder
-from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
-
-
-@dataclass(frozen=True)
-class StreamChunk:
-    """One piece of a streamed completion. Concatenating every chunk's ``text`` gives the non-streamed text."""
-
-    text: str  # new text since the previous chunk (may be empty on the last one)
-    num_tokens: int  # output tokens emitted so far, tokens
-    finished: bool = False
-    result: GenerationResult | None = None  # the whole request's measurements; on the last chunk only
-
-
-class ServingEngine(Protocol):
-    """What a replica needs from its engine (twin driven live, later vLLM or a remote server)."""
-
-    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
-
-    def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]: ...
-
-    async def stats(self) -> ReplicaStats: ...
-
-    def check_health(self) -> None:
-        """Raise if the engine can no longer serve (the replica is then replaced)."""
-        ...
-
-    async def close(self) -> None: ...
+from sysaware.engines.twin.perf.core import EventKind, StepOutcome, TwinEngineCore
+from sysaware.engines.clock import EngineClock
+from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats, StreamChunk
 
 
 def emitted_text(text: str, response_tokens: int, num_tokens: int) -> str:
@@ -121,14 +92,12 @@ class LiveTwinEngine:
         max_run_wall_s: float = 0.02,
         max_lag_wall_s: float = 0.5,
     ) -> None:
-        if time_scale <= 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.clock = EngineClock(time_scale)  # raises for a scale <= 0
         self.core = core
         self.time_scale = time_scale
         self.max_run_s = max_run_wall_s * time_scale  # engine seconds a fast-forwarded run may cover
         self.max_lag_s = max_lag_wall_s * time_scale  # engine seconds of lag caught up before it is dropped
         self.driver_stats = DriverStats()
-        self._t0 = time.monotonic()
         self._clock_s = 0.0  # engine time where the previous step ended (the core's own clock)
         self._newest_arrival_s = 0.0
         self._step: _StepInFlight | None = None
@@ -141,10 +110,10 @@ class LiveTwinEngine:
 
     def now(self) -> float:
         """The engine clock, s."""
-        return (time.monotonic() - self._t0) * self.time_scale
+        return self.clock.now()
 
     def _wall_deadline(self, engine_s: float) -> float:
-        return self._t0 + engine_s / self.time_scale
+        return self.clock.wall_deadline(engine_s)
 
     # ---- requests in --------------------------------------------------------------------------------------------
 
@@ -198,7 +167,7 @@ class LiveTwinEngine:
             # The responder's CPU time (deciding the answer, milliseconds; more on a first call) is the
             # simulation's cost, not the GPU's: the engine clock stands still meanwhile, so it neither shows in
             # this request's TTFT nor slows the steps of the others.
-            self._t0 += time.monotonic() - t_admit
+            self.clock.hold(time.monotonic() - t_admit)
         self._newest_arrival_s = max(self._newest_arrival_s, now)
         twin_request = self.core.requests[request.request_id]
         tracked = _Tracked(
@@ -371,47 +340,3 @@ class LiveTwinEngine:
                 await self._driver
             except (asyncio.CancelledError, Exception):
                 pass
-
-
-# ---- the factory -------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=4)
-def _responder_for(pool_json: str) -> Responder:
-    from sysaware.engines.twin.responder import TwinResponder
-
-    return TwinResponder(PoolConfig.model_validate_json(pool_json))
-
-
-def shared_responder(pool: PoolConfig) -> Responder:
-    """One TwinResponder per process and pool: building one loads and measures the recorded answers (seconds)."""
-    return _responder_for(pool.model_dump_json())
-
-
-def warm_up(responder: Responder, model: str) -> None:
-    """Answer one MBPP prompt so the responder's lazy loads (recorded answers, task index: ~0.1-0.2 s) happen while
-    the replica starts, not inside its first request."""
-    from sysaware.tasks.mbpp import load_tasks
-    from sysaware.tasks.prompts import ROLES, task_prompt
-
-    task = load_tasks()[0]
-    messages = (
-        ChatMessage("system", ROLES["programmer"].system_prompt),
-        ChatMessage("user", task_prompt(task.text, task.test_list[0])),
-    )
-    responder.respond(GenerationRequest("warm-up", model, messages))
-
-
-def build_engine(
-    model: ModelDeployment,
-    pool: PoolConfig,
-    replica_id: str,
-    time_scale: float = 1.0,
-) -> ServingEngine:
-    """The engine a replica of ``model`` hosts, chosen by ``model.backend``; replicas never look at which."""
-    if model.backend is Backend.TWIN:
-        responder = shared_responder(pool)
-        warm_up(responder, model.name)
-        core = TwinEngineCore.for_deployment(model, pool, replica_id, responder=responder)
-        return LiveTwinEngine(core, time_scale)
-    raise NotImplementedError(f"backend {model.backend.value!r} lands in a later issue")

@@ -1,7 +1,9 @@
-"""The one filter every answer goes through: no line may show a hidden assert of the task (only the example).
+"""The rule that keeps the grader's tests secret: no text an agent is shown may hold a hidden assert of its task.
 
-A recorded answer may quote MBPP's asserts (CodeLlama writes its own ``[TESTS]``); a twin that leaked them would
-hand later agents the grader's tests.
+MBPP shows one example assert with the problem; the rest are the grade. An answer may quote them (CodeLlama writes
+its own ``[TESTS]``); a workflow that passed such a line on would hand later agents the grader's tests. Every
+upstream text goes through ``strip_hidden_asserts`` (orchestration/messages.py), and so does every answer the twin
+composes (engines/twin/responder/hidden_asserts.py).
 """
 
 from __future__ import annotations
@@ -9,16 +11,11 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from sysaware.engines.twin.counted_text import CountedText, counted
 from sysaware.tasks.mbpp import MbppTask
 
 # Verdicts kept per task: far more than the distinct lines of its answers in a long run; a bound all the same,
 # since answers may quote prompts (a fixer quotes the failing test line).
 _MAX_LINES_PER_TASK = 1 << 14
-# Filtered answers kept per task: a simulated cluster's background load meets ~100 distinct answer texts per task
-# in a few virtual minutes (nine in ten answers are a text seen before); a bound, since reviews combine freely.
-_MAX_ANSWERS_PER_TASK = 1 << 8  # ~120 MB at most over all 974 MBPP tasks (answers average ~500 characters)
-_UNSEEN = object()  # not in a memo (None is a value there)
 
 
 class AssertGuard:
@@ -40,7 +37,6 @@ class AssertGuard:
             hidden.append(body if len(body) >= 8 else squeezed)
         self.hidden = tuple(hidden)  # each hidden assert's expression (the whole assert when it is short)
         self._leaks: dict[str, bool] = {}
-        self._filtered: dict[str, CountedText | None] = {}  # answer text -> the filtered answer (None: unchanged)
 
     def leaks(self, line: str) -> bool:
         """Whether ``line`` shows a hidden assert (the example is cut out of the line first)."""
@@ -60,28 +56,6 @@ class AssertGuard:
             self.example_body in squeezed_text or any(h in squeezed_text for h in self.hidden)
         )
 
-    def filtered(self, answer: CountedText) -> CountedText:
-        """``answer`` without the lines that leak, recounted only when a line was dropped.
-
-        Remembered per answer text: most answers are texts seen before (cached pieces, or the same pieces joined
-        again), and a dictionary hit costs less than even the ``may_leak`` searches. The result is a function of
-        the text alone, so the memo changes nothing.
-        """
-        memo = self._filtered
-        result = memo.get(answer.text, _UNSEEN)
-        if result is not _UNSEEN:
-            return answer if result is None else result
-        result = None
-        if self.may_leak(answer.squeezed):
-            lines = answer.text.split("\n")
-            kept = [line for line in lines if not self.leaks(line)]
-            if len(kept) != len(lines):
-                result = counted("\n".join(kept))
-        if len(memo) >= _MAX_ANSWERS_PER_TASK:
-            memo.clear()
-        memo[answer.text] = result
-        return answer if result is None else result
-
 
 @lru_cache(maxsize=4096)
 def assert_guard(task: MbppTask) -> AssertGuard:
@@ -99,8 +73,3 @@ def strip_hidden_asserts(text: str, task: MbppTask) -> str:
     if not guard.hidden:
         return text
     return "\n".join(line for line in text.split("\n") if not guard.leaks(line))
-
-
-def without_hidden_asserts(answer: CountedText, task: MbppTask) -> CountedText:
-    """``strip_hidden_asserts`` of a counted answer, recounted only when a line was dropped."""
-    return assert_guard(task).filtered(answer)

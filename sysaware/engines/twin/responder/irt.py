@@ -12,7 +12,7 @@ tasks equals its published MBPP pass@1. A task without recordings gets a difficu
 length when that predicts held-out difficulties better than the mean difficulty does (10-fold cross-validated; see
 the fit's diagnostics), else the mean difficulty.
 
-    python -m sysaware.engines.twin.irt      # refit and rewrite resources/irt_fit.json
+    python -m sysaware.engines.twin.responder.irt      # refit and rewrite resources/irt_fit.json
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class IrtModel:
 def load_irt_model(path: str | Path = IRT_FIT_JSON) -> IrtModel:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; fit it with: python -m sysaware.engines.twin.irt")
+        raise FileNotFoundError(f"{path} is missing; fit it with: python -m sysaware.engines.twin.responder.irt")
     return IrtModel.from_json(json.loads(path.read_text()))
 
 

@@ -5,7 +5,7 @@ responder construction, so the table is saved in ``resources/recorded_verbosity.
 from (``provenance``: the answer files, the code that matches and extracts them, the tokenizer). A table whose
 sources changed is not used: the responder measures again and warns.
 
-    python -m sysaware.engines.twin.verbosity      # re-measure and rewrite resources/recorded_verbosity.json
+    python -m sysaware.engines.twin.responder.verbosity      # re-measure and rewrite resources/recorded_verbosity.json
 """
 
 from __future__ import annotations
@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from sysaware.engines.tokenizer import count_tokens_batch
-from sysaware.engines.twin.answers import load_recorded_answers
-from sysaware.engines.twin.provenance import RECORDED_ANSWER_SOURCES, TOKENIZER_SOURCE, file_digests
+from sysaware.engines.tokens import count_tokens_batch
+from sysaware.engines.twin.responder.answers import load_recorded_answers
+from sysaware.engines.twin.responder.provenance import RECORDED_ANSWER_SOURCES, TOKENIZER_SOURCE, file_digests
 from sysaware.resources import RESOURCES
 from sysaware.tasks.extract import extract_code
 from sysaware.tasks.regrade import MODELS
 
 VERBOSITY_JSON = RESOURCES / "recorded_verbosity.json"
-REFRESH_COMMAND = "python -m sysaware.engines.twin.verbosity"
+REFRESH_COMMAND = "python -m sysaware.engines.twin.responder.verbosity"
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def verbosity_table(models: Sequence[str] = MODELS) -> dict:
     return {
         "what": "per RouterBench model: median and log-spread of (answer tokens - extracted code tokens) over its "
         "recorded MBPP answers; log_sd clipped to [0.15, 0.8]",
-        "measured_by": "sysaware.engines.twin.verbosity.measure_verbosity",
+        "measured_by": "sysaware.engines.twin.responder.verbosity.measure_verbosity",
         "refresh": REFRESH_COMMAND,
         "sources": source_fingerprint(),
         "models": {

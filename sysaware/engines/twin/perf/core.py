@@ -30,28 +30,15 @@ from itertools import accumulate
 from typing import Callable
 
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
-from sysaware.engines.tokenizer import count_tokens
-from sysaware.engines.twin.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
+from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
 from sysaware.engines.twin.protocols import Responder, StepTimeModel
-from sysaware.engines.twin.request import StepTimeline, TwinRequest
-from sysaware.engines.twin.scheduler import DecodeRun, Scheduler
+from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
+from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
 
-# Chat-template tokens around each message (role header and end-of-turn markers, e.g. ChatML's
-# "<|im_start|>user\n" ... "<|im_end|>\n"); Llama-2's [INST] wrappers cost about as much.
-CHAT_TEMPLATE_TOKENS_PER_MESSAGE = 4
-# Distinct message texts whose token counts are remembered (shared by every replica counting the same way).
-PROMPT_COUNT_CACHE_SIZE = 8192
 # Iteration times a replica keeps before it drops those no live request needs (small: forks copy them).
 TIMELINE_COMPACT_AT = 8192
-
-
-def count_prompt_tokens(messages: tuple[ChatMessage, ...], count: Callable[[str], int] = count_tokens) -> int:
-    """Prompt length of a chat request: every message's tokens plus the template's per-message overhead."""
-    total = CHAT_TEMPLATE_TOKENS_PER_MESSAGE * len(messages)
-    for m in messages:
-        total += count(m.content)
-    return total
 
 
 @lru_cache(maxsize=None)
@@ -168,7 +155,7 @@ class TwinEngineCore:
         """
         gpu = pool.gpu_of(model)
         if step_time is None:
-            from sysaware.engines.twin.step_time import RooflineStepTime
+            from sysaware.engines.twin.perf.step_time import RooflineStepTime
 
             step_time = RooflineStepTime.for_deployment(model, pool)
         settings = model.twin

@@ -7,7 +7,7 @@ extractor when the index was built) and where its code lies in that text, so rep
 a slice. It is used only when built from the same recordings, tasks and code (``provenance``); otherwise answers
 are worked out as before, with a warning.
 
-    python -m sysaware.engines.twin.replay_index      # rebuild resources/replay_index.json
+    python -m sysaware.engines.twin.responder.replay_index      # rebuild resources/replay_index.json
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from sysaware.engines.twin.provenance import PACKAGE, RECORDED_ANSWER_SOURCES, file_digests
-from sysaware.engines.twin.renaming import rename_identifier, renamed_answer, renamed_from, solution_code
+from sysaware.engines.twin.responder.provenance import PACKAGE, RECORDED_ANSWER_SOURCES, file_digests
+from sysaware.engines.twin.responder.renaming import rename_identifier, renamed_answer, renamed_from, solution_code
 from sysaware.resources import RESOURCES
 from sysaware.tasks import regrade
 from sysaware.tasks.extract import rename_entry_point
 from sysaware.tasks.mbpp import get_task
 
 REPLAY_INDEX_JSON = RESOURCES / "replay_index.json"
-REFRESH_COMMAND = "python -m sysaware.engines.twin.replay_index"
-SOURCES = {**RECORDED_ANSWER_SOURCES, "engines/twin/renaming.py": PACKAGE / "engines" / "twin" / "renaming.py"}
+REFRESH_COMMAND = "python -m sysaware.engines.twin.responder.replay_index"
+SOURCES = {**RECORDED_ANSWER_SOURCES, "engines/twin/responder/renaming.py": PACKAGE / "engines" / "twin" / "responder" / "renaming.py"}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Speed: everything about a request except its seed (the reading, the model's odds
 messages), and texts are assembled from cached pieces whose token counts add up (``counted_text``), so a warm
 ``respond()`` tokenizes nothing. Answers are a pure function of (model, messages, seed), caches or not.
 
-    python -m sysaware.engines.twin.responder      # the single-programmer report (``report``)
+    python -m sysaware.engines.twin.responder.twin_responder      # the single-programmer report (``report``)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from sysaware.config import PoolConfig
-from sysaware.engines.twin.composition import (
+from sysaware.engines.twin.responder.composition import (
     Context,
     compose_code_answer,
     compose_plan,
@@ -31,14 +31,14 @@ from sysaware.engines.twin.composition import (
     compose_tests,
     compose_without_task,
 )
-from sysaware.engines.twin.counted_text import CountedText, counted
-from sysaware.engines.twin.draws import RequestDraws, prompt_digest
-from sysaware.engines.twin.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
-from sysaware.engines.twin.irt import IrtModel, load_irt_model
-from sysaware.engines.twin.outcomes import Odds, Outcomes, coupled_p_correct
-from sysaware.engines.twin.params import ParamsError, ResponderParams, load_responder_params
-from sysaware.engines.twin.profiles import ModelProfile, build_profile
-from sysaware.engines.twin.prompt_reading import (
+from sysaware.engines.twin.responder.counted_text import CountedText, counted
+from sysaware.engines.twin.responder.draws import RequestDraws, prompt_digest
+from sysaware.engines.twin.responder.hidden_asserts import strip_hidden_asserts, without_hidden_asserts
+from sysaware.engines.twin.responder.irt import IrtModel, load_irt_model
+from sysaware.engines.twin.responder.outcomes import Odds, Outcomes, coupled_p_correct
+from sysaware.engines.twin.responder.params import ParamsError, ResponderParams, load_responder_params
+from sysaware.engines.twin.responder.profiles import ModelProfile, build_profile
+from sysaware.engines.twin.responder.prompt_reading import (
     Feedback,
     PromptReading,
     Verdict,
@@ -167,7 +167,7 @@ class TwinResponder:
 
 
 def main() -> None:
-    from sysaware.engines.twin.report import main as report_main
+    from sysaware.engines.twin.responder.report import main as report_main
 
     report_main()
 

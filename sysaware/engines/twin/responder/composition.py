@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sysaware.engines.twin.answers import Solution
-from sysaware.engines.twin.renaming import prose_of
-from sysaware.engines.twin.code_facts import code_facts, edge_cases, example_facts, goal
-from sysaware.engines.twin.counted_text import CountedText, concatenate, counted, counted_all, join
-from sysaware.engines.twin.draws import RequestDraws
-from sysaware.engines.twin.params import ResponderParams
-from sysaware.engines.twin.profiles import ModelProfile
-from sysaware.engines.twin.prompt_reading import Feedback, PromptReading
+from sysaware.engines.twin.responder.answers import Solution
+from sysaware.engines.twin.responder.renaming import prose_of
+from sysaware.engines.twin.responder.code_facts import code_facts, edge_cases, example_facts, goal
+from sysaware.engines.twin.responder.counted_text import CountedText, concatenate, counted, counted_all, join
+from sysaware.engines.twin.responder.draws import RequestDraws
+from sysaware.engines.twin.responder.params import ResponderParams
+from sysaware.engines.twin.responder.profiles import ModelProfile
+from sysaware.engines.twin.responder.prompt_reading import Feedback, PromptReading
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import RoleKind, Strategy
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sysaware.config import GPUSpec, ModelArchitecture, ModelDeployment, PoolConfig
-from sysaware.engines.twin.calibration import (
+from sysaware.engines.twin.perf.calibration import (
     ALL_REDUCE_PROFILE_GPU,
     Calibration,
     OperatorEfficiency,

@@ -21,12 +21,12 @@ from itertools import groupby
 
 from scipy.special import expit
 
-from sysaware.engines.twin.answers import Origin, Solution, TaskSolutions, load_recorded_answers, task_solutions
-from sysaware.engines.twin.draws import RequestDraws, uniform
-from sysaware.engines.twin.irt import IrtModel
-from sysaware.engines.twin.params import ResponderParams
-from sysaware.engines.twin.profiles import ModelProfile
-from sysaware.engines.twin.prompt_reading import Feedback, PromptReading, Verdict
+from sysaware.engines.twin.responder.answers import Origin, Solution, TaskSolutions, load_recorded_answers, task_solutions
+from sysaware.engines.twin.responder.draws import RequestDraws, uniform
+from sysaware.engines.twin.responder.irt import IrtModel
+from sysaware.engines.twin.responder.params import ResponderParams
+from sysaware.engines.twin.responder.profiles import ModelProfile
+from sysaware.engines.twin.responder.prompt_reading import Feedback, PromptReading, Verdict
 from sysaware.tasks.prompts import RoleKind
 
 

@@ -26,16 +26,23 @@ import copy
 import math
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from sysaware.engines.types import GenerationRequest, GenerationResult
+from sysaware.sim.backend import SimBackend
+from sysaware.sim.cluster import SimulatedCluster
 
-if TYPE_CHECKING:
-    from sysaware.orchestration.sim_driver import SimulatedDriver
+
+class ForkableDriver(Protocol):
+    """What a forecaster reads of the driver it forecasts for (the simulated driver in orchestration)."""
+
+    backend: SimBackend
+    cluster: SimulatedCluster
+    loads: dict[str, Any]  # model -> its ClosedLoopLoad
 
 
 class ForkForecaster:
-    def __init__(self, driver: "SimulatedDriver", chunk_s: float = 0.5) -> None:
+    def __init__(self, driver: ForkableDriver, chunk_s: float = 0.5) -> None:
         self.driver = driver
         self.chunk_s = chunk_s  # virtual seconds simulated between checks for the probe's end
         self.forks = 0
@@ -46,7 +53,7 @@ class ForkForecaster:
         by_model: dict[str, list[GenerationRequest]] = {}
         for r in requests:
             by_model.setdefault(r.model, []).append(r)
-        responder = self.driver.responder
+        responder = self.driver.backend.responder
         for model, reqs in by_model.items():
             lengths = [min(responder.respond(r).output_tokens, r.max_tokens) for r in reqs]
             longest = reqs[max(range(len(reqs)), key=lengths.__getitem__)]

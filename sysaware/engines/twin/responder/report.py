@@ -1,6 +1,6 @@
 """What one twin programmer says, per model and strategy: mean output tokens and sandbox-graded pass@1.
 
-    python -m sysaware.engines.twin.report [--pools ...] [--seed 0] [--workers 2]
+    python -m sysaware.engines.twin.responder.report [--pools ...] [--seed 0] [--workers 2]
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from sysaware.config import CONFIG_DIR, PoolConfig, load_pool
-from sysaware.engines.twin.answers import routerbench_test_task_ids
-from sysaware.engines.twin.responder import TwinResponder
+from sysaware.engines.twin.responder.answers import routerbench_test_task_ids
+from sysaware.engines.twin.responder.twin_responder import TwinResponder
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.tasks.extract import extract_code
 from sysaware.tasks.mbpp import get_task

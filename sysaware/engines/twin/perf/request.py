@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 from sysaware.engines.types import FinishReason, GenerationResult
 
 if TYPE_CHECKING:
-    from sysaware.engines.twin.scheduler import DecodeBatch
+    from sysaware.engines.twin.perf.scheduler import DecodeBatch
 
 
 class RequestStatus(enum.IntEnum):

@@ -14,8 +14,8 @@ from functools import cached_property, lru_cache
 
 import pandas as pd
 
-from sysaware.engines.twin.bug_injection import wrong_variant
-from sysaware.engines.twin.renaming import (
+from sysaware.engines.twin.responder.bug_injection import wrong_variant
+from sysaware.engines.twin.responder.renaming import (
     parse_quietly,
     prose_of,
     rename_identifier,
@@ -23,7 +23,7 @@ from sysaware.engines.twin.renaming import (
     solution_code,
     without_docstrings,
 )
-from sysaware.engines.twin.replay_index import replay_hint
+from sysaware.engines.twin.responder.replay_index import replay_hint
 from sysaware.tasks import regrade
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.regrade import load_regrade_table

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from sysaware.config import ModelDeployment
-from sysaware.engines.twin.irt import IrtModel
-from sysaware.engines.twin.params import ResponderParams
-from sysaware.engines.twin.verbosity import Verbosity, recorded_verbosity
+from sysaware.engines.twin.responder.irt import IrtModel
+from sysaware.engines.twin.responder.params import ResponderParams
+from sysaware.engines.twin.responder.verbosity import Verbosity, recorded_verbosity
 
 
 @dataclass(frozen=True)

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from itertools import accumulate
 
 from sysaware.config import SchedulingPolicy, TwinSettings
-from sysaware.engines.twin.kv_cache import BlockPool
+from sysaware.engines.twin.perf.kv_cache import BlockPool
 from sysaware.engines.twin.protocols import BatchShape
-from sysaware.engines.twin.request import RequestStatus, TwinRequest
+from sysaware.engines.twin.perf.request import RequestStatus, TwinRequest
 
 _RUNNING = RequestStatus.RUNNING  # a module constant: enum member look-ups are slow in Python 3.11
 
