@@ -82,8 +82,9 @@ def test_live_chain_runs_the_workflow_and_matches_the_simulated_twin(live):
 def test_a_pushed_view_reads_its_step_phase_at_the_snapshot_time():
     # The replica pushed 4 ms into a 20 ms step; the actor's view is 2 wall ms old at a twin running 3x real time:
     # 6 engine ms later, 10 ms into the step, 10 ms left. Once the view is older than a step, the phase is unknown.
-    from sysaware.engines.types import ReplicaView, step_phase_known, step_remaining_ms
     from twin_factories import create_stats
+
+    from sysaware.engines.types import ReplicaView, step_phase_known, step_remaining_ms
 
     pushed = create_stats("m#0", "m", t=1.0, num_requests_running=3, step_elapsed_ms=4.0, step_ms=20.0, step_tokens=3)
     s = ReplicaView(pushed, age_s=0.002, stale=False, tokens_per_s=0.0).stats_at_read(time_scale=3.0)
@@ -98,8 +99,9 @@ def test_a_pushed_view_reads_its_step_phase_at_the_snapshot_time():
 def test_the_driver_reads_its_own_fresh_replicas_off_the_typed_snapshot():
     from types import SimpleNamespace
 
-    from sysaware.engines.types import ReplicaView, TelemetrySnapshot
     from twin_factories import create_stats
+
+    from sysaware.engines.types import ReplicaView, TelemetrySnapshot
 
     def view(rid: str, model: str, stale: bool = False, **fields) -> ReplicaView:
         return ReplicaView(create_stats(rid, model, **fields), age_s=0.0, stale=stale, tokens_per_s=0.0)

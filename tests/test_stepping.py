@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult, TelemetrySnapshot
 from sysaware.orchestration.context import Action, InvalidAction, all_actions, check_action
 from sysaware.orchestration.executors import Executor, FixedExecutor, LeastQueueExecutor
@@ -16,7 +17,6 @@ from sysaware.orchestration.live_driver import LiveDriver
 from sysaware.orchestration.planners import FixedPlanner
 from sysaware.orchestration.session import DecisionError, DecisionPoint, WorkflowSession
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
-from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import chain, debate, reflection, star
 from sysaware.orchestration.workflow import Workflow
 from sysaware.tasks.mbpp import get_task

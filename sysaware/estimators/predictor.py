@@ -17,12 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
+from sysaware.data.metrics_schema import replica_state_columns
 from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
 from sysaware.estimators.models import NumpyQuantileMLP
 from sysaware.estimators.train import TrainedEstimator
-from sysaware.data.metrics_schema import replica_state_columns
 
 
 class ReplicaStateLike(Protocol):
