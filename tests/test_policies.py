@@ -327,3 +327,24 @@ def test_the_fork_forecast_is_what_then_happens_and_leaves_the_real_run_alone():
     # a horizon shorter than the call: not finished within it
     short = driver.forecaster.forecast(requests[longest : longest + 1], horizon_s=0.01)
     assert short == [math.inf]
+
+
+def test_forking_one_model_forecasts_exactly_what_forking_the_whole_cluster_does():
+    """The oracle forks only the probed model (its replicas, router, load and events): nothing of another model can
+    change its answer, so the latency is the whole-cluster fork's to the last bit, for every model and strategy."""
+    driver = loaded_driver()
+    for model in driver.models:
+        for strategy in Strategy:
+            request = probe(model, strategy)
+            whole = driver.forecaster.fork(keep_background_of=model)
+            done: list = []
+            whole.submit(request, on_complete=done.append)
+            while not done:
+                whole.run(until=whole.now + 1.0)
+            only = driver.forecaster.fork_model(model)
+            assert [r.model for r in only.replicas] == [model] * len(driver.cluster.by_model[model])
+            mine: list = []
+            only.submit(request, on_complete=mine.append)
+            while not mine:
+                only.run(until=only.now + 1.0)
+            assert mine[0].e2e_s == done[0].e2e_s and mine[0].token_times_s == done[0].token_times_s
