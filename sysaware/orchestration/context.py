@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
 from sysaware.engines.types import ChatMessage, GenerationRequest
-from sysaware.orchestration.latency import IdleProfile, QueueingLatencyEstimator
+from sysaware.orchestration.latency import IdleProfile
 from sysaware.orchestration.tables import LengthTable, QualityTable
 from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Slot, Topology
@@ -128,9 +128,6 @@ class PolicyResources:
 
     def price_per_mtok_usd(self, model: str) -> float:
         return self.pool.model(model).price_per_mtok_usd
-
-    def latency_estimator(self) -> QueueingLatencyEstimator:
-        return QueueingLatencyEstimator(self.idle)
 
     @classmethod
     def build(cls, pool: PoolConfig, backend: "SimBackend") -> "PolicyResources":

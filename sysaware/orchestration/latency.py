@@ -16,7 +16,6 @@ live pool it comes from the load sweep's N=1 row. L_out_hat comes from ``LengthT
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
 from sysaware.config import PoolConfig
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
@@ -72,30 +71,3 @@ class IdleProfile:
                 tpot_s=min(tpots) if tpots else a.e2e_s,
             )
         return cls(models)
-
-
-class LatencyEstimator(Protocol):
-    def estimate_s(self, model: str, load: ModelLoad, prompt_tokens: int, output_tokens: float) -> float:
-        """Expected end-to-end seconds of one call of ``model`` sent now."""
-        ...
-
-
-@dataclass(frozen=True)
-class QueueingLatencyEstimator:
-    """The formula in the module docstring."""
-
-    idle: IdleProfile
-
-    def estimate_s(self, model: str, load: ModelLoad, prompt_tokens: int, output_tokens: float) -> float:
-        base = self.idle[model]
-        busy = load.num_requests_running + load.num_requests_waiting > 0
-        tpot = base.tpot_s
-        ttft = base.ttft_s(prompt_tokens)
-        if busy:
-            if load.ema_tpot_ms is not None:
-                tpot = max(tpot, load.ema_tpot_ms / 1e3)
-            ttft = max(ttft, load.ema_ttft_ms / 1e3)
-        wait = 0.0
-        if load.num_requests_waiting and load.finished_per_s:
-            wait = load.num_requests_waiting / load.finished_per_s
-        return wait + ttft + max(output_tokens - 1.0, 0.0) * tpot
