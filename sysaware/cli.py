@@ -480,8 +480,8 @@ def evaluate_cmd(
     from sysaware.runs import new_run_dir
 
     names = tuple(p.strip() for p in policies.split(",") if p.strip())
-    if unknown := [p for p in names if p not in EXECUTORS]:
-        raise typer.BadParameter(f"unknown policies {unknown}; known: {sorted(EXECUTORS)}")
+    if unknown := [p for p in names if p.split("@")[0] not in EXECUTORS]:
+        raise typer.BadParameter(f"unknown policies {unknown}; known: {sorted(EXECUTORS)} (greedy@queueing: greedy on the queueing formula)")
     if planner not in PLANNERS:
         raise typer.BadParameter(f"unknown planner {planner!r}; known: {sorted(PLANNERS)}")
     cfg = _load_pool(pool)

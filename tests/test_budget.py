@@ -11,7 +11,7 @@ import pytest
 
 from sysaware.data.profile import IdleLatencyMeasurement
 from sysaware.engines.tokens import count_prompt_tokens
-from sysaware.engines.types import FinishReason, GenerationResult
+from sysaware.engines.types import FinishReason, GenerationResult, TelemetrySnapshot
 from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, check_slo_s, plan_slo_s
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import make_executor
@@ -111,8 +111,8 @@ class FakeHandle:
 
 
 class _Snapshot:
-    async def remote(self) -> dict:
-        return {"replicas": {}}
+    async def remote(self) -> TelemetrySnapshot:
+        return TelemetrySnapshot(wall_time_s=0.0, stale_after_s=0.5)  # nobody has pushed: every model reads idle
 
 
 class FakeTelemetry:

@@ -114,7 +114,10 @@ def test_a_short_live_sweep_prints_the_table_and_writes_the_csvs(live_pool, tmp_
     from sysaware.cli import app
 
     url, model = live_pool
-    args = ["load-sweep", "--url", url, "--levels", "3", "--warmup-s", "0.5", "--duration-s", "4", "--no-compare-sim",
+    # --duration-s is engine seconds (time_scale 5: 20 engine s = 4 wall s). A request counts only when it is sent and
+    # answered inside the window, and an MBPP answer takes 1-3 engine s: a 4 engine s window (0.8 wall s) could
+    # close with none counted on a loaded machine (seen once in CI); 20 leaves room for several rounds per client.
+    args = ["load-sweep", "--url", url, "--levels", "3", "--warmup-s", "0.5", "--duration-s", "20", "--no-compare-sim",
             "--run-dir", str(tmp_path)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

@@ -11,8 +11,9 @@ import pytest
 from sysaware.data.telemetry import ModelLoad, SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.context import Action, PolicyResources, StepContext, all_actions
-from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
-from sysaware.orchestration.latency import IdleLatency, IdleProfile, QueueingLatencyEstimator
+from sysaware.orchestration.executors import EXECUTORS, make_executor
+from sysaware.estimators.latency import QueueingLatencyEstimator
+from sysaware.orchestration.latency import IdleLatency, IdleProfile
 from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.planners import PLANNERS, FixedPlanner, RandomPlanner, make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
@@ -21,7 +22,7 @@ from sysaware.orchestration.topology import Slot, TopologyKind, default_topology
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import ROLES, Strategy
 from profile_factories import TOKENS, hand_made_profile
-from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
+from twin_factories import create_stats, default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
 
 
 def models() -> list[str]:
@@ -38,10 +39,10 @@ def load(model: str, waiting: int = 0, running: int = 0, kv: float = 0.0, tpot_m
     return ModelLoad(model, 1, waiting, running, kv, 0.0, tpot_ms, rate)
 
 
-def snapshot(*loads: ModelLoad) -> SystemSnapshot:
-    """Every model idle but those given."""
+def snapshot(*loads: ModelLoad, replicas: tuple = ()) -> SystemSnapshot:
+    """Every model idle but those given (``replicas``: per-replica stats, for the learned estimators)."""
     given = {x.model: x for x in loads}
-    return SystemSnapshot(0.0, {m: given.get(m, load(m)) for m in models()})
+    return SystemSnapshot(0.0, {m: given.get(m, load(m)) for m in models()}, replicas)
 
 
 def context(role_id: str = "programmer", budget_s: float = 100.0, steps_left: int = 1, snap: SystemSnapshot | None = None,
@@ -77,15 +78,8 @@ def test_every_baseline_is_registered_and_answers_with_a_candidate():
         make_executor("clairvoyant", resources())
 
 
-def test_the_base_class_rejects_a_choice_outside_the_candidates_and_counts_the_rest():
-    class Stubborn(Executor):
-        name = "stubborn"
-
-        def choose(self, ctx):
-            return Action("gpt-9", Strategy.FLASH)
-
-    with pytest.raises(ValueError, match="not among"):
-        Stubborn(resources()).act(context())
+def test_the_base_class_counts_the_choices():
+    # A choice outside the candidates is the session's to reject, as any decider's (test_stepping.py).
     fixed = make_executor("fixed", resources(), model="yi-34b-chat", strategy="deepthink")
     for _ in range(3):
         fixed.act(context())
@@ -145,7 +139,8 @@ def test_least_queue_picks_the_emptiest_model_then_kv_headroom_then_pool_order()
 
 
 def test_greedy_takes_the_best_quality_that_fits_the_per_step_share():
-    executor = make_executor("greedy", resources())
+    executor = make_executor("greedy", resources(), estimator="queueing")  # the formula: latencies by hand below
+    assert executor.describe() == "greedy(queueing)" == make_executor("greedy@queueing", resources()).describe()
     # ample budget: the best quality of all (DeepThink on the best coder; it fits in 100 s)
     assert executor.act(context(budget_s=100.0)) == Action("codellama-34b-instruct", Strategy.DEEPTHINK)
     # 9 s over 3 steps = 3 s per step: DeepThink takes 8.08 s, Concise 2.08 s
@@ -163,6 +158,20 @@ def test_greedy_takes_the_best_quality_that_fits_the_per_step_share():
         (a for a in all_actions(models()) if a.model != "codellama-34b-instruct" and idle_latency_s(a.strategy) <= 3.0),
         key=lambda a: q.q(a.model, a.strategy, "programmer"),
     )
+
+
+def test_greedy_on_the_learned_estimators_reads_the_replica_state():
+    """The default estimator (the trained F_lat/F_len, which know the default pool) prices a busy replica slower,
+    so a budget the idle best coder fits makes greedy leave it when its replica is saturated."""
+    executor = make_executor("greedy", resources())
+    assert executor.describe() == "greedy(learned)"
+    idle_choice = executor.act(context(budget_s=9.0, steps_left=3))
+    busy_stats = create_stats(f"{idle_choice.model}#0", idle_choice.model, num_requests_waiting=300,
+                              num_requests_running=256, kv_cache_usage_perc=1.0, ema_ttft_ms=20_000.0)
+    busy = snapshot(load(idle_choice.model, waiting=300, running=256, kv=1.0), replicas=(busy_stats,))
+    assert executor.act(context(budget_s=9.0, steps_left=3, snap=busy)).model != idle_choice.model
+    with pytest.raises(ValueError, match="unknown latency estimator"):
+        make_executor("greedy", resources(), estimator="crystal-ball").act(context())
 
 
 class TableForecaster:
@@ -225,7 +234,7 @@ def test_the_tables_are_views_of_the_profile_in_pool_order():
 
 
 def test_queueing_estimate():
-    est = QueueingLatencyEstimator(IdleProfile({"m": IdleLatency(0.05, 0.001, 0.02)}))
+    est = QueueingLatencyEstimator(IdleProfile({"m": IdleLatency(0.05, 0.001, 0.02)}).models, lambda *_: 100.0)
     # idle: TTFT 0.05 + 0.001 x 100 prompt tokens, then 99 more tokens at 20 ms
     assert est.estimate_s("m", load("m"), 100, 100) == pytest.approx(0.15 + 99 * 0.02)
     # busy: the observed TPOT (30 ms) and EMA TTFT (0.4 s) take over, and 10 waiting at 5 completions/s add 2 s
@@ -300,3 +309,24 @@ def test_the_fork_forecast_is_what_then_happens_and_leaves_the_real_run_alone():
     # a horizon shorter than the call: not finished within it
     short = driver.forecaster.forecast(requests[longest : longest + 1], horizon_s=0.01)
     assert short == [math.inf]
+
+
+def test_forking_one_model_forecasts_exactly_what_forking_the_whole_cluster_does():
+    """The oracle forks only the probed model (its replicas, router, load and events): nothing of another model can
+    change its answer, so the latency is the whole-cluster fork's to the last bit, for every model and strategy."""
+    driver = loaded_driver()
+    for model in driver.models:
+        for strategy in Strategy:
+            request = probe(model, strategy)
+            whole = driver.forecaster.fork(keep_background_of=model)
+            done: list = []
+            whole.submit(request, on_complete=done.append)
+            while not done:
+                whole.run(until=whole.now + 1.0)
+            only = driver.forecaster.fork_model(model)
+            assert [r.model for r in only.replicas] == [model] * len(driver.cluster.by_model[model])
+            mine: list = []
+            only.submit(request, on_complete=mine.append)
+            while not mine:
+                only.run(until=only.now + 1.0)
+            assert mine[0].e2e_s == done[0].e2e_s and mine[0].token_times_s == done[0].token_times_s

@@ -12,7 +12,8 @@ from functools import lru_cache
 import pytest
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
-from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest
+from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest, ReplicaView
+from sysaware.estimators.latency import make_replica_scorer
 from sysaware.serving.router import LatencyModel, predicted_latency_ms, rank_by_predicted_latency
 from sysaware.tasks.mbpp import load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
@@ -81,6 +82,29 @@ def test_ranking_prefers_the_emptier_replica_and_in_flight_requests_stop_a_burst
     assert sent == {"a": 4, "b": 4}
 
 
+def test_the_learned_scorer_ranks_a_busier_replica_later_and_auto_falls_back_for_unknown_models():
+    model = "mistral-7b-instruct"  # in the shipped estimators' vocabulary
+    scorer = make_replica_scorer("auto", model)
+    assert scorer.name == "learned"
+    idle = stats(ema=30.0) | {"step_ms": 10.0, "step_tokens": 8.0}
+    busy = stats(waiting=40, running=256, kv=0.95, ema=900.0) | {"step_ms": 60.0, "step_tokens": 2048.0}
+    ttft_idle, ttft_busy = scorer.ttft_ms([(idle, 0, 0), (busy, 0, 0)], 300)
+    assert 0 < ttft_idle < ttft_busy
+    assert rank_by_predicted_latency([("busy", busy, 0, 0), ("idle", idle, 0, 0)], scorer, random.Random(0), 300) == ["idle", "busy"]
+    # Requests the router sent since the snapshot count as waiting: they raise the prediction.
+    assert scorer.ttft_ms([(idle, 30, 0)], 300)[0] > ttft_idle
+    assert make_replica_scorer("auto", "a-model-nobody-trained-on").name == "queueing"
+    # Near idle it is not monotone (why the router defaults to the heuristic): an idle replica, which its training
+    # data never showed, is priced no faster than one decoding a single request.
+    one = stats(running=1, kv=0.01, ema=15.0) | {"step_ms": 7.0, "step_tokens": 1.0}
+    empty = stats(ema=15.0) | {"step_ms": 0.0, "step_tokens": 0.0}
+    ttft_empty, ttft_one = scorer.ttft_ms([(empty, 0, 0), (one, 0, 0)], 200)
+    assert ttft_empty >= ttft_one - 0.5
+    assert predicted_latency_ms(empty) < predicted_latency_ms(one)
+    with pytest.raises(ValueError, match="do not know model"):
+        make_replica_scorer("learned", "a-model-nobody-trained-on")
+
+
 # ---- a replica outside Serve ---------------------------------------------------------------------------------------
 
 
@@ -98,7 +122,8 @@ def test_a_replica_built_directly_serves_and_reports_stable_routing_stats():
         assert "".join(c.text for c in chunks) == result.text and chunks[-1].finished
         first = await replica.record_routing_stats()
         assert set(first) == {
-            "queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "predicted_wait_ms", "stats_time_s"
+            "queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "predicted_wait_ms", "stats_time_s",
+            "step_ms", "step_tokens",
         }
         assert first["queue_running"] == 0 and first["ema_ttft_ms"] > 0
         # Nothing changed: the same dict (Serve broadcasts only changes), stamped with when it last changed.
@@ -139,11 +164,11 @@ def routers_in_this_process(app: str) -> list:
     return [o for o in gc.get_objects() if type(o).__name__ == "LatencyAwareRouter" and o.app_name == app]
 
 
-def fresh_replicas(telemetry, prefix: str) -> dict[str, dict]:
+def fresh_replicas(telemetry, prefix: str) -> dict[str, ReplicaView]:
     import ray
 
-    replicas = ray.get(telemetry.snapshot.remote())["replicas"]
-    return {rid: view for rid, view in replicas.items() if rid.startswith(prefix) and not view["stale"]}
+    replicas = ray.get(telemetry.snapshot.remote()).replicas
+    return {rid: view for rid, view in replicas.items() if rid.startswith(prefix) and not view.stale}
 
 
 def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
@@ -188,14 +213,14 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
 
         def idle_after_the_first_two():
             views = fresh_replicas(telemetry, prefix).values()
-            finished = sum(v["requests_finished_total"] for v in views)
-            return len(views) == 2 and finished == 2 and all(v["queue_running"] == 0 for v in views)
+            finished = sum(v.stats.requests_finished_total for v in views)
+            return len(views) == 2 and finished == 2 and all(v.stats.num_requests_running == 0 for v in views)
 
         wait_for(idle_after_the_first_two, 10.0, "telemetry to show both replicas idle")
         long_request = create_request(model.name, 13, "long", strategy=Strategy.DEEPTHINK)  # ~490 tokens, ~3.4 s
         long_ref = call_from_elsewhere.remote(long_request)
         busy = wait_for(
-            lambda: [rid for rid, v in fresh_replicas(telemetry, prefix).items() if v["queue_running"] == 1],
+            lambda: [rid for rid, v in fresh_replicas(telemetry, prefix).items() if v.stats.num_requests_running == 1],
             10.0,
             "the long request to start",
         )[0]
@@ -254,8 +279,8 @@ def test_a_killed_replica_is_marked_stale_and_serve_replaces_it(ray_session):
         ray.kill(ray.get_actor(f"SERVE_REPLICA::{victim}", namespace="serve"), no_restart=True)
 
         def victim_stale():
-            view = ray.get(telemetry.snapshot.remote())["replicas"].get(victim)
-            return view is not None and view["stale"]
+            view = ray.get(telemetry.snapshot.remote()).replicas.get(victim)
+            return view is not None and view.stale
 
         wait_for(victim_stale, 10.0, "telemetry to mark the killed replica stale")
         print(f"stale after {time.monotonic() - t_kill:.2f} s")
@@ -264,12 +289,12 @@ def test_a_killed_replica_is_marked_stale_and_serve_replaces_it(ray_session):
         assert replacement != victim
         result = handle.generate.remote(create_request(model.name, 2, "after-kill", max_tokens=8)).result()
         assert result.replica_id == replacement and result.output_tokens == 8
-        replicas = ray.get(telemetry.snapshot.remote())["replicas"]
-        mine = {rid: view["stale"] for rid, view in replicas.items() if rid.startswith(prefix)}
+        replicas = ray.get(telemetry.snapshot.remote()).replicas
+        mine = {rid: view.stale for rid, view in replicas.items() if rid.startswith(prefix)}
         assert mine == {victim: True, replacement: False}
     finally:
         serve.delete(app)
-        for rid in ray.get(telemetry.snapshot.remote())["replicas"]:
+        for rid in ray.get(telemetry.snapshot.remote()).replicas:
             if rid.startswith(prefix):
                 ray.get(telemetry.forget.remote(rid))  # a killed replica never leaves by itself
 

@@ -17,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from sysaware.engines.types import ReplicaStats, step_phase_known, step_remaining_ms
+from sysaware.data.metrics_schema import replica_state_columns
+from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
 from sysaware.estimators.models import NumpyQuantileMLP
@@ -51,11 +52,9 @@ class ReplicaState:
 
     @classmethod
     def from_stats(cls, stats: ReplicaStats, age_s: float = 0.0) -> "ReplicaState":
-        elapsed, step = stats.step_elapsed_ms, stats.step_ms
-        return cls(
-            stats.num_requests_waiting, stats.num_requests_running, stats.kv_cache_usage_perc, stats.ema_ttft_ms,
-            step_remaining_ms(elapsed, step, age_s), step, stats.step_tokens, step_phase_known(elapsed, step, age_s),
-        )
+        """The columns the dataset recorded for a probe (``replica_state_columns``), read off the same stats."""
+        known = step_phase_known(stats.step_elapsed_ms, stats.step_ms, age_s)
+        return cls(**replica_state_columns(stats, age_s), step_phase_known=known)
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class SystemEstimator:
         missing = [m for m in models if m not in states]
         if missing:
             raise KeyError(f"no replica state for model(s) {missing}")
-        lat = self._latency_batch(role_id, models, states, input_tokens)  # (models, 2, 1+K)
+        lat = self._latency_batch(role_id, [(m, states[m]) for m in models], input_tokens)  # (models, 2, 1+K)
         length = self._length_batch(prompt_text, role_id, candidates)  # (candidates, 1, 1+K)
         out = []
         for j, (model, strategy) in enumerate(candidates):
@@ -145,11 +144,19 @@ class SystemEstimator:
                                    f"{list(index[column])}; retrain with `sysaware train-estimators`")
         return code
 
-    def _latency_batch(self, role_id: str, models: list[str], states, input_tokens: int) -> np.ndarray:
+    def predict_ttft_ms(self, model: str, states: list[ReplicaStateLike], input_tokens: int,
+                        role_id: str = "<unk>") -> np.ndarray:
+        """F_lat's mean-head TTFT (ms) of one more request on each of ``model``'s replicas in ``states`` (the request
+        router's question: which replica of this model answers first)."""
+        return self._latency_batch(role_id, [(model, st) for st in states], input_tokens)[:, 0, 0]
+
+    def _latency_batch(self, role_id: str, rows: list[tuple[str, ReplicaStateLike]], input_tokens: int) -> np.ndarray:
+        """(rows, 2 targets, 1 + K quantiles) in ms, one row per (model, replica state)."""
         spec = self.latency.spec
-        raw = np.array([[getattr(states[m], c) if c != "total_input_tokens" else input_tokens for c in spec.numeric]
-                        for m in models], dtype=np.float64)
-        unknown = [i for i, m in enumerate(models) if not getattr(states[m], "step_phase_known", True)]
+        models = [m for m, _ in rows]
+        raw = np.array([[getattr(st, c) if c != "total_input_tokens" else input_tokens for c in spec.numeric]
+                        for _, st in rows], dtype=np.float64)
+        unknown = [i for i, (_, st) in enumerate(rows) if not getattr(st, "step_phase_known", True)]
         if unknown:  # one more row each, at the worst phase (a whole step to wait), for TTFT's P90
             worst = raw[unknown].copy()
             worst[:, spec.numeric.index("step_remaining_ms")] = worst[:, spec.numeric.index("step_ms")]

@@ -81,6 +81,11 @@ class ProfileBudget:
     def default_slo_s(self, task: MbppTask, topology: Topology) -> float:
         return self.slack * self.idle_latency_s(task, topology)
 
+    def slo_s(self, task: MbppTask, plan: Plan, seed: int = 0) -> float:
+        """``plan_slo_s`` with this budget as the default. ``seed`` is accepted for callers written against the
+        former measured budget and ignored: the formula needs no call seeds."""
+        return plan_slo_s(task, plan, self)
+
 
 def plan_slo_s(task: MbppTask, plan: Plan, budget: ProfileBudget | None) -> float:
     """The budget a request runs under, s: its own (``plan.slo_s``) if it brought one, else the default

@@ -15,7 +15,7 @@ from sysaware.config import PoolConfig
 from sysaware.data.profile import PoolProfile
 from sysaware.data.telemetry import SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
-from sysaware.orchestration.latency import IdleProfile, QueueingLatencyEstimator
+from sysaware.orchestration.latency import IdleProfile
 from sysaware.orchestration.tables import LengthTable, QualityTable
 from sysaware.orchestration.topology import Slot, Topology
 from sysaware.orchestration.trace import StepRecord
@@ -32,6 +32,26 @@ class Action(NamedTuple):
 
 def all_actions(models: Sequence[str]) -> tuple[Action, ...]:
     return tuple(Action(m, s) for m in models for s in Strategy)
+
+
+class InvalidAction(ValueError):
+    """A decider's action that is not one of the decision point's candidates."""
+
+
+def check_action(action: Action | tuple[str, str], candidates: Sequence[Action], where: str = "") -> Action:
+    """``action`` as an Action (a plain (model, strategy) pair with the strategy's name is accepted), if it is one
+    of ``candidates``; ``InvalidAction`` naming the candidates otherwise. Every decider's action goes through here
+    (the session calls it), so an executor, an external agent and an override are held to the same rule."""
+    prefix = f"{where}: " if where else ""
+    try:
+        model, strategy = action
+        checked = Action(model, Strategy(strategy))
+    except (TypeError, ValueError) as e:
+        raise InvalidAction(f"{prefix}{action!r} is not a (model, strategy) action: {e}") from None
+    if checked not in candidates:
+        listed = ", ".join(f"{a.model}/{a.strategy.value}" for a in candidates)
+        raise InvalidAction(f"{prefix}{checked.model}/{checked.strategy.value} is not among the candidates: {listed}")
+    return checked
 
 
 class Forecaster(Protocol):
@@ -107,9 +127,6 @@ class PolicyResources:
 
     def price_per_mtok_usd(self, model: str) -> float:
         return self.pool.model(model).price_per_mtok_usd
-
-    def latency_estimator(self) -> QueueingLatencyEstimator:
-        return QueueingLatencyEstimator(self.idle)
 
     @classmethod
     def from_profile(cls, pool: PoolConfig, profile: PoolProfile) -> "PolicyResources":

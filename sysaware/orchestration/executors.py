@@ -1,5 +1,6 @@
-"""Executors: at every agent step, choose a_t = (model, strategy). The base class keeps the bookkeeping (validates
-the choice, counts it); each baseline only decides. Registered by name (``make_executor``).
+"""Executors: at every agent step, choose a_t = (model, strategy). The base class keeps the bookkeeping (counts the
+choices); each baseline only decides; the session checks every choice against the step's candidates, as it does an
+external agent's (session.py). Registered by name (``make_executor``).
 
 | name         | sees load | chooses                                                                         |
 |--------------|-----------|---------------------------------------------------------------------------------|
@@ -8,7 +9,8 @@ the choice, counts it); each baseline only decides. Registered by name (``make_e
 | best_single  | no        | the model with the best code quality, one strategy, for every role              |
 | static_qmp   | no        | argmax Q(m, rho, role) - alpha x price(m) x expected tokens (MasRouter style)    |
 | least_queue  | yes       | llm-d style: fewest requests in the system + least KV use; fixed strategy       |
-| greedy       | yes       | the best Q whose estimated latency fits the per-step share of the budget        |
+| greedy       | yes       | the best Q whose estimated latency fits the per-step share of the budget;        |
+|              |           | latency from the learned estimators (default) or the queueing formula          |
 | oracle       | yes       | as greedy, with each candidate's true latency from forking the simulation       |
 """
 
@@ -18,9 +20,10 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections import Counter
+from functools import cached_property
 
 from sysaware.orchestration.context import Action, PolicyResources, StepContext
-from sysaware.orchestration.latency import LatencyEstimator
+from sysaware.estimators.latency import LatencyEstimator, StepQuery, make_latency_estimator
 from sysaware.tasks.prompts import Strategy
 
 
@@ -37,15 +40,13 @@ class Executor(ABC):
     def act(self, ctx: StepContext) -> Action:
         model, strategy = self.choose(ctx)
         action = Action(model, Strategy(strategy))
-        if action not in ctx.candidates:
-            raise ValueError(f"{self.name} chose {action}, which is not among the step's candidates")
         self.decisions += 1
         self.chosen[action] += 1
         return action
 
     @abstractmethod
     def choose(self, ctx: StepContext) -> Action:
-        """The decision; ``act`` validates and records it."""
+        """The decision; ``act`` records it (the session checks it is among the candidates)."""
 
     def rng(self, ctx: StepContext) -> random.Random:
         """A generator per (executor, seed, run, slot): a run's choices do not depend on the order runs interleave."""
@@ -137,26 +138,51 @@ class LeastQueueExecutor(Executor):
 
 class GreedySystemAwareExecutor(Executor):
     """The best expected quality whose latency fits the per-step share of the remaining budget (b_t / steps
-    left); ties go to the faster candidate; when nothing fits, the fastest. Latency comes from ``latencies``:
-    here the queueing formula of ``latency.py`` (swap in the learned estimators by overriding it)."""
+    left); ties go to the faster candidate; when nothing fits, the fastest. Latency comes from ``estimator``
+    (estimators/latency.py): ``auto`` (the learned estimators where they know the pool's models, else the queueing
+    formula), ``learned``, ``queueing``, or an estimator object."""
 
     name = "greedy"
     load_aware = True
 
-    def __init__(self, resources: PolicyResources, seed: int = 0, estimator: LatencyEstimator | None = None) -> None:
+    def __init__(self, resources: PolicyResources, seed: int = 0, estimator: str | LatencyEstimator = "auto") -> None:
         super().__init__(resources, seed)
-        self.estimator = estimator or resources.latency_estimator()
+        self._estimator_spec = estimator
+
+    @cached_property
+    def estimator(self) -> LatencyEstimator:
+        spec = self._estimator_spec
+        if not isinstance(spec, str):
+            return spec
+        r = self.resources
+        return make_latency_estimator(spec, r.models, idle=r.idle.models, output_tokens=r.lengths.tokens)
+
+    def estimates(self, ctx: StepContext):
+        """One ``CandidateEstimate`` per candidate, in candidate order."""
+        return self.estimator.estimate(step_query(ctx))
 
     def latencies(self, ctx: StepContext) -> dict[Action, float]:
-        r = self.resources
-        return {
-            a: self.estimator.estimate_s(a.model, ctx.snapshot.load(a.model), ctx.prompt_tokens, r.lengths.tokens(a.model, a.strategy, ctx.role_id))
-            for a in ctx.candidates
-        }
+        return {a: e.t_hat_ms / 1e3 for a, e in zip(ctx.candidates, self.estimates(ctx))}
 
     def choose(self, ctx: StepContext) -> Action:
         latency = self.latencies(ctx)
         return pick_within_share(ctx, latency, self.resources)
+
+    def describe(self) -> str:
+        return f"{self.name}({self.estimator.describe()})"
+
+
+def step_query(ctx: StepContext) -> StepQuery:
+    """The estimators' view of a step: its prompt under the first candidate strategy (strategies differ by one
+    sentence), role, prompt length, candidates and the telemetry."""
+    messages = ctx.messages_by_strategy[ctx.candidates[0].strategy]
+    return StepQuery(
+        prompt_text="\n".join(m.content for m in messages),
+        role_id=ctx.role_id,
+        prompt_tokens=ctx.prompt_tokens,
+        candidates=tuple((a.model, a.strategy.value) for a in ctx.candidates),
+        snapshot=ctx.snapshot,
+    )
 
 
 def pick_within_share(ctx: StepContext, latency: dict[Action, float], resources: PolicyResources) -> Action:
@@ -173,6 +199,9 @@ class OracleExecutor(GreedySystemAwareExecutor):
     within it, the forks run to completion to find the fastest."""
 
     name = "oracle"
+
+    def describe(self) -> str:
+        return self.name
 
     def latencies(self, ctx: StepContext) -> dict[Action, float]:
         if ctx.forecaster is None:
@@ -202,6 +231,10 @@ EXECUTORS: dict[str, type[Executor]] = {
 
 
 def make_executor(name: str, resources: PolicyResources, seed: int = 0, **kwargs) -> Executor:
+    """An executor by name; ``greedy@queueing`` (any ``name@estimator``) picks the latency estimator of an executor
+    that takes one, so an evaluation can compare estimators under one executor."""
+    if "@" in name:
+        name, kwargs["estimator"] = name.split("@", 1)
     try:
         cls = EXECUTORS[name]
     except KeyError:

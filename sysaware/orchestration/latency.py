@@ -1,27 +1,18 @@
-"""Latency of a candidate call, estimated from telemetry: the seam the learned estimators F_lat/F_len replace.
+"""Each model's latency alone on an idle pool: the floor the latency estimators (``estimators/latency.py``) start
+from, and what the default budget is made of (``budget.py``).
 
-    T_hat(m, rho) = W_q + TTFT_hat(m, L_in) + (L_out_hat(m, rho, role) - 1) x TPOT_hat(m)
+    TTFT(L_in) = ttft_base_s + ttft_per_prompt_token_s x L_in        TPOT = tpot_s (batch size 1)
 
-- TPOT_hat: the EMA of recently finished requests' TPOT on that model while it is busy, never below its idle TPOT
-  (decode is memory-bound, so one more request barely changes the batch's step time).
-- TTFT_hat: the idle prefill time for L_in prompt tokens, or the replicas' EMA of TTFT if that is higher (it
-  carries the prefill interference of a busy replica).
-- W_q: requests already waiting are served at the completion rate (Little's law): waiting / completions per s.
-  Zero when nothing waits (vLLM admits up to max_num_seqs at once).
-
-The idle profile (TTFT at two prompt lengths, TPOT) is part of the pool's measured profile (``PoolProfile``): two
-calls per model on the idle pool, through whatever backend serves it (``pipelines/profile_pool.py``, which fits
-them with ``fit_idle_latency``). L_out_hat comes from ``LengthTable``.
+It is part of the pool's measured profile (``PoolProfile``): two calls per model on the idle pool, a short and a
+long prompt, through whatever backend serves it (``pipelines/profile_pool.py``, fitted by ``fit_idle_latency``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 from sysaware.data.profile import PoolProfile
-from sysaware.data.telemetry import ModelLoad
 from sysaware.engines.types import GenerationResult
 
 
@@ -63,30 +54,3 @@ def fit_idle_latency(short: GenerationResult, long: GenerationResult) -> IdleLat
         ttft_per_prompt_token_s=slope,
         tpot_s=min(tpots) if tpots else short.e2e_s,
     )
-
-
-class LatencyEstimator(Protocol):
-    def estimate_s(self, model: str, load: ModelLoad, prompt_tokens: int, output_tokens: float) -> float:
-        """Expected end-to-end seconds of one call of ``model`` sent now."""
-        ...
-
-
-@dataclass(frozen=True)
-class QueueingLatencyEstimator:
-    """The formula in the module docstring."""
-
-    idle: IdleProfile
-
-    def estimate_s(self, model: str, load: ModelLoad, prompt_tokens: int, output_tokens: float) -> float:
-        base = self.idle[model]
-        busy = load.num_requests_running + load.num_requests_waiting > 0
-        tpot = base.tpot_s
-        ttft = base.ttft_s(prompt_tokens)
-        if busy:
-            if load.ema_tpot_ms is not None:
-                tpot = max(tpot, load.ema_tpot_ms / 1e3)
-            ttft = max(ttft, load.ema_ttft_ms / 1e3)
-        wait = 0.0
-        if load.num_requests_waiting and load.finished_per_s:
-            wait = load.num_requests_waiting / load.finished_per_s
-        return wait + ttft + max(output_tokens - 1.0, 0.0) * tpot

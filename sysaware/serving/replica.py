@@ -106,12 +106,17 @@ class LLMReplica:
             float(s.num_requests_running),
             round(s.kv_cache_usage_perc, 3),
             round(s.ema_ttft_ms, 1),
+            # The step, coarsely (the learned scorer reads it; finer values would change the dict every step and
+            # make Serve broadcast it every poll): ms, and tokens to 32.
+            float(round(s.step_ms)),
+            float(32 * round(s.step_tokens / 32)),
         )
         if content != self._routing_content:
             self._routing_content = content
             self._routing_since_s = time.time()
-        waiting, running, kv, ema = content
-        stats = {"queue_waiting": waiting, "queue_running": running, "kv_utilization": kv, "ema_ttft_ms": ema}
+        waiting, running, kv, ema, step_ms, step_tokens = content
+        stats = {"queue_waiting": waiting, "queue_running": running, "kv_utilization": kv, "ema_ttft_ms": ema,
+                 "step_ms": step_ms, "step_tokens": step_tokens}
         stats["predicted_wait_ms"] = round(predicted_latency_ms(stats), 1)
         stats["stats_time_s"] = self._routing_since_s
         return stats
@@ -201,7 +206,7 @@ def deployment_for(
     *,
     max_ongoing_requests: int | None = None,
     health_check_period_s: float = 1.0,
-    router_kwargs: dict[str, float] | None = None,
+    router_kwargs: dict[str, Any] | None = None,
     **options: Any,
 ):
     """The Serve deployment of ``model``: one LLMReplica per pool replica, routed by predicted latency.
@@ -215,7 +220,7 @@ def deployment_for(
 
     router_config = RequestRouterConfig(
         request_router_class=LatencyAwareRouter,
-        request_router_kwargs=router_kwargs or {},
+        request_router_kwargs={"model": model.name, **(router_kwargs or {})},
         request_routing_stats_period_s=ROUTING_STATS_PERIOD_S,
         request_routing_stats_timeout_s=1.0,
     )

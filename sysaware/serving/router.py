@@ -11,7 +11,8 @@ each process holding a handle). Two things make a snapshot mislead:
   snapshot that have completed since are taken out of the running batch (a short request finishes long before the
   next snapshot shows it gone, and would otherwise make its replica look busy).
 
-The scoring is a pure function (``predicted_latency_ms``) so it is unit-tested without Serve.
+The scoring is the estimators' (``estimators/latency.py``: the learned F_lat by default, the queueing heuristic
+``predicted_latency_ms`` as the alternative), pure functions unit-tested without Serve.
 """
 
 from __future__ import annotations
@@ -23,53 +24,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sysaware.estimators.latency import (  # noqa: F401 (predicted_latency_ms: re-exported)
+    LatencyModel,
+    QueueingReplicaScorer,
+    ReplicaScorer,
+    make_replica_scorer,
+    predicted_latency_ms,
+)
 from ray.serve.request_router import PendingRequest, ReplicaID, ReplicaResult, RequestRouter, RunningReplica
-
-
-@dataclass(frozen=True)
-class LatencyModel:
-    """The heuristic that turns a replica's stats into a predicted TTFT for one more request.
-
-    predicted_ms = ttft_ms x (1 + ahead) + running_penalty_ms x queue_running, then x (1 + kv pressure)
-
-    - ttft_ms: the replica's EMA TTFT (it already carries the queueing of recent requests), at least
-      ``min_ttft_ms`` so that an unmeasured replica still counts the requests ahead of a new one;
-    - ahead: requests that must be prefilled before a new one: queue_waiting plus the in-flight ones the snapshot
-      does not show yet; each costs about one TTFT;
-    - running: a bigger decode batch makes every step slightly slower and brings KV pressure closer;
-    - kv pressure: above ``kv_pressure_start`` a replica admits little and starts preempting; the factor grows
-      linearly to 2 at a full cache.
-    """
-
-    min_ttft_ms: float = 20.0
-    running_penalty_ms: float = 1.0
-    kv_pressure_start: float = 0.8
-
-
-def predicted_latency_ms(
-    stats: Mapping[str, float],
-    inflight: int = 0,
-    departed: int = 0,
-    model: LatencyModel = LatencyModel(),
-) -> float:
-    """Predicted TTFT (ms) of one more request on a replica with these routing stats, ``inflight`` requests sent to
-    it since the stats were taken and ``departed`` requests the stats still count that have completed since.
-    Empty stats (a replica not polled yet) read as an idle replica."""
-    ttft = max(float(stats.get("ema_ttft_ms", 0.0)), model.min_ttft_ms)
-    waiting = float(stats.get("queue_waiting", 0.0))
-    running = float(stats.get("queue_running", 0.0))
-    # A completed request most likely left the running batch; any excess came from the queue.
-    gone_running = min(float(departed), running)
-    running -= gone_running
-    waiting = max(waiting - (departed - gone_running), 0.0)
-    ahead = waiting + inflight
-    predicted = ttft * (1.0 + ahead) + model.running_penalty_ms * running
-    kv = float(stats.get("kv_utilization", 0.0))
-    if kv > model.kv_pressure_start:
-        predicted *= 1.0 + min(kv - model.kv_pressure_start, 1.0 - model.kv_pressure_start) / (
-            1.0 - model.kv_pressure_start
-        )
-    return predicted
 
 
 K = TypeVar("K")
@@ -79,24 +41,41 @@ COMPLETION_MEMORY_S = 5.0  # how long a completion may still be counted in a rep
 
 def rank_by_predicted_latency(
     candidates: Sequence[tuple[K, Mapping[str, float], int, int]],
-    model: LatencyModel = LatencyModel(),
+    scorer: ReplicaScorer | LatencyModel = LatencyModel(),
     rng: random.Random | None = None,
+    prompt_tokens: int = 0,
 ) -> list[K]:
-    """Order ``(key, routing_stats, inflight, departed)`` candidates best first; equal predictions in random order
-    (so sequential calls to idle replicas spread instead of always hitting the first)."""
+    """Order ``(key, routing_stats, inflight, departed)`` candidates best first by the scorer's predicted TTFT (a
+    bare ``LatencyModel``: the queueing heuristic); equal predictions in random order (so sequential calls to idle
+    replicas spread instead of always hitting the first)."""
     rng = rng or random.Random()
-    scored = [
-        (predicted_latency_ms(stats, inflight, departed, model), rng.random(), i)
-        for i, (_, stats, inflight, departed) in enumerate(candidates)
-    ]
+    if isinstance(scorer, LatencyModel):
+        scorer = QueueingReplicaScorer(scorer)
+    ttfts = scorer.ttft_ms([(stats, inflight, departed) for _, stats, inflight, departed in candidates], prompt_tokens)
+    scored = [(ttft, rng.random(), i) for i, ttft in enumerate(ttfts)]
     scored.sort()
     return [candidates[i][0] for _, _, i in scored]
 
 
+def _prompt_tokens(pending: PendingRequest | None) -> int:
+    """The prompt length of the request being routed, when it is a ``GenerationRequest`` (0 otherwise)."""
+    from sysaware.engines.tokens import count_prompt_tokens
+
+    request = pending.args[0] if pending is not None and pending.args else None
+    messages = getattr(request, "messages", None)
+    return count_prompt_tokens(messages) if messages else 0
+
+
 class LatencyAwareRouter(RequestRouter):
-    """Ranks a deployment's replicas by ``predicted_latency_ms``, one replica per rank (Serve then takes the
-    first one below ``max_ongoing_requests``). Configure through ``request_router_kwargs``: the fields of
-    ``LatencyModel`` and ``forget_after_s``.
+    """Ranks a deployment's replicas by predicted TTFT, one replica per rank (Serve then takes the first one below
+    ``max_ongoing_requests``). Configure through ``request_router_kwargs``: ``estimator`` (``queueing``, the
+    default: the heuristic; ``learned``: F_lat; ``auto``: F_lat where it knows ``model``), ``model``, the fields of
+    ``LatencyModel`` (the heuristic's) and ``forget_after_s``.
+
+    Why the heuristic is the router's default while the executor's is F_lat: ranking the replicas of one model
+    turns on small differences near idle, and there F_lat is not monotone: it never saw an idle replica (no step in
+    progress) in its Phase 2 data, and prices one 1 ms slower than a replica decoding one request (measured on the
+    shipped artifacts; see ``test_the_learned_scorer_...``). Past a few requests it ranks correctly.
 
     Serve pickles this class by value into every process that holds a handle (the class object there is a copy,
     so class attributes are not shared with an imported ``LatencyAwareRouter``).
@@ -108,9 +87,12 @@ class LatencyAwareRouter(RequestRouter):
         running_penalty_ms: float = LatencyModel.running_penalty_ms,
         kv_pressure_start: float = LatencyModel.kv_pressure_start,
         forget_after_s: float = 300.0,
+        estimator: str = "queueing",
+        model: str | None = None,
         **kwargs,
     ) -> None:
         self.latency_model = LatencyModel(min_ttft_ms, running_penalty_ms, kv_pressure_start)
+        self.scorer = make_replica_scorer(estimator, model, self.latency_model)
         # Requests cancelled before dispatch never complete: forget an assignment after this long.
         self.forget_after_s = forget_after_s
         self._rng = random.Random()
@@ -149,7 +131,7 @@ class LatencyAwareRouter(RequestRouter):
             (r, r.routing_stats, *self.corrections(r.replica_id, float(r.routing_stats.get("stats_time_s", 0.0))))
             for r in candidate_replicas
         ]
-        ranked = rank_by_predicted_latency(candidates, self.latency_model, self._rng)
+        ranked = rank_by_predicted_latency(candidates, self.scorer, self._rng, _prompt_tokens(pending_request))
         if ranked and pending_request is not None:
             # Optimistic: the first rank takes it unless full; on_request_routed corrects it, a retry overwrites it.
             self._sent[pending_request.metadata.internal_request_id] = (ranked[0].replica_id, now)
