@@ -132,6 +132,13 @@ def test_the_shipped_profile_is_the_default_for_the_default_pool():
     assert resources.quality.best_model() == profile.provenance.reference_model
 
 
+def test_every_scenario_pool_has_a_shipped_profile():
+    from sysaware.orchestration.scenarios import load_scenarios
+
+    for name, scenario in load_scenarios().items():
+        assert PoolProfile.default_for(scenario.pool_config).pool.name == scenario.pool_config.name, name
+
+
 def test_wilson_interval():
     assert wilson_ci95(0, 10)[0] == 0.0 and wilson_ci95(10, 10)[1] == 1.0
     lo, hi = wilson_ci95(57, 100)
