@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -234,7 +235,8 @@ def test_a_bubblewrap_that_cannot_sandbox_fails_loudly_with_its_reason(monkeypat
     fake.chmod(0o755)
     real_which = shutil.which
     monkeypatch.setattr(sandbox, "_isolation_ready", None)
-    monkeypatch.setattr(sandbox.shutil, "which", lambda name, *a, **k: str(fake) if name == "bwrap" else real_which(name))
+    which = lambda name, *args, **kwargs: str(fake) if name == "bwrap" else real_which(name)
+    monkeypatch.setattr(sandbox.shutil, "which", which)
     with pytest.raises(SandboxUnavailable, match="No permissions to create new namespace"):
         run_tests(ADD, ADD_TESTS)
 
@@ -310,19 +312,24 @@ def test_switching_the_hook_off_really_switches_it_off():
 
 
 # ---- the escape battery ------------------------------------------------------------------------------------------
-# Placeholders, filled per test: HOST_PID (this process, which launches the runs), TERCES (the host's secret,
+# Placeholders, filled per test: HOST_PID (this process, which launches the runs), BYSTANDER_PID (another host
+# process, with the secret in its environment), TERCES (the host's secret,
 # reversed so the code text never holds it), SECRET_FILE, CANARY_FILE, CANARY_DIR, TCP_PORT, UNIX_PATH,
 # ABSTRACT_NAME. Each attack ends by asserting it worked, so it can only pass by escaping.
 
 LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
-ANY_OF = "ok = []\nfor attempt in attempts:\n    try:\n        attempt()\n        ok.append(attempt)\n    except OSError:\n        pass\nassert ok\n"
+ANY_OF = (  # the attack worked if any one of ``attempts`` did
+    "ok = []\nfor attempt in attempts:\n    try:\n        attempt()\n        ok.append(attempt)\n"
+    "    except OSError:\n        pass\nassert ok\n"
+)
 
 ATTACKS = {
     # Signals to the launching process (this one) and to the sandbox's parent, by every API Python has.
     "os.kill-host": "import os, signal\nos.kill(HOST_PID, signal.SIGKILL)\n",
     "os.kill-parent": (
         "import os, signal, time\nppid = os.getppid()\nos.kill(ppid, signal.SIGKILL)\ntime.sleep(0.2)\n"
-        "try:\n    os.kill(ppid, 0)\nexcept ProcessLookupError:\n    pass\nelse:\n    raise SystemExit('parent alive')\n"
+        "try:\n    os.kill(ppid, 0)\nexcept ProcessLookupError:\n    pass\n"
+        "else:\n    raise SystemExit('parent alive')\n"
     ),
     "os.kill-everyone": "import os, signal\nos.kill(-1, signal.SIGKILL)\n",
     "os.killpg-host": "import os, signal\nos.killpg(os.getpgid(HOST_PID), signal.SIGKILL)\n",
@@ -330,11 +337,17 @@ ATTACKS = {
     "pthread_kill-host": "import signal\nsignal.pthread_kill(HOST_PID, signal.SIGKILL)\n",
     "pidfd-host": "import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(HOST_PID), signal.SIGKILL)\n",
     "pidfd-parent": "import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGKILL)\n",
-    "libc-kill": LIBC + "for pid in (HOST_PID, os.getppid()):\n    assert libc.kill(pid, 9) == 0, ctypes.get_errno()\n",
+    "libc-kill": LIBC + "for pid in (HOST_PID, BYSTANDER_PID, os.getppid()):\n    assert libc.kill(pid, 9) == 0, ctypes.get_errno()\n",
     "kill-command": "import subprocess\nsubprocess.run(['kill', '-KILL', 'HOST_PID'], check=True)\n",
-    # The launcher's environment and memory.
-    "host-environ": "assert 'TERCES'[::-1].encode() in open('/proc/HOST_PID/environ', 'rb').read()\n",
-    "host-mem": "with open('/proc/HOST_PID/mem', 'rb') as mem:\n    mem.seek(0x400000)\n    assert mem.read(4)\n",
+    # The launcher's environment and memory; the environment of any other process (a host process holds the secret
+    # in its environment from the start, where /proc/PID/environ shows it).
+    "host-environ": "assert open('/proc/HOST_PID/environ', 'rb').read()\n",
+    "bystander-environ": "assert 'TERCES'[::-1].encode() in open('/proc/BYSTANDER_PID/environ', 'rb').read()\n",
+    "host-mem": (
+        "maps = open('/proc/HOST_PID/maps').read().splitlines()\n"
+        "start = int(next(line for line in maps if ' r' in line).split('-')[0], 16)\n"
+        "with open('/proc/HOST_PID/mem', 'rb') as mem:\n    mem.seek(start)\n    assert mem.read(4)\n"
+    ),
     "every-environ": (
         "import os\nseen = b''\nfor pid in os.listdir('/proc'):\n    for name in ('environ', 'cmdline'):\n"
         "        try:\n            seen += open(f'/proc/{pid}/{name}', 'rb').read()\n        except OSError:\n"
@@ -377,14 +390,17 @@ ATTACKS = {
     "hard-link": "import os\nos.link('CANARY_FILE', 'hard')\nopen('hard', 'w').write('pwned')\n",
     "shutil": (
         "import shutil\nopen('src.txt', 'w').write('pwned')\nattempts = [\n"
-        "    lambda: shutil.copy('src.txt', 'CANARY_FILE'),\n    lambda: shutil.copy('src.txt', 'CANARY_DIR/new.txt'),\n"
+        "    lambda: shutil.copy('src.txt', 'CANARY_FILE'),\n"
+        "    lambda: shutil.copy('src.txt', 'CANARY_DIR/new.txt'),\n"
         "    lambda: shutil.move('CANARY_FILE', 'moved.txt'),\n    lambda: shutil.chown('CANARY_FILE', 0, 0),\n"
         "    lambda: shutil.rmtree('CANARY_DIR'),\n]\n" + ANY_OF
     ),
     "pathlib": (
         "import pathlib\nattempts = [\n    lambda: pathlib.Path('CANARY_FILE').write_text('pwned'),\n"
-        "    lambda: pathlib.Path('CANARY_FILE').chmod(0o777),\n    lambda: pathlib.Path('CANARY_DIR/new.txt').touch(),\n"
-        "    lambda: pathlib.Path('CANARY_FILE').unlink(),\n    lambda: pathlib.Path('CANARY_FILE').rename('here'),\n]\n"
+        "    lambda: pathlib.Path('CANARY_FILE').chmod(0o777),\n"
+        "    lambda: pathlib.Path('CANARY_DIR/new.txt').touch(),\n"
+        "    lambda: pathlib.Path('CANARY_FILE').unlink(),\n"
+        "    lambda: pathlib.Path('CANARY_FILE').rename('here'),\n]\n"
         + ANY_OF
     ),
     "libc-files": LIBC
@@ -431,6 +447,7 @@ class Host:
     canary_file: Path
     canary_dir: Path
     listeners: list
+    bystander: subprocess.Popen  # a host process with the secret in its environment
     values: dict
 
     def fill(self, code: str) -> str:
@@ -446,6 +463,7 @@ class Host:
         exe = os.path.realpath(sys.executable)
         return {
             "environ": dict(os.environ),
+            "bystander alive": self.bystander.poll() is None,
             "canary": (entry(self.canary_file), self.canary_file.read_text()),
             "canary_dir": sorted(os.listdir(self.canary_dir)),
             "secret": self.secret_file.read_text(),
@@ -482,11 +500,13 @@ def host(monkeypatch, tmp_path):
     abstract = socket.socket(socket.AF_UNIX)
     abstract.bind("\0" + abstract_name)
     listeners = [tcp, unix, abstract]
+    bystander = subprocess.Popen(["sleep", "600"], env={"PATH": "/usr/bin:/bin", "SYSAWARE_ESCAPE_SECRET": secret})
     for listener in listeners:
         listener.listen(4)
         listener.setblocking(False)
     values = {
         "HOST_PID": os.getpid(),
+        "BYSTANDER_PID": bystander.pid,
         "TERCES": secret[::-1],
         "SECRET_FILE": secret_file,
         "CANARY_FILE": canary_file,
@@ -496,8 +516,10 @@ def host(monkeypatch, tmp_path):
         "ABSTRACT_NAME": abstract_name,
     }
     try:
-        yield Host(secret, secret_file, canary_file, canary_dir, listeners, values)
+        yield Host(secret, secret_file, canary_file, canary_dir, listeners, bystander, values)
     finally:
+        bystander.kill()
+        bystander.wait()
         for listener in listeners:
             listener.close()
         shutil.rmtree(short, ignore_errors=True)
@@ -558,7 +580,7 @@ def test_fork_bomb_without_the_hook_is_held_by_the_process_limit(host):
 
 
 def test_thread_bomb_is_held_by_the_process_limit(host):
-    code = "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+    code = "import threading, time\nwhile True:\n    threading.Thread(target=time.sleep, args=(30,)).start()\n"
     result, marker, before = attack(host, code, True)
     assert result.status is ExecutionStatus.ERROR and "can't start new thread" in result.message
     host.assert_untouched(before, result, marker)

@@ -5,7 +5,7 @@ interpreter starts; nothing the code does inside its own interpreter can switch 
 
 1. **Namespaces.** Each run gets its own user, PID, mount, network, IPC, UTS (and, where the kernel has it, cgroup)
    namespaces. The code sees only its own processes (a fresh ``/proc``), cannot signal or trace anything outside,
-   has no network but its own down-to-loopback stack, and shares no SysV IPC or abstract sockets with the host.
+   has no network but a loopback of its own, and shares no SysV IPC or abstract sockets with the host.
 2. **Filesystem view.** A new root holding read-only binds of ``/usr`` (and the ``/bin``, ``/lib*`` links or
    directories), of the interpreter's installation (``sys.prefix``, ``sys.base_prefix`` and their exec twins, not
    the trees around them), a minimal ``/dev`` and ``/proc``. Nothing else of the host exists inside: no ``/etc``
@@ -24,8 +24,9 @@ interpreter starts; nothing the code does inside its own interpreter can switch 
    the namespace's init, and the kernel then kills every process of the run; ``run_tests`` returns only after that
    init has exited, so nothing of a run outlives it (the PID namespace dies with the run's ``_exit`` as well).
 6. **The in-process audit hook** (PEP 578), kept as a second line: it refuses process creation, signals, sockets,
-   ctypes, raising limits and writes outside the run directory, and reports each refusal, so ordinary misbehaviour
-   is graded ``forbidden``. Code can switch it off; the layers above do not depend on it.
+   ctypes, raising limits and writes outside the run directory, and reports each refusal (and processes left
+   running after the tests), so ordinary misbehaviour is graded ``forbidden``. Code can switch it off; the layers
+   above do not depend on it.
 
 If bubblewrap (or, when running as root, ``setpriv`` from util-linux) is missing or cannot create the sandbox,
 ``run_tests`` raises ``SandboxUnavailable`` naming what is missing; it never falls back to weaker isolation.
@@ -89,7 +90,7 @@ class ExecutionStatus(str, Enum):
     """Outcome of a whole run, most severe first: the first that applies is reported."""
 
     SYNTAX = "syntax"  # the code does not compile
-    FORBIDDEN = "forbidden"  # it tried something the sandbox refuses (fork, socket, write outside its dir, ...)
+    FORBIDDEN = "forbidden"  # it tried something the hook refuses (fork, socket, write outside, ...) or left processes
     TIMEOUT = "timeout"  # wall-clock or CPU limit reached
     MEMORY = "memory"  # MemoryError, or killed for memory
     ERROR = "error"  # an exception other than a failed assert, or the process died
@@ -125,9 +126,9 @@ class ExecutionResult:
     stderr: str
     duration_s: float  # wall time from spawn to the last byte read
     message: str  # one line saying why it did not pass ("" when it did)
-    exit_code: int | None = None  # negative: killed by that signal
+    exit_code: int | None = None  # negative: killed by that signal (bwrap's 128 + N; an exit(128 + N) reads the same)
     violations: tuple[str, ...] = ()  # refused actions, "event: detail"
-    network_isolated: bool = False  # whether the child got its own empty network namespace
+    network_isolated: bool = False  # the sandbox started (its runner only ever runs in its own network namespace)
 
     @property
     def num_passed(self) -> int:
