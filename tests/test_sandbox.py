@@ -205,7 +205,10 @@ def test_the_filesystem_view_holds_only_the_system_the_interpreter_and_the_run_d
     code = (
         "import os\n"
         "print(*sorted(os.listdir('/')))\n"
-        f"for path in ('/etc', '/home', '/etc/shadow', {project!r}, '/root/.ssh', '/sys'):\n"
+        # The project's files are not visible. (Its folder may exist as a path when the venv lives inside it, as
+        # .venv does in a checkout: then the venv is all it holds.)
+        f"for path in ('/etc', '/home', '/etc/shadow', {project + '/sysaware'!r}, {project + '/tests'!r}, "
+        f"{project + '/README.md'!r}, '/root/.ssh', '/sys'):\n"
         "    assert not os.path.exists(path), path\n"
         "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
         "assert len(pids) <= 2, pids  # bwrap's init and this process\n"
