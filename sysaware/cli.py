@@ -458,7 +458,16 @@ def evaluate_cmd(
         "random,fixed,best_single,static_qmp,least_queue,greedy,oracle", help="Executors, comma-separated."
     ),
     levels: str = typer.Option("1,10,50", help="Background closed-loop clients per model, comma-separated."),
-    tasks: int = typer.Option(40, "--tasks", min=1, help="MBPP test tasks with recorded answers (a seeded sample)."),
+    scenarios: str | None = typer.Option(
+        None, "--scenarios", help="Contention scenarios (names in --scenario-file, comma-separated; 'all'): every "
+        "policy on each, cells as Ray tasks, cached and resumable, report.md with CIs. Replaces --levels/--pool.",
+    ),
+    scenario_file: Path = typer.Option(Path("configs/scenarios.yaml"), help="The scenarios' definitions."),
+    use_ray: bool = typer.Option(True, "--ray/--no-ray", help="Scenario cells as Ray tasks (a local cluster if none)."),
+    tasks: int | None = typer.Option(
+        None, "--tasks", min=1, help="MBPP test tasks with recorded answers, a seeded sample (default: 40 with "
+        "--levels; every one with --scenarios).",
+    ),
     planner: str = typer.Option("random", help="Planner (same plan per task for every policy)."),
     slack: float = typer.Option(1.5, min=0.01, help="Budget = slack x the plan's idle latency predicted by the profile."),
     profile: Path | None = typer.Option(None, "--profile", help="Pool profile JSON policies see (default: the shipped one)."),
@@ -467,10 +476,15 @@ def evaluate_cmd(
     seed: int = typer.Option(0),
     run_dir: Path | None = typer.Option(None, help="Where the tables go (default runs/evaluate-<time>)."),
 ) -> None:
-    """Every baseline x background load: pass@1, SLO attainment, e2e latency p50/p95, mean steps."""
+    """Every policy x background load (--levels) or x contention scenario (--scenarios): goodput, pass@1, SLO
+    attainment, e2e latency percentiles, tokens."""
     if not sim:
         console.print("[red]error:[/red] only --sim is available until the live pool driver lands")
         raise typer.Exit(2)
+    if scenarios is not None:
+        _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray)
+        return
+    tasks = 40 if tasks is None else tasks
     from tqdm import tqdm
 
     from sysaware.data.profile import PoolProfile, ProfileError
@@ -513,6 +527,59 @@ def evaluate_cmd(
         )
     console.print(table)
     console.print(f"tables written to {out}")
+
+
+def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray) -> None:
+    import shlex
+    import sys
+
+    from tqdm import tqdm
+
+    from sysaware.orchestration.executors import EXECUTORS
+    from sysaware.orchestration.scenarios import ScenarioError, load_scenarios, select
+    from sysaware.pipelines.eval_report import summarise as summarise_cells, write_report
+    from sysaware.pipelines.scenario_eval import ScenarioEvalSettings, evaluate_scenarios, tables
+    from sysaware.runs import new_run_dir
+
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    if unknown := [p for p in names if p.split("@")[0] not in EXECUTORS]:
+        raise typer.BadParameter(f"unknown policies {unknown}; known: {sorted(EXECUTORS)}", param_hint="--policies")
+    try:
+        chosen = select(load_scenarios(scenario_file), None if scenarios == "all" else scenarios)
+    except ScenarioError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    settings = ScenarioEvalSettings(
+        names, tuple(s.name for s in chosen), str(scenario_file), tasks, planner, seed,
+        None if profile is None else str(profile),
+    )
+    out = new_run_dir("evaluate", run_dir)
+    bar = tqdm(total=len(names) * len(chosen), desc="scenario x policy", unit="cell")
+
+    def progress(cost: dict, cached: bool) -> None:
+        bar.set_postfix(scenario=cost["scenario"], policy=cost["policy"], wall_s=f"{cost['wall_s']:.0f}",
+                        cached=cached)
+        bar.update()
+
+    cells = evaluate_scenarios(settings, out, on_cell=progress, use_ray=use_ray)
+    bar.close()
+    runs, steps, cost = tables(cells)
+    summary = summarise_cells(runs)
+    for name, df in (("runs", runs), ("steps", steps), ("summary", summary), ("cost", cost)):
+        df.to_csv(out / f"{name}.csv", index=False)
+    command = "sysaware " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(summary, runs, steps, cost, out, [s.name for s in chosen if s.contended], command)
+    table = Table(title="goodput % [95% CI] (pass and within SLO); Δ vs best load-blind, paired")
+    table.add_column("scenario")
+    table.add_column("policy")
+    for header in ("goodput", "pass@1", "SLO met", "Δ goodput"):
+        table.add_column(header, justify="right")
+    for r in summary.itertuples(index=False):
+        diff = "" if r.goodput_diff != r.goodput_diff else f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
+        table.add_row(r.scenario, r.executor, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
+                      f"{100 * r.pass_at_1:.1f}", f"{100 * r.slo_attainment:.1f}", diff)
+    console.print(table)
+    console.print(f"report: {report}")
 
 
 @app.command("dataset-report")

@@ -193,6 +193,7 @@ def evaluate_scenarios(
     scenarios = select(load_scenarios(settings.scenario_file), list(settings.scenarios) if settings.scenarios else None)
     cells_dir = run_dir / "cells"
     streams = {s.name: plan_stream(s, settings) for s in scenarios}
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "requests.json").write_text(json.dumps({k: [asdict(r) for r in v] for k, v in streams.items()}))
     todo, keys = [], {}
     for s in scenarios:
