@@ -3,13 +3,16 @@ client library would refuse to send the bad input).
 
 One application per module: the first two models of configs/pool_twin.yaml, one replica each, the twins at
 TIME_SCALE x real time. The first model's engine takes at most FLOOD_MAX_NUM_SEQS requests at once, so a flood of
-requests builds a waiting queue that telemetry must show.
+requests builds a waiting queue that telemetry must show. The API wants a key (API_KEY; AUTH is its header), as a
+server reachable from a network would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import secrets
 import time
 from types import SimpleNamespace
 
@@ -18,17 +21,21 @@ import openai
 import pytest
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
 from sysaware.engines.twin.core import count_prompt_tokens
 from sysaware.engines.types import ChatMessage
 from sysaware.serving.app import build_app, deploy, select_models
+from sysaware.serving.ingress_settings import IngressSettings
 from sysaware.sim.workload import MbppRequestFactory
 from twin_factories import VLLM_SAMPLE_NAMES
 
 APP = "test-ingress"
 TIME_SCALE = 2.0  # engine seconds per wall second: a typical answer (~80 tokens) takes ~0.3-0.6 s wall
 FLOOD_MAX_NUM_SEQS = 4
+API_KEY = f"sk-test-{secrets.token_hex(16)}"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def create_pool() -> PoolConfig:
@@ -44,8 +51,9 @@ def live(ray_session):
     from ray import serve
 
     pool = create_pool()
-    url = deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
-    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60.0)
+    settings = IngressSettings(api_keys=(SecretStr(API_KEY),))
+    url = deploy(build_app(pool, TIME_SCALE, settings=settings), port=free_port(), name=APP)
+    client = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=60.0)
     yield SimpleNamespace(
         url=url,
         root=url.removesuffix("/v1"),
@@ -79,7 +87,7 @@ def model_state(snapshot: dict, model: str) -> dict:
 
 
 def telemetry(live) -> dict:
-    response = httpx.get(f"{live.url}/telemetry", timeout=10.0)
+    response = httpx.get(f"{live.url}/telemetry", headers=AUTH, timeout=10.0)
     response.raise_for_status()
     return response.json()
 
@@ -145,7 +153,7 @@ async def _flood(live, n: int) -> tuple[list[int], list[dict], float]:
     statuses, the samples (seconds since the flood began, both models' state) and when the flood ended."""
     bodies = [{"model": live.flooded, "messages": m, "seed": i} for i, m in enumerate(create_messages(n, seed=2))]
     samples: list[dict] = []
-    async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=None)) as client:
+    async with httpx.AsyncClient(timeout=120.0, headers=AUTH, limits=httpx.Limits(max_connections=None)) as client:
         t0 = time.monotonic()
         requests = asyncio.gather(*(client.post(f"{live.url}/chat/completions", json=b) for b in bodies))
         flood = asyncio.ensure_future(requests)
@@ -207,7 +215,7 @@ BAD_INPUTS = [
 def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(live, change, status, param, words):
     body = {"model": live.other, "messages": GOOD_MESSAGES} | change
     body = {k: v for k, v in body.items() if v is not None}
-    response = httpx.post(f"{live.url}/chat/completions", json=body, timeout=30.0)
+    response = httpx.post(f"{live.url}/chat/completions", json=body, headers=AUTH, timeout=30.0)
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["param"] == param and error["type"] == "invalid_request_error"
@@ -221,7 +229,7 @@ def test_malformed_json_and_the_openai_client_errors(live):
     response = httpx.post(
         f"{live.url}/chat/completions",
         content=b'{"model": "x", "messages": [',
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json"} | AUTH,
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -255,7 +263,7 @@ def test_engine_refusal_is_a_400_and_the_server_keeps_serving(live):
     messages, seed, _ = long_answer(live, live.other)
     body = {"model": live.other, "messages": messages, "seed": seed, "stream": True, "request_id": "dup-1"}
     url = f"{live.url}/chat/completions"
-    with httpx.Client(timeout=30.0) as client, client.stream("POST", url, json=body) as first:
+    with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as first:
         assert first.status_code == 200
         lines = first.iter_lines()  # keep a reference: a collected iterator closes the connection
         next(lines)  # dup-1 is now in the engine
@@ -272,7 +280,8 @@ def test_a_client_that_goes_away_mid_stream_frees_its_request(live):
     messages, seed, length = long_answer(live, live.other)
     before = wait_until_idle(live, live.other)
     body = {"model": live.other, "messages": messages, "seed": seed, "stream": True}
-    with httpx.Client(timeout=30.0) as client, client.stream("POST", f"{live.url}/chat/completions", json=body) as r:
+    url = f"{live.url}/chat/completions"
+    with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as r:
         assert r.status_code == 200
         next(r.iter_lines())
     after = wait_until_idle(live, live.other)
@@ -298,3 +307,122 @@ def test_metrics_parse_and_carry_the_vllm_names(live):
         if s.name == "vllm:time_to_first_token_seconds_count" and s.labels["model_name"] == live.flooded
     ]
     assert sum(ttft_counts) >= 1
+
+
+# ---- the guard: body limit, prompt bound, API keys ------------------------------------------------------------
+
+MIB = 1 << 20
+UPLOAD_DEADLINE_S = 5.0  # functional bound for a refusal on a loaded 2-core machine (measured: well under 1 s)
+HEALTH_DEADLINE_S = 2.0  # no /health answer may take longer while a client uploads
+
+
+def chat_body(model: str, content_chars: int) -> bytes:
+    """A valid chat request to ``model`` whose one message is ``content_chars`` characters of words."""
+    words = "word " * (content_chars // 5)
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}).encode()
+
+
+async def _post_while_polling_health(live, content, headers: dict) -> tuple[httpx.Response, float, list[float]]:
+    """POST ``content`` to chat completions while /health is polled every 20 ms on other connections; returns the
+    response, its latency (s) and every /health latency (s) seen meanwhile (at least one)."""
+    async with httpx.AsyncClient(timeout=60.0) as poster, httpx.AsyncClient(timeout=60.0) as poller:
+
+        async def post() -> tuple[httpx.Response, float]:
+            t0 = time.perf_counter()
+            response = await poster.post(f"{live.url}/chat/completions", content=content, headers=headers)
+            return response, time.perf_counter() - t0
+
+        upload = asyncio.ensure_future(post())
+        health_s: list[float] = []
+        while not upload.done() or not health_s:
+            t0 = time.perf_counter()
+            health = await poller.get(f"{live.root}/health")
+            assert health.status_code == 200, health.text
+            health_s.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+        response, latency_s = await upload
+    return response, latency_s, health_s
+
+
+async def _chunks(total: int, size: int = MIB):
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+UPLOADS = [
+    # (what is sent, the body factory, with the key?, expected status, expected code)
+    ("20 MB chat, Content-Length", lambda live: chat_body(live.other, 20 * MIB), True, 413, "request_too_large"),
+    ("20 MB chunked", lambda live: _chunks(20 * MIB), True, 413, "request_too_large"),
+    ("20 MB chat, no key", lambda live: chat_body(live.other, 20 * MIB), False, 401, "missing_api_key"),
+]
+
+
+@pytest.mark.parametrize("what,content,keyed,status,code", UPLOADS, ids=[u[0] for u in UPLOADS])
+def test_an_oversized_upload_is_refused_at_once_while_health_answers(live, what, content, keyed, status, code):
+    headers = {"content-type": "application/json"} | (AUTH if keyed else {})
+    response, latency_s, health_s = asyncio.run(_post_while_polling_health(live, content(live), headers))
+    print(f"\n{what}: {response.status_code} in {latency_s * 1000:.0f} ms; /health answered {len(health_s)} times "
+          f"meanwhile, slowest {max(health_s) * 1000:.0f} ms")
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error", error
+    assert latency_s < UPLOAD_DEADLINE_S
+    assert max(health_s) < HEALTH_DEADLINE_S
+    good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
+    assert good.usage.completion_tokens == 2
+
+
+def test_a_chunked_body_under_the_limit_is_served(live):
+    """A body without Content-Length is counted, then replayed whole to the route."""
+    body = json.dumps({"model": live.other, "messages": GOOD_MESSAGES, "max_tokens": 3}).encode()
+
+    def pieces():
+        yield from (body[i : i + 7] for i in range(0, len(body), 7))
+
+    response = httpx.post(
+        f"{live.url}/chat/completions", content=pieces(), headers={"content-type": "application/json"} | AUTH
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+
+
+WRONG_AUTH = [
+    # (Authorization header or None, expected error code)
+    (None, "missing_api_key"),
+    ("Bearer", "missing_api_key"),
+    (f"Basic {API_KEY}", "missing_api_key"),
+    ("Bearer sk-wrong", "invalid_api_key"),
+    (f"Bearer {API_KEY}x", "invalid_api_key"),
+    (f"Bearer {API_KEY[:-1]}", "invalid_api_key"),
+]
+
+
+@pytest.mark.parametrize("authorization,code", WRONG_AUTH, ids=[f"{str(a).split(' ')[0]}-{c}" for a, c in WRONG_AUTH])
+def test_without_the_right_key_the_api_is_401_and_the_next_good_request_succeeds(live, authorization, code):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    body = {"model": live.other, "messages": GOOD_MESSAGES, "max_tokens": 2}
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/v1/telemetry")]:
+        response = httpx.request(method, f"{live.root}{path}", json=body, headers=headers, timeout=30.0)
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"] | {"message": ""} == {
+            "message": "",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": code,
+        }
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert API_KEY not in response.text
+    good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
+    assert good.usage.completion_tokens == 2
+
+
+def test_open_paths_need_no_key_and_the_openai_client_sees_authentication_errors(live):
+    assert httpx.get(f"{live.root}/health").status_code == 200
+    assert httpx.get(f"{live.root}/metrics").status_code == 200
+    stranger = openai.OpenAI(base_url=live.url, api_key="sk-wrong", max_retries=0, timeout=30.0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.chat.completions.create(model=live.other, messages=GOOD_MESSAGES)
+    assert refused.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
+    assert [m.id for m in live.client.models.list().data] == [m.name for m in live.pool.models]

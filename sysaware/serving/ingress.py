@@ -6,9 +6,11 @@
     GET  /metrics               Prometheus text with vLLM's metric names
     GET  /health
 
-Bad input never reaches a replica: the body is validated by pydantic, the model looked up, the prompt counted against
-the model's context; every refusal is an OpenAI-style error body naming the field or the limit, and the server goes
-on serving. What the engine itself refuses (``ValueError``) is a 400 too.
+Before any route, ``http_guard`` checks the API key (401) and the body size (413) without reading the body; the
+settings (``IngressSettings``) come with the replica. Bad input never reaches a replica: the body is validated by
+pydantic, the model looked up, the prompt counted against the model's context; every refusal is an OpenAI-style
+error body naming the field or the limit, and the server goes on serving. What the engine itself refuses
+(``ValueError``) is a 400 too.
 """
 
 # No `from __future__ import annotations`: Serve rewrites the route methods' signatures for FastAPI, which then
@@ -29,6 +31,8 @@ from sysaware.config import ModelDeployment, PoolConfig
 from sysaware.engines.tokenizer import count_tokens
 from sysaware.engines.twin.core import count_prompt_tokens
 from sysaware.engines.types import GenerationRequest, GenerationResult
+from sysaware.serving.http_guard import guard
+from sysaware.serving.ingress_settings import IngressSettings
 from sysaware.serving.live_engine import StreamChunk
 from sysaware.serving.openai_types import (
     SSE_DONE,
@@ -60,15 +64,10 @@ class OpenAIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.info = ErrorInfo(
-            message=message,
-            type="invalid_request_error" if status < 500 else "internal_error",
-            param=param,
-            code=code,
-        )
+        self.body = ErrorResponse.of(status, message, param=param, code=code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=self.info).model_dump(), status_code=self.status)
+        return JSONResponse(self.body.model_dump(), status_code=self.status)
 
 
 @api.exception_handler(OpenAIError)
@@ -197,6 +196,30 @@ class SSEWriter:
         return f"data: {json.dumps({'error': info.model_dump()})}\n\n"
 
 
+class ReplicaGuard:
+    """``http_guard.guard`` with the settings of the replica it runs in, in front of every route.
+
+    Registered on ``api`` at import, because serve.ingress freezes a copy of the app before the replica (and its
+    settings) exists; the settings are looked up on the replica at the first request. Lifespan events pass
+    straight through (they come before the replica is ready to be asked).
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+        self._guarded = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if self._guarded is None:
+            self._guarded = guard(self.app, serve.get_replica_context().servable_object.settings)
+        await self._guarded(scope, receive, send)
+
+
+api.add_middleware(ReplicaGuard)
+
+
 # Everything the Ingress methods use must be defined above it: serve.ingress pickles the routes by value at
 # decoration time, with the module globals that exist at that moment.
 
@@ -205,9 +228,16 @@ class SSEWriter:
 class Ingress:
     """The FastAPI app as a Serve deployment; ``models`` maps each served model name to its deployment's handle.
     ``time_scale`` (engine seconds per wall second of the twin replicas) is only reported, so clients that time
-    requests on the wall clock can convert to engine time."""
+    requests on the wall clock can convert to engine time. ``settings``: API keys and size limits (none: no keys,
+    the default limits)."""
 
-    def __init__(self, pool: PoolConfig | dict, models: Mapping, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: PoolConfig | dict,
+        models: Mapping,
+        time_scale: float = 1.0,
+        settings: IngressSettings | None = None,
+    ) -> None:
         from sysaware.serving.telemetry import get_or_create_telemetry
 
         self.pool = pool if isinstance(pool, PoolConfig) else PoolConfig.model_validate(pool)
@@ -219,6 +249,7 @@ class Ingress:
         self.metrics = PoolMetrics()
         self.created = now_unix_s()
         self.time_scale = time_scale
+        self.settings = settings or IngressSettings()
 
     # ---- OpenAI API ---------------------------------------------------------------------------------------------
 

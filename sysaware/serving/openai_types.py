@@ -264,3 +264,9 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+    @classmethod
+    def of(cls, status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+        """The body of a refusal with HTTP ``status``: a client error (4xx) or the server's (5xx)."""
+        kind = "invalid_request_error" if status < 500 else "internal_error"
+        return cls(error=ErrorInfo(message=message, type=kind, param=param, code=code))
