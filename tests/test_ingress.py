@@ -354,6 +354,10 @@ UPLOADS = [
     ("20 MB chat, Content-Length", lambda live: chat_body(live.other, 20 * MIB), True, 413, "request_too_large"),
     ("20 MB chunked", lambda live: _chunks(20 * MIB), True, 413, "request_too_large"),
     ("20 MB chat, no key", lambda live: chat_body(live.other, 20 * MIB), False, 401, "missing_api_key"),
+    # 1 MiB of characters is more than 4096 tokens can hold at 16 characters a token: refused uncounted.
+    ("1 MB prompt, 4096-token model", lambda live: chat_body(live.other, MIB), True, 400, "context_length_exceeded"),
+    # 500,000 characters pass that bound for a 32768-token model; 100,000 words are counted off the event loop.
+    ("500k-char prompt, counted", lambda live: chat_body(live.flooded, 500_000), True, 400, "context_length_exceeded"),
 ]
 
 
