@@ -1,6 +1,6 @@
 """The ingress's guard without Ray: the settings and where keys come from, the ASGI middleware on a fake receive,
-the builder's arguments. (The guard in front of the real Serve deployment is exercised over HTTP in
-test_ingress.py.)"""
+the builder's arguments, and ``sysaware serve`` refusing an open non-loopback host. (The guard in front of the real
+Serve deployment is exercised over HTTP in test_ingress.py.)"""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import json
 
 import pytest
 from pydantic import SecretStr, ValidationError
+from typer.testing import CliRunner
 
+from sysaware.cli import app as cli
 from sysaware.serving.app import AppArgs
-from sysaware.serving.http_guard import ApiKeyAuth, BodyLimit, bearer_token, guard
+from sysaware.serving.http_guard import BodyLimit, bearer_token, guard
 from sysaware.serving.ingress_settings import API_KEYS_ENV, IngressSettings, exposure_problem, is_loopback
 
 KEY = "sk-unit-0123456789abcdef"
@@ -180,6 +182,14 @@ def test_an_open_server_off_loopback_needs_keys_or_an_explicit_yes():
     assert "0.0.0.0" in exposure_problem("0.0.0.0", open_settings)
     assert exposure_problem("0.0.0.0", open_settings, allow_unauthenticated=True) is None
     assert exposure_problem("0.0.0.0", create_settings()) is None
+
+
+def test_sysaware_serve_refuses_a_public_host_without_keys_before_starting_anything(tmp_path):
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["serve", "--host", "0.0.0.0"], env={API_KEYS_ENV: ""})
+    assert refused.exit_code == 2 and "--allow-unauthenticated" in refused.output
+    missing = runner.invoke(cli, ["serve", "--api-key-file", str(tmp_path / "nope")], env={API_KEYS_ENV: ""})
+    assert missing.exit_code == 2 and "cannot read the API key file" in missing.output
 
 
 def test_serve_builder_args_carry_the_settings_and_the_key_file_path_not_the_keys(tmp_path):
