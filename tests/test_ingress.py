@@ -430,3 +430,17 @@ def test_open_paths_need_no_key_and_the_openai_client_sees_authentication_errors
     with pytest.raises(openai.AuthenticationError):
         stranger.models.list()
     assert [m.id for m in live.client.models.list().data] == [m.name for m in live.pool.models]
+
+
+@pytest.mark.parametrize(
+    "method,path,status,code",
+    [("GET", "/v1/nope", 404, "not_found"), ("POST", "/v1/embeddings", 404, "not_found"),
+     ("POST", "/v1/models", 405, "method_not_allowed"), ("GET", "/v1/chat/completions", 405, "method_not_allowed")],
+)  # fmt: skip
+def test_routes_that_do_not_exist_get_openai_error_bodies(live, method, path, status, code):
+    response = httpx.request(method, f"{live.root}{path}", headers=AUTH, timeout=30.0)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and path in body["error"].pop("message")
+    assert body["error"] == {"type": "invalid_request_error", "param": None, "code": code}
+

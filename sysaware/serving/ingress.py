@@ -11,7 +11,8 @@ settings (``IngressSettings``) come with the replica. Bad input never reaches a 
 pydantic, the model looked up, the prompt bounded by its length in characters and then counted (off the event loop)
 against the model's context; every refusal is an OpenAI-style error body naming the field or the limit, and the
 server goes on serving: nothing a client sends may stall the event loop that answers ``/health``. What the engine
-itself refuses (``ValueError``) is a 400 too.
+itself refuses (``ValueError``) is a 400 too, and every other error, down to a route that does not exist, has the
+same OpenAI body.
 """
 
 # No `from __future__ import annotations`: Serve rewrites the route methods' signatures for FastAPI, which then
@@ -27,6 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sysaware.config import ModelDeployment, PoolConfig
 from sysaware.engines.tokenizer import count_tokens_batch
@@ -90,6 +92,27 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
         f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {_short_msg(e)}" for e in errors[:5]
     )
     return OpenAIError(400, message, param=param, code="invalid_value").response()
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a route that does not exist, a method a route does not take) in OpenAI's shape."""
+    if exc.status_code == 404:
+        message, code = f"There is no route {request.method} {request.url.path}.", "not_found"
+    elif exc.status_code == 405:
+        message, code = f"{request.url.path} does not take {request.method}.", "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    response = OpenAIError(exc.status_code, message, code=code).response()
+    response.headers.update(exc.headers or {})
+    return response
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered with OpenAI's body rather than a bare 'Internal Server Error'."""
+    logger.exception("unhandled error in the ingress", exc_info=exc)
+    return OpenAIError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()
 
 
 def _short_msg(error: Mapping) -> str:
