@@ -432,10 +432,151 @@ def test_open_paths_need_no_key_and_the_openai_client_sees_authentication_errors
     assert [m.id for m in live.client.models.list().data] == [m.name for m in live.pool.models]
 
 
+# ---- text completions and vLLM's sampling extras (the load generators' requests) -------------------------------
+
+HELLO = "Hello! Tell me about yourself."  # not an MBPP task: the twin's short canned answer (66 tokens)
+
+
+def user_prompt(seed: int = 0) -> str:
+    """An MBPP task prompt as a plain string: the last message of an agent's chat."""
+    return create_messages(seed=seed)[0][-1]["content"]
+
+
+def test_text_completions_streamed_and_not_through_the_openai_client(live):
+    prompt = user_prompt()
+    whole = live.client.completions.create(model=live.other, prompt=prompt, max_tokens=48, seed=3)
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-") and whole.model == live.other
+    assert len(whole.choices) == 1 and whole.choices[0].index == 0 and whole.choices[0].text
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens == count_prompt_tokens((ChatMessage("user", prompt),))  # one user message
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    assert whole.choices[0].model_extra["sysaware"]["replica_id"].startswith(f"{APP}#{live.other}#")
+
+    stream = live.client.completions.create(
+        model=live.other, prompt=prompt, max_tokens=48, seed=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert {c.id for c in chunks} == {chunks[0].id} and {c.object for c in chunks} == {"text_completion"}
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert sum(1 for c in chunks if c.choices and c.choices[0].text) > 1, "the text should arrive in pieces"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason
+    ]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_a_list_of_prompts_gets_one_choice_each_and_the_summed_usage(live):
+    prompts = [user_prompt(seed=5), HELLO]
+    whole = live.client.completions.create(model=live.other, prompt=prompts, max_tokens=24, seed=1)
+    assert [c.index for c in whole.choices] == [0, 1]
+    singles = [live.client.completions.create(model=live.other, prompt=p, max_tokens=24, seed=1) for p in prompts]
+    assert [c.text for c in whole.choices] == [s.choices[0].text for s in singles]
+    assert whole.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    assert whole.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+
+    stream = live.client.completions.create(
+        model=live.other, prompt=prompts, max_tokens=24, seed=1, stream=True, stream_options={"include_usage": True}
+    )
+    texts = ["", ""]
+    chunks = list(stream)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in whole.choices]
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_ignore_eos_generates_exactly_max_tokens(live, route):
+    """The canned answer to HELLO is 66 tokens; with ignore_eos the twin goes on to the cap, as vLLM would."""
+    if route == "chat":
+        reply = live.client.chat.completions.create(
+            model=live.other,
+            messages=[{"role": "user", "content": HELLO}],
+            max_completion_tokens=128,
+            extra_body={"ignore_eos": True},
+        )
+        text = reply.choices[0].message.content
+    else:
+        reply = live.client.completions.create(
+            model=live.other, prompt=HELLO, max_tokens=128, extra_body={"ignore_eos": True}
+        )
+        text = reply.choices[0].text
+    assert reply.usage.completion_tokens == 128 and reply.choices[0].finish_reason == "length"
+    natural = live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=128)
+    assert natural.usage.completion_tokens < 128 and natural.choices[0].finish_reason == "stop"
+    assert text.startswith(natural.choices[0].text.strip()[:40])  # the same answer, then filler
+
+
+def test_min_tokens_and_continuous_usage_stats_while_streaming(live):
+    stream = live.client.completions.create(
+        model=live.other,
+        prompt=HELLO,
+        max_tokens=200,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"min_tokens": 100, "unknown_knob": 7, "top_k": 5},  # unknown fields are ignored
+    )
+    chunks = list(stream)
+    usages = [c.usage for c in chunks]
+    assert all(u is not None for u in usages), "every chunk carries the usage so far"
+    completion = [u.completion_tokens for u in usages]
+    assert completion == sorted(completion) and completion[-1] == 100
+    assert {u.prompt_tokens for u in usages} == {count_prompt_tokens((ChatMessage("user", HELLO),))}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_completions_count_in_the_vllm_metrics(live):
+    def ttft_count() -> float:
+        text = httpx.get(f"{live.root}/metrics").text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "vllm:time_to_first_token_seconds_count"
+            and s.labels.get("model_name") == live.other
+            and s.labels.get("replica", "").startswith(f"{APP}#")
+        )
+
+    before = ttft_count()
+    live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=4)
+    list(live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=4, stream=True))
+    assert ttft_count() == before + 2
+
+
+COMPLETION_BAD_INPUTS = [
+    # (body changes, expected status, error param, words the message must contain)
+    ({"echo": True}, 400, "echo", ["echo is not supported"]),
+    ({"prompt": [1, 2, 3]}, 400, "prompt", ["token-id prompts"]),
+    ({"prompt": []}, 400, "prompt", ["at least one prompt"]),
+    ({"prompt": None}, 400, "prompt", ["required"]),
+    ({"best_of": 3}, 400, "best_of", ["best_of=1"]),
+    ({"min_tokens": 20, "max_tokens": 10}, 400, "min_tokens", ["min_tokens (20)", "10"]),
+    ({"max_tokens": 5000}, 400, "max_tokens", ["4096"]),
+    ({"prompt": "word " * 5000}, 400, "prompt", ["4096", "prompt"]),
+    ({"model": "gpt-3.5-turbo-instruct"}, 404, "model", ["gpt-3.5-turbo-instruct", "wizardlm-13b"]),
+]
+
+
+@pytest.mark.parametrize(
+    "change,status,param,words", COMPLETION_BAD_INPUTS, ids=[str(b[0])[:40] for b in COMPLETION_BAD_INPUTS]
+)
+def test_bad_completion_input_gets_its_4xx_naming_the_field(live, change, status, param, words):
+    body = {"model": live.other, "prompt": HELLO} | change
+    body = {k: v for k, v in body.items() if v is not None}
+    response = httpx.post(f"{live.url}/completions", json=body, headers=AUTH, timeout=30.0)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
+    for word in words:
+        assert word in error["message"], (word, error["message"])
+
+
 @pytest.mark.parametrize(
     "method,path,status,code",
     [("GET", "/v1/nope", 404, "not_found"), ("POST", "/v1/embeddings", 404, "not_found"),
-     ("POST", "/v1/models", 405, "method_not_allowed"), ("GET", "/v1/chat/completions", 405, "method_not_allowed")],
+     ("POST", "/v1/models", 405, "method_not_allowed"), ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+     ("GET", "/v1/completions", 405, "method_not_allowed")],
 )  # fmt: skip
 def test_routes_that_do_not_exist_get_openai_error_bodies(live, method, path, status, code):
     response = httpx.request(method, f"{live.root}{path}", headers=AUTH, timeout=30.0)
@@ -444,3 +585,18 @@ def test_routes_that_do_not_exist_get_openai_error_bodies(live, method, path, st
     assert list(body) == ["error"] and path in body["error"].pop("message")
     assert body["error"] == {"type": "invalid_request_error", "param": None, "code": code}
 
+
+def test_a_client_that_goes_away_frees_every_request_of_a_streamed_batch(live):
+    """Two prompts, each 400 tokens long under ignore_eos (~1.5 s of wall time): the stream is closed after its
+    first event, so both requests are aborted (no success, far fewer than 800 tokens generated) and their KV
+    blocks are free again."""
+    before = wait_until_idle(live, live.other)
+    body = {"model": live.other, "prompt": [HELLO, user_prompt()], "max_tokens": 400, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    with httpx.Client(timeout=30.0, headers=AUTH) as client:
+        with client.stream("POST", f"{live.url}/completions", json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())
+    after = wait_until_idle(live, live.other)
+    assert after["requests_finished_total"] == before["requests_finished_total"]
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] < 2 * 400
