@@ -211,16 +211,22 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("change,status,param,words", BAD_INPUTS, ids=[str(b[0])[:40] for b in BAD_INPUTS])
-def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(live, change, status, param, words):
-    body = {"model": live.other, "messages": GOOD_MESSAGES} | change
-    body = {k: v for k, v in body.items() if v is not None}
-    response = httpx.post(f"{live.url}/chat/completions", json=body, headers=AUTH, timeout=30.0)
+def assert_refused(live, route: str, body: dict, change: dict, status: int, param: str, words: list[str]) -> None:
+    """POST ``body`` with ``change`` applied (a None value removes the field) to ``route``: the status, an OpenAI
+    error naming ``param``, and every one of ``words`` in its message."""
+    body = {k: v for k, v in (body | change).items() if v is not None}
+    response = httpx.post(f"{live.url}/{route}", json=body, headers=AUTH, timeout=30.0)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
     for word in words:
         assert word in error["message"], (word, error["message"])
+
+
+@pytest.mark.parametrize("change,status,param,words", BAD_INPUTS, ids=[str(b[0])[:40] for b in BAD_INPUTS])
+def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(live, change, status, param, words):
+    body = {"model": live.other, "messages": GOOD_MESSAGES}
+    assert_refused(live, "chat/completions", body, change, status, param, words)
     good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
     assert good.usage.completion_tokens == 2
 
@@ -562,14 +568,7 @@ COMPLETION_BAD_INPUTS = [
     "change,status,param,words", COMPLETION_BAD_INPUTS, ids=[str(b[0])[:40] for b in COMPLETION_BAD_INPUTS]
 )
 def test_bad_completion_input_gets_its_4xx_naming_the_field(live, change, status, param, words):
-    body = {"model": live.other, "prompt": HELLO} | change
-    body = {k: v for k, v in body.items() if v is not None}
-    response = httpx.post(f"{live.url}/completions", json=body, headers=AUTH, timeout=30.0)
-    assert response.status_code == status, response.text
-    error = response.json()["error"]
-    assert error["param"] == param and error["type"] == "invalid_request_error", error
-    for word in words:
-        assert word in error["message"], (word, error["message"])
+    assert_refused(live, "completions", {"model": live.other, "prompt": HELLO}, change, status, param, words)
 
 
 @pytest.mark.parametrize(
