@@ -36,6 +36,26 @@ def all_actions(models: Sequence[str]) -> tuple[Action, ...]:
     return tuple(Action(m, s) for m in models for s in Strategy)
 
 
+class InvalidAction(ValueError):
+    """A decider's action that is not one of the decision point's candidates."""
+
+
+def check_action(action: Action | tuple[str, str], candidates: Sequence[Action], where: str = "") -> Action:
+    """``action`` as an Action (a plain (model, strategy) pair with the strategy's name is accepted), if it is one
+    of ``candidates``; ``InvalidAction`` naming the candidates otherwise. Every decider's action goes through here
+    (the session calls it), so an executor, an external agent and an override are held to the same rule."""
+    prefix = f"{where}: " if where else ""
+    try:
+        model, strategy = action
+        checked = Action(model, Strategy(strategy))
+    except (TypeError, ValueError) as e:
+        raise InvalidAction(f"{prefix}{action!r} is not a (model, strategy) action: {e}") from None
+    if checked not in candidates:
+        listed = ", ".join(f"{a.model}/{a.strategy.value}" for a in candidates)
+        raise InvalidAction(f"{prefix}{checked.model}/{checked.strategy.value} is not among the candidates: {listed}")
+    return checked
+
+
 class Forecaster(Protocol):
     """Knows how long calls would take if sent now (simulation only: it forks the simulated cluster)."""
 
