@@ -187,7 +187,10 @@ def train(
     iterations = iterations if iterations is not None else cfg["budget"].get("iterations", 20)
     wall_minutes = wall_minutes if wall_minutes is not None else cfg["budget"].get("wall_minutes", 20.0)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if os.environ.get("RAY_ADDRESS"):  # inside `ray job submit`: the job's cluster
+            ray.init()
+        else:  # a local cluster sized for a shared 2-core machine
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     config, probe = build_algo_config(cfg, lam.value)
     algo = config.build_algo()
     if resume is not None:
