@@ -2,7 +2,7 @@
 simulated driver that runs them on the twin cluster and the live driver that runs them through Ray Serve handles.
 Imports point down only (engines, sim, tasks): the live driver takes its handles and telemetry actor as given."""
 
-from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
+from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, plan_slo_s
 from sysaware.orchestration.context import Action, InvalidAction, Plan, PolicyResources, StepContext, all_actions
 from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
 from sysaware.orchestration.live_driver import LiveDriver
@@ -21,7 +21,6 @@ __all__ = [
     "EXECUTORS",
     "Executor",
     "ExecutorAgent",
-    "IdleBudget",
     "InvalidAction",
     "LiveDriver",
     "ModelCall",
@@ -29,6 +28,7 @@ __all__ = [
     "Plan",
     "Planner",
     "PolicyResources",
+    "ProfileBudget",
     "RunTrace",
     "SandboxRun",
     "SimSettings",
@@ -45,4 +45,5 @@ __all__ = [
     "default_topology",
     "make_executor",
     "make_planner",
+    "plan_slo_s",
 ]

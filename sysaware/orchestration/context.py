@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
+from sysaware.data.profile import PoolProfile
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.latency import IdleProfile
 from sysaware.orchestration.tables import LengthTable, QualityTable
-from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Slot, Topology
 from sysaware.orchestration.trace import StepRecord
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import Strategy
-
-if TYPE_CHECKING:
-    from sysaware.sim.backend import SimBackend
 
 
 class Action(NamedTuple):
@@ -110,12 +108,13 @@ class Plan:
     """The planner's decision for one request: a topology with its slots' roles, and the budget if it set one."""
 
     topology: Topology
-    slo_s: float | None = None  # None: the driver sets the default budget (see budget.py)
+    slo_s: float | None = None  # the request's own budget, s; None: the default budget (budget.py)
 
 
 @dataclass(frozen=True)
 class PolicyResources:
-    """Static knowledge policies may use (never the live load: that comes in the step context)."""
+    """Static knowledge policies may use (never the live load: that comes in the step context). All of it is a
+    view of the pool's measured profile: no policy reads how a backend decides its answers."""
 
     pool: PoolConfig
     quality: QualityTable
@@ -130,5 +129,18 @@ class PolicyResources:
         return self.pool.model(model).price_per_mtok_usd
 
     @classmethod
-    def build(cls, pool: PoolConfig, backend: "SimBackend") -> "PolicyResources":
-        return cls(pool, QualityTable.from_twin(pool), LengthTable.measure(pool, backend.responder), IdleProfile.measure(pool, backend))
+    def from_profile(cls, pool: PoolConfig, profile: PoolProfile) -> "PolicyResources":
+        """The tables of ``profile``, which must have been measured on ``pool`` (ProfileError otherwise)."""
+        profile.check_pool(pool)
+        models = [m.name for m in pool.models]
+        return cls(
+            pool,
+            QualityTable.from_profile(profile, models),
+            LengthTable.from_profile(profile, models),
+            IdleProfile.from_profile(profile, models),
+        )
+
+    @classmethod
+    def default_for(cls, pool: PoolConfig) -> "PolicyResources":
+        """From the profile shipped for ``pool`` (``PoolProfile.default_for``)."""
+        return cls.from_profile(pool, PoolProfile.default_for(pool))

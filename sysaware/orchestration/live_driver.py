@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from sysaware.engines.types import GenerationResult, TelemetrySnapshot
+from sysaware.orchestration.budget import ProfileBudget, plan_slo_s
 from sysaware.orchestration.context import Action, all_actions
 from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
@@ -58,6 +59,7 @@ class LiveDriver:
         sandbox_timeout_s: float = 10.0,  # wall-clock limit per sandbox run
         candidates: Sequence[Action] | None = None,
         on_decision: DecisionHook | None = None,  # a server's hook: log or override every decision
+        budget: ProfileBudget | None = None,  # default SLOs for requests without one (budget.py)
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -68,6 +70,7 @@ class LiveDriver:
         self.sandbox_timeout_s = sandbox_timeout_s
         self.candidates = tuple(candidates or all_actions(list(self.handles)))
         self.on_decision = on_decision
+        self.budget = budget
         self.tracker = TelemetryTracker()  # TPOT EMA and completion rate from the results this driver sees
         self.sessions: list[WorkflowSession] = []
         self._snapshot = SystemSnapshot(0.0, {})
@@ -84,15 +87,16 @@ class LiveDriver:
 
     # --- one workflow ------------------------------------------------------------------------------------------
     async def run_workflow(
-        self, task: MbppTask, planner: Planner, executor: Executor | Agent, slo_s: float, seed: int = 0
+        self, task: MbppTask, planner: Planner, executor: Executor | Agent, slo_s: float | None = None, seed: int = 0
     ) -> RunTrace:
-        """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s), grade the answer. ``executor``
-        decides every step (an Executor, or any Agent)."""
+        """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s; None: the driver's default budget
+        for the plan, ``plan_slo_s``, as in simulation), grade the answer. ``executor`` decides every step (an
+        Executor, or any Agent)."""
         agent = ExecutorAgent(executor) if isinstance(executor, Executor) else executor
         await self.refresh_snapshot()
         plan = planner.plan(task, self._snapshot, slo_s)
         run_id = f"live-{next(self._run_ids)}-t{task.task_id}-s{seed}"
-        workflow = Workflow(run_id, task, plan.topology, plan.slo_s or slo_s, seed=seed)
+        workflow = Workflow(run_id, task, plan.topology, plan_slo_s(task, plan, self.budget), seed=seed)
         session = WorkflowSession(
             workflow,
             self.candidates,

@@ -48,13 +48,15 @@ from sysaware.data.telemetry import SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, SandboxPurpose, SandboxRun, Workflow, WorkflowState
 from sysaware.sim.backend import SimBackend
-from sysaware.sim.load import ClosedLoopLoad
+from sysaware.orchestration.scenarios import Background, ClosedLoopBackground
+from sysaware.sim.load import ClosedLoopLoad, PhasedPoissonLoad
 from sysaware.sim.workload import MbppRequestFactory, RequestFactory
 
 
 @dataclass(frozen=True)
 class SimSettings:
     background_per_model: int = 0  # N closed-loop background clients per model
+    background: Background | None = None  # a scenario's background (orchestration/scenarios.py); overrides the above
     background_start_s: float = 0.0  # when they start (workflows should start after a warm-up)
     telemetry_period_s: float = 0.25  # how often background completions reach the telemetry tracker, virtual s
     seed: int = 0
@@ -117,13 +119,21 @@ class SimulatedDriver:
         self._agents: dict[WorkflowSession, Agent | None] = {}  # None: decided from outside (next_decision)
         self._waiting: deque[_Waiting] = deque()  # points handed out to the external agent, oldest first
         self._grades: list[tuple[WorkflowSession, SandboxRun]] = []
-        self.loads: dict[str, ClosedLoopLoad] = {}
-        if settings.background_per_model > 0:
+        self.loads: dict[str, ClosedLoopLoad | PhasedPoissonLoad] = {}
+        spec = settings.background
+        if spec is None and settings.background_per_model > 0:
+            spec = ClosedLoopBackground(per_model=settings.background_per_model)
+        if spec is not None:
             factory = background or MbppRequestFactory.for_split("train", prefix="bg")
             for m in self.cluster.models:
-                self.loads[m] = ClosedLoopLoad(
-                    self.cluster, m, settings.background_per_model, factory, seed=settings.seed
-                ).start(at=settings.background_start_s)
+                if isinstance(spec, ClosedLoopBackground):
+                    if spec.clients(m) > 0:
+                        self.loads[m] = ClosedLoopLoad(self.cluster, m, spec.clients(m), factory, seed=settings.seed)
+                else:
+                    phases = tuple((p.rate_per_s, p.duration_s) for p in spec.phases)
+                    self.loads[m] = PhasedPoissonLoad(self.cluster, m, phases, factory, seed=settings.seed)
+            for load in self.loads.values():
+                load.start(at=settings.background_start_s)
         self.cluster.call_at(settings.telemetry_period_s, DriverCallback(self._sample))
         self.forecaster = ForkForecaster(self)  # only the oracle asks it anything
 

@@ -150,6 +150,8 @@ class Workflow:
     _slots: dict[str, _SlotRun] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.slo_s > 0:  # also NaN; +inf (no budget) is allowed
+            raise ValueError(f"{self.run_id}: slo_s must be a positive number of seconds, got {self.slo_s!r}")
         self._slots = {s.slot_id: _SlotRun(s) for s in self.topology.slots}
 
     # --- queries -----------------------------------------------------------------------------------------------

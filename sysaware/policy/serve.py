@@ -14,7 +14,6 @@ pool is used.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from pathlib import Path
 

@@ -16,34 +16,25 @@ and one cluster's background simulation is shared by many decisions (the expensi
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from sysaware.config import PoolConfig, load_pool, REPO_ROOT
-from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.orchestration.context import Action, PolicyResources
 from sysaware.orchestration.grading import CachedSandbox
-from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.session import DecisionPoint, WorkflowSession
-from sysaware.orchestration.sim_driver import DriverCallback, SimSettings, SimulatedDriver
+from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.topology import Topology
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import Workflow, call_seed
 from sysaware.sim.backend import SimBackend
-from sysaware.sim.load import ClosedLoopLoad, PhasedPoissonLoad
-from sysaware.sim.workload import MbppRequestFactory
 from sysaware.tasks.mbpp import MbppTask, Split, get_task, split_of
-from sysaware.tasks.prompts import Strategy
 
-try:  # the scenario file (configs/scenarios.yaml)
-    from sysaware.orchestration.scenarios import Scenario, load_scenarios
-except ImportError:  # pragma: no cover - before scenarios landed
-    Scenario = None  # type: ignore[assignment]
-    load_scenarios = None  # type: ignore[assignment]
+from sysaware.orchestration.budget import ProfileBudget
+from sysaware.orchestration.scenarios import load_scenarios
 
 
 # --- resources and budgets ------------------------------------------------------------------------------------------
@@ -58,58 +49,27 @@ def backend_for(pool: PoolConfig) -> SimBackend:
 
 
 def resources_for(pool: PoolConfig) -> PolicyResources:
-    """What a policy may know about the pool: the measured profile where one is shipped (``PolicyResources
-    .default_for``), else (before the profile work lands) the tables main builds today."""
+    """What a policy may know about the pool: its measured profile (``PolicyResources.default_for``, the profile
+    shipped for the pool), never the simulator's parameters."""
     if pool.name not in _RESOURCES:
-        if hasattr(PolicyResources, "default_for"):
-            _RESOURCES[pool.name] = PolicyResources.default_for(pool)
-        else:  # pragma: no cover - replaced by the profile's tables after the merge
-            _RESOURCES[pool.name] = PolicyResources.build(pool, backend_for(pool))
+        _RESOURCES[pool.name] = PolicyResources.default_for(pool)
     return _RESOURCES[pool.name]
 
 
-REFERENCE_STRATEGY = Strategy.CONCISE
-
-
 class Budgets:
-    """Default SLO = slack x the plan's idle critical path under the reference executor (best Concise programmer),
-    computed from the profile alone (the formula of orchestration/budget.py's ``ProfileBudget``; used directly when
-    that lands). Cached per (task, topology)."""
+    """Default SLO = slack x the plan's idle critical path under the reference executor, from the pool profile alone
+    (orchestration/budget.py's ``ProfileBudget``: the same budget the evaluation gives), cached per (task, topology)."""
 
     def __init__(self, resources: PolicyResources) -> None:
         self.resources = resources
+        self._budget = ProfileBudget(resources, slack=1.0)
         self._idle: dict[tuple[int, str], float] = {}
-        try:
-            from sysaware.orchestration.budget import ProfileBudget  # type: ignore[attr-defined]
-
-            self._profile_budget = ProfileBudget(resources, slack=1.0)
-        except ImportError:
-            self._profile_budget = None
-
-    @property
-    def reference_model(self) -> str:
-        return self.resources.quality.best_model(REFERENCE_STRATEGY, "programmer")
 
     def idle_latency_s(self, task: MbppTask, topology: Topology) -> float:
         key = (task.task_id, repr(topology.slots))
         if key not in self._idle:
-            if self._profile_budget is not None:
-                self._idle[key] = self._profile_budget.idle_latency_s(task, topology)
-            else:
-                self._idle[key] = self._critical_path(task, topology)
+            self._idle[key] = self._budget.idle_latency_s(task, topology)
         return self._idle[key]
-
-    def _critical_path(self, task: MbppTask, topology: Topology) -> float:
-        ref = self.reference_model
-        lengths, idle = self.resources.lengths, self.resources.idle[ref]
-        finish: dict[str, float] = {}
-        for slot in topology.slots:
-            prompt = count_prompt_tokens(build_messages(task, slot, (), None, REFERENCE_STRATEGY))
-            prompt += sum(lengths.tokens(ref, REFERENCE_STRATEGY, topology.slot(i).role_id) for i in slot.inputs)
-            out = lengths.tokens(ref, REFERENCE_STRATEGY, slot.role_id)
-            call = idle.ttft_s(round(prompt)) + max(out - 1.0, 0.0) * idle.tpot_s
-            finish[slot.slot_id] = max((finish[i] for i in slot.inputs), default=0.0) + call
-        return finish[topology.sink.slot_id]
 
     def slo_s(self, task: MbppTask, topology: Topology, slack: float) -> float:
         return slack * self.idle_latency_s(task, topology)
@@ -122,8 +82,7 @@ class WorldScenario:
 
     name: str
     pool_path: str
-    closed: dict[str, int] = field(default_factory=dict)  # model -> closed-loop clients (kind closed)
-    phases: tuple[tuple[float, float], ...] = ()  # (rate per s, duration s) per model (kind poisson)
+    background: object  # orchestration/scenarios.py's Background (closed loop or phased Poisson), given to the driver
     rate_per_s: float = 0.5
     warmup_s: float = 10.0
     slacks: tuple[tuple[float, float], ...] = ((1.5, 1.0),)  # (slack, weight)
@@ -140,22 +99,13 @@ def _pool(path: str) -> PoolConfig:
 
 
 def scenario_from_config(s) -> WorldScenario:
-    bg = s.background
-    models = [m.name for m in s.pool_config.models]
-    closed, phases = {}, ()
-    if bg.kind == "closed":
-        closed = {m: bg.clients(m) for m in models}
-    else:
-        phases = tuple((p.rate_per_s, p.duration_s) for p in bg.phases)
     return WorldScenario(
-        s.name, s.pool, closed, phases, s.requests.rate_per_s, s.requests.warmup_s,
+        s.name, s.pool, s.background, s.requests.rate_per_s, s.requests.warmup_s,
         tuple((c.slack, c.weight) for c in s.requests.slo),
     )
 
 
 def load_world_scenarios(names: Sequence[str] | None = None, path: str | Path | None = None) -> list[WorldScenario]:
-    if load_scenarios is None:  # pragma: no cover
-        raise RuntimeError("configs/scenarios.yaml support (orchestration/scenarios.py) is missing")
     all_ = load_scenarios(path) if path else load_scenarios()
     names = list(all_) if names is None else list(names)
     if unknown := [n for n in names if n not in all_]:
@@ -200,14 +150,8 @@ class SimWorld:
         pool = scenario.pool
         self.pool = pool
         self.backend = backend_for(pool)
-        self.driver = SimulatedDriver(pool, self.backend, SimSettings(seed=seed), sandbox=sandbox)
-        cluster = self.driver.cluster
-        factory = MbppRequestFactory.for_split("train", prefix="bg")
-        for m in cluster.models:
-            if scenario.phases:
-                self.driver.loads[m] = PhasedPoissonLoad(cluster, m, scenario.phases, factory, seed=seed).start(0.0)
-            elif scenario.closed.get(m, 0) > 0:
-                self.driver.loads[m] = ClosedLoopLoad(cluster, m, scenario.closed[m], factory, seed=seed).start(0.0)
+        settings = SimSettings(background=scenario.background, seed=seed)
+        self.driver = SimulatedDriver(pool, self.backend, settings, sandbox=sandbox)
         rng = random.Random(f"world/{scenario.name}/{seed}")
         t = scenario.warmup_s
         slacks, weights = zip(*scenario.slacks)
