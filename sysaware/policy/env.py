@@ -20,6 +20,7 @@ lambda is set from outside (``set_lambda``: the Lagrange callback in train.py pu
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter, defaultdict
 from typing import Any
@@ -50,6 +51,7 @@ DEFAULT_ENV_CONFIG: dict[str, Any] = {
     "scenarios": ["idle", "uniform-50", "uniform-150", "skew-cheap-hot", "skew-strong-hot", "mixed-slo"],
     "requests_per_episode": 12,
     "rate_scale": 1.0,  # x the scenario's request rate (more RL workflows per simulated second)
+    "warmup_s": None,  # virtual seconds of background before the first request (None: the scenario's)
     "planner": "rl",  # "rl" (the planner agent), "random" (planners.py's random shapes), or a menu name (fixed)
     "embed": "minilm",  # "minilm" (the offline MiniLM) or "hash" (a seeded stand-in: tests, smoke runs)
     "task_dims": 16,
@@ -68,6 +70,8 @@ class SysawareEnv(MultiAgentEnv):
         cfg = {**DEFAULT_ENV_CONFIG, **dict(config or {})}
         self.cfg = cfg
         self.scenarios: list[WorldScenario] = load_world_scenarios(cfg["scenarios"])
+        if cfg["warmup_s"] is not None:
+            self.scenarios = [dataclasses.replace(s, warmup_s=float(cfg["warmup_s"])) for s in self.scenarios]
         pools = {s.pool.name for s in self.scenarios}
         if len(pools) != 1:
             raise ValueError(f"one env trains on one pool; scenarios {cfg['scenarios']} span {sorted(pools)}")
