@@ -39,6 +39,18 @@ def shipped_policy_dir(pool_name: str) -> Path:
     return path
 
 
+def policy_fingerprint(checkpoint: str | Path) -> str:
+    """sha256 (16 hex) of a policy directory's files: what an evaluation cache keys the ``rl`` policy on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(checkpoint).rglob("*")):
+        if f.is_file() and f.name != "meta.json":
+            h.update(f.relative_to(checkpoint).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def policy_paths(checkpoint: str | Path, module_id: str) -> tuple[Path, Path]:
     """(the RLModule checkpoint of ``module_id``, encoder.json) in either layout."""
     root = Path(checkpoint)
