@@ -281,8 +281,8 @@ def plot_curves(rows: list[dict], out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def col(k):
-        return [float(r.get(k) or math.nan) for r in rows]
+    def col(k):  # rows read back from metrics.csv hold strings; a missing cell is '' (0.0 is a value, not missing)
+        return [math.nan if r.get(k) in (None, "") else float(r[k]) for r in rows]
 
     its = col("iteration")
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
