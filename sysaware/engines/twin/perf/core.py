@@ -32,6 +32,7 @@ from typing import Callable
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
 from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.twin.perf.length_floor import at_least, length_floor
 from sysaware.engines.twin.protocols import Responder, StepTimeModel
 from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
@@ -207,7 +208,7 @@ class TwinEngineCore:
                 f"tokens (max_model_len) with room for one output token"
             )
 
-        response = self.responder.respond(req)
+        response = at_least(self.responder.respond(req), length_floor(req))  # ignore_eos / min_tokens
         target = min(response.output_tokens, req.max_tokens)
         if max_len is not None:
             target = min(target, max_len - prompt_tokens)
