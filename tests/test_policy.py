@@ -152,27 +152,21 @@ def test_masked_module_never_samples_a_masked_action():
 
 
 # --- training, checkpoint, serving (Ray) ----------------------------------------------------------------------------
-@pytest.mark.xdist_group("ray")
-def test_smoke_training_checkpoint_and_serving(tmp_path):
+def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     """Two tiny PPO iterations (a masked action chosen during sampling would raise in the env), then the exported
     RLModules serve workflows through make_executor('rl', checkpoint=...) without the Algorithm."""
-    import ray
-
     from sysaware.orchestration.executors import make_executor
     from sysaware.orchestration.planners import make_planner
     from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
     from sysaware.orchestration.workflow import Workflow
     from sysaware.policy import RLExecutor  # noqa: F401  (registers "rl")
     from sysaware.policy.train import load_config, train
-    from sysaware.policy.world import Budgets, backend_for, resources_for, task_pool
+    from sysaware.policy.world import Budgets, backend_for, load_world_scenarios, resources_for, task_pool
     from sysaware.tasks.mbpp import Split
 
     cfg = load_config("rllib_configs/smoke.yaml")
     started = time.perf_counter()
-    try:
-        outcome = train(cfg, tmp_path / "run")
-    finally:
-        ray.shutdown()
+    outcome = train(cfg, tmp_path / "run")  # on the suite's Ray session (train() reuses a running one)
     assert time.perf_counter() - started < 120
     rows = outcome.rows
     assert len(rows) == 2 and all(r["requests"] > 0 for r in rows)
@@ -181,7 +175,7 @@ def test_smoke_training_checkpoint_and_serving(tmp_path):
         assert (tmp_path / "run" / name).exists(), name
 
     # serving: from the exported policy dir and from the Algorithm checkpoint
-    pool = load_config("rllib_configs/smoke.yaml") and __import__("sysaware.policy.world", fromlist=["x"]).load_world_scenarios(["idle"])[0].pool
+    pool = load_world_scenarios(["idle"])[0].pool
     resources = resources_for(pool)
     for ckpt in (outcome.policy_dir, tmp_path / "run" / "checkpoint"):
         executor = make_executor("rl", resources, checkpoint=ckpt, embed="hash")
