@@ -597,7 +597,8 @@ def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, prof
         table.add_column(header, justify="right")
     for r in summary.itertuples(index=False):
         diff = "" if r.goodput_diff != r.goodput_diff else f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
-        table.add_row(r.scenario, r.executor, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
+        name = r.policy if r.executor in (r.policy, "") else f"{r.policy}: {r.executor}"
+        table.add_row(r.scenario, name, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
                       f"{100 * r.pass_at_1:.1f}", f"{100 * r.slo_attainment:.1f}", diff)
     console.print(table)
     console.print(f"report: {report}")
