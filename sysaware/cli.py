@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sysaware.config import DEFAULT_POOL, ConfigError, PoolConfig, load_pool
+from sysaware.serving.ingress_settings import DEFAULT_MAX_BODY_BYTES, IngressSettings, exposure_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="System-aware multi-agent LLM orchestration.")
 # Piped or logged output (make run, CI) gets wide tables instead of rich's 80-column default, so names are not cut.
@@ -140,9 +141,20 @@ def serve_pool(
     pool: Path = PoolOption,
     time_scale: float = typer.Option(1.0, min=1e-3, help="Twin speed: engine seconds per wall second."),
     port: int = typer.Option(8000, help="HTTP port of Serve's proxy (if Serve already runs, its port stays)."),
-    host: str = typer.Option("127.0.0.1", help="Interface the API listens on (0.0.0.0 for every interface)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface the API listens on (0.0.0.0 for every interface: needs API keys)."
+    ),
     models: str | None = typer.Option(None, help="Serve only these models of the pool, comma-separated."),
     blocking: bool = typer.Option(True, "--blocking/--no-blocking", help="Wait until Ctrl-C (then tear down)."),
+    api_key_file: Path | None = typer.Option(
+        None, help="API keys, one a line (with $SYSAWARE_API_KEYS, comma-separated). None: no authentication."
+    ),
+    allow_unauthenticated: bool = typer.Option(
+        False, "--allow-unauthenticated", help="Serve a non-loopback host without API keys (anyone may call it)."
+    ),
+    max_body_bytes: int = typer.Option(
+        DEFAULT_MAX_BODY_BYTES, min=1, help="Largest request body, bytes; larger ones get 413 unparsed."
+    ),
 ) -> None:
     """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
     import time
@@ -153,7 +165,11 @@ def serve_pool(
 
     cfg = _load_pool(pool)
     try:
-        application = build_app(cfg, time_scale, models=_parse_models(models))
+        settings = IngressSettings.from_sources(api_key_file, max_body_bytes=max_body_bytes)
+        problem = exposure_problem(host, settings, allow_unauthenticated)
+        if problem:
+            raise ValueError(problem)
+        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -165,6 +181,8 @@ def serve_pool(
         url = deploy(application, port=port, host=host)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+        auth = f"on ({len(settings.api_keys)} keys)" if settings.auth_enabled else "off (no API keys)"
+        console.print(f"auth:        {auth}; open paths: {', '.join(settings.open_paths)}")
         dashboard = _http_url(getattr(ctx, "dashboard_url", None))
         console.print(f"dashboard:   {dashboard or 'not running'}")
         if not blocking:
@@ -393,28 +411,103 @@ def collect_prompts_cmd(
     console.print(f"{len(df)} prompts from {df['run_id'].nunique()} runs in {path}")
 
 
+@app.command("profile-pool")
+def profile_pool_cmd(
+    pool: Path = PoolOption,
+    out: Path | None = typer.Option(None, "--out", help="Profile JSON to write (default runs/profile-pool-<time>/profile.json)."),
+    tasks: int | None = typer.Option(
+        None, "--tasks", min=1, help="MBPP tasks outside the test split, validation first (default: all the backend can answer)."
+    ),
+    phase2: Path | None = typer.Option(None, "--phase2", help="A collect-metrics run dir: output lengths from its probes."),
+    reference: str | None = typer.Option(None, help="Reference model around probed roles (default: best measured coder)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Measure the pool's profile (quality and output length per model x strategy x role, idle latency per model)
+    by running probe workflows through the pool's backend and grading their answers; policies read only this."""
+    import time
+
+    from tqdm import tqdm
+
+    from sysaware.orchestration.tables import QualityTable
+    from sysaware.pipelines.profile_pool import ProfileSettings, profile_pool
+    from sysaware.runs import new_run_dir
+
+    cfg = _load_pool(pool)
+    try:
+        settings = ProfileSettings(num_tasks=tasks, seed=seed, reference_model=reference, phase2=phase2)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    target = out if out is not None else new_run_dir("profile-pool", None) / "profile.json"
+    bar = tqdm(desc="probe workflows", unit="wf")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    started = time.perf_counter()
+    try:
+        profile = profile_pool(cfg, settings=settings, on_progress=progress)
+    except ValueError as e:
+        bar.close()
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    bar.close()
+    profile.save(target)
+    quality = QualityTable.from_profile(profile)
+    table = Table(title=f"{cfg.name}: measured quality (pass rate) and idle latency, {len(profile.provenance.task_ids)} tasks")
+    for header in ("model", "programmer flash", "concise", "deepthink", "95% CI (concise)", "TTFT base ms", "TPOT ms"):
+        table.add_column(header, justify="left" if header == "model" else "right")
+    for m in profile.model_names:
+        cell, idle = profile.cell(m, "concise", "programmer"), profile.idle(m)
+        table.add_row(
+            m, *(f"{quality.q(m, s, 'programmer'):.3f}" for s in ("flash", "concise", "deepthink")),
+            f"{cell.quality_ci95[0]:.2f}-{cell.quality_ci95[1]:.2f}", f"{idle.ttft_base_s * 1e3:.1f}", f"{idle.tpot_s * 1e3:.1f}",
+        )
+    console.print(table)
+    console.print(f"reference model: {profile.provenance.reference_model}; wall {time.perf_counter() - started:.0f} s")
+    console.print(f"profile written to {target}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     sim: bool = typer.Option(False, "--sim", help="On the simulated cluster (virtual time); the only driver so far."),
     pool: Path = PoolOption,
     policies: str = typer.Option(
-        "random,fixed,best_single,static_qmp,least_queue,greedy,oracle", help="Executors, comma-separated."
+        "random,fixed,best_single,static_qmp,least_queue,greedy,oracle",
+        help="Executors, comma-separated; 'rl' is the trained policy shipped for the pool.",
     ),
     levels: str = typer.Option("1,10,50", help="Background closed-loop clients per model, comma-separated."),
-    tasks: int = typer.Option(40, "--tasks", min=1, help="MBPP test tasks with recorded answers (a seeded sample)."),
+    scenarios: str | None = typer.Option(
+        None, "--scenarios", help="Contention scenarios (names in --scenario-file, comma-separated; 'all'): every "
+        "policy on each, cells as Ray tasks, cached and resumable, report.md with CIs. Replaces --levels/--pool.",
+    ),
+    scenario_file: Path = typer.Option(Path("configs/scenarios.yaml"), help="The scenarios' definitions."),
+    use_ray: bool = typer.Option(True, "--ray/--no-ray", help="Scenario cells as Ray tasks (a local cluster if none)."),
+    tasks: int | None = typer.Option(
+        None, "--tasks", min=1, help="MBPP test tasks with recorded answers, a seeded sample (default: 40 with "
+        "--levels; every one with --scenarios).",
+    ),
     planner: str = typer.Option("random", help="Planner (same plan per task for every policy)."),
-    slack: float = typer.Option(1.5, min=0.01, help="Budget = slack x the plan's latency on an idle cluster."),
+    slack: float = typer.Option(1.5, min=0.01, help="Budget = slack x the plan's idle latency predicted by the profile."),
+    profile: Path | None = typer.Option(None, "--profile", help="Pool profile JSON policies see (default: the shipped one)."),
     interval_s: float = typer.Option(2.0, min=0, help="Virtual seconds between workflow arrivals."),
     warmup_s: float = typer.Option(10.0, min=0, help="Virtual seconds of background load before the first workflow."),
     seed: int = typer.Option(0),
     run_dir: Path | None = typer.Option(None, help="Where the tables go (default runs/evaluate-<time>)."),
 ) -> None:
-    """Every baseline x background load: pass@1, SLO attainment, e2e latency p50/p95, mean steps."""
+    """Every policy x background load (--levels) or x contention scenario (--scenarios): goodput, pass@1, SLO
+    attainment, e2e latency percentiles, tokens."""
     if not sim:
         console.print("[red]error:[/red] only --sim is available until the live pool driver lands")
         raise typer.Exit(2)
+    if scenarios is not None:
+        _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray)
+        return
+    tasks = 40 if tasks is None else tasks
     from tqdm import tqdm
 
+    import sysaware.policy  # noqa: F401  (registers the trained policy as "rl")
+    from sysaware.data.profile import PoolProfile, ProfileError
     from sysaware.orchestration.executors import EXECUTORS
     from sysaware.orchestration.planners import PLANNERS
     from sysaware.pipelines.evaluate import EvalSettings, evaluate, summarise
@@ -426,6 +519,11 @@ def evaluate_cmd(
     if planner not in PLANNERS:
         raise typer.BadParameter(f"unknown planner {planner!r}; known: {sorted(PLANNERS)}")
     cfg = _load_pool(pool)
+    try:
+        measured = PoolProfile.load(profile, cfg) if profile is not None else PoolProfile.default_for(cfg)
+    except ProfileError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     settings = EvalSettings(names, tuple(_parse_levels(levels)), tasks, planner, slack, warmup_s, interval_s, seed)
     out = new_run_dir("evaluate", run_dir)
     bar = tqdm(total=len(names) * len(settings.levels), desc="policy x load", unit="cell")
@@ -434,12 +532,12 @@ def evaluate_cmd(
         bar.set_postfix(policy=cost["policy"], N=cost["load"], wall_s=f"{cost['wall_s']:.0f}")
         bar.update()
 
-    runs, steps, cost = evaluate(cfg, settings, on_cell=progress)
+    runs, steps, cost = evaluate(cfg, settings, on_cell=progress, profile=measured)
     bar.close()
     summary = summarise(runs)
     for name, df in (("runs", runs), ("steps", steps), ("summary", summary), ("cost", cost)):
         df.to_csv(out / f"{name}.csv", index=False)
-    table = Table(title=f"{cfg.name}: {tasks} MBPP test tasks, budget = {slack:g} x idle latency (virtual time)")
+    table = Table(title=f"{cfg.name}: {tasks} MBPP test tasks, budget = {slack:g} x profile idle latency (virtual time)")
     for header in ("policy", "N", "runs", "pass@1", "SLO att.", "e2e p50 s", "e2e p95 s", "steps", "out tok"):
         table.add_column(header, justify="left" if header == "policy" else "right")
     for r in summary.sort_values(["load"], kind="stable").itertuples(index=False):
@@ -449,6 +547,91 @@ def evaluate_cmd(
         )
     console.print(table)
     console.print(f"tables written to {out}")
+
+
+def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray) -> None:
+    import shlex
+    import sys
+
+    from tqdm import tqdm
+
+    import sysaware.policy  # noqa: F401  (registers the trained policy as "rl")
+    from sysaware.orchestration.executors import EXECUTORS
+    from sysaware.orchestration.scenarios import ScenarioError, load_scenarios, select
+    from sysaware.pipelines.eval_report import summarise as summarise_cells, write_report
+    from sysaware.pipelines.scenario_eval import ScenarioEvalSettings, evaluate_scenarios, tables
+    from sysaware.runs import new_run_dir
+
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    if unknown := [p for p in names if p.split("@")[0] not in EXECUTORS]:
+        raise typer.BadParameter(f"unknown policies {unknown}; known: {sorted(EXECUTORS)}", param_hint="--policies")
+    try:
+        chosen = select(load_scenarios(scenario_file), None if scenarios == "all" else scenarios)
+    except ScenarioError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    settings = ScenarioEvalSettings(
+        names, tuple(s.name for s in chosen), str(scenario_file), tasks, planner, seed,
+        None if profile is None else str(profile),
+    )
+    out = new_run_dir("evaluate", run_dir)
+    bar = tqdm(total=len(names) * len(chosen), desc="scenario x policy", unit="cell")
+
+    def progress(cost: dict, cached: bool) -> None:
+        bar.set_postfix(scenario=cost["scenario"], policy=cost["policy"], wall_s=f"{cost['wall_s']:.0f}",
+                        cached=cached)
+        bar.update()
+
+    cells = evaluate_scenarios(settings, out, on_cell=progress, use_ray=use_ray)
+    bar.close()
+    runs, steps, cost = tables(cells)
+    summary = summarise_cells(runs)
+    for name, df in (("runs", runs), ("steps", steps), ("summary", summary), ("cost", cost)):
+        df.to_csv(out / f"{name}.csv", index=False)
+    command = "sysaware " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(summary, runs, steps, cost, out, [s.name for s in chosen if s.contended], command)
+    table = Table(title="goodput % [95% CI] (pass and within SLO); Δ vs best load-blind, paired")
+    table.add_column("scenario")
+    table.add_column("policy")
+    for header in ("goodput", "pass@1", "SLO met", "Δ goodput"):
+        table.add_column(header, justify="right")
+    for r in summary.itertuples(index=False):
+        diff = "" if r.goodput_diff != r.goodput_diff else f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
+        name = r.policy if r.executor in (r.policy, "") else f"{r.policy}: {r.executor}"
+        table.add_row(r.scenario, name, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
+                      f"{100 * r.pass_at_1:.1f}", f"{100 * r.slo_attainment:.1f}", diff)
+    console.print(table)
+    console.print(f"report: {report}")
+
+
+@app.command("train-policy")
+def train_policy_cmd(
+    config: Path = typer.Option(Path("rllib_configs/default.yaml"), help="Experiment YAML (rllib_configs/)."),
+    run_dir: Path | None = typer.Option(None, help="Where metrics, checkpoints and the policy go (default runs/train-policy-<time>)."),
+    resume: Path | None = typer.Option(None, help="A checkpoint folder (<run>/checkpoint) to continue from."),
+    iterations: int | None = typer.Option(None, min=1, help="Stop after this many iterations in all (default: the config's)."),
+    wall_minutes: float | None = typer.Option(None, min=0.1, help="Stop after this many wall minutes (default: the config's)."),
+    seed: int | None = typer.Option(None, help="Override the config's seed."),
+) -> None:
+    """Multi-agent PPO (RLlib) for the planner and executor with the Lagrangian lambda update; metrics.csv,
+    TensorBoard (tb/), curves.png, checkpoint/ (resumable) and policy/ (what `evaluate --policies rl` loads)."""
+    from sysaware.policy.train import load_config, train
+    from sysaware.runs import new_run_dir
+
+    cfg = load_config(config)
+    if seed is not None:
+        cfg["seed"] = seed
+    out = run_dir if resume is not None and run_dir is not None else new_run_dir("train-policy", run_dir)
+
+    def progress(row: dict) -> None:
+        console.print(
+            f"iter {row['iteration']:>4}  {row['wall_s']:>7.0f} s  requests {row['requests']:>4}  "
+            f"goodput {row['goodput']:.3f}  pass {row['pass_rate']:.3f}  violations {row['violation_rate']:.3f}  "
+            f"lambda {row['lambda_used']:.3f} -> {row['lambda']:.3f}"
+        )
+
+    outcome = train(cfg, out, resume=resume, iterations=iterations, wall_minutes=wall_minutes, progress=progress)
+    console.print(f"policy in {outcome.policy_dir}; metrics in {out / 'metrics.csv'}; curves in {out / 'curves.png'}")
 
 
 @app.command("dataset-report")

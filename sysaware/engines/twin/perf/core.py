@@ -32,6 +32,7 @@ from typing import Callable
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
 from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.twin.perf.length_floor import at_least, length_floor
 from sysaware.engines.twin.protocols import Responder, Response, StepTimeModel
 from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
@@ -210,6 +211,7 @@ class TwinEngineCore:
 
         if response is None:
             response = self.responder.respond(req)
+        response = at_least(response, length_floor(req))  # ignore_eos / min_tokens
         target = min(response.output_tokens, req.max_tokens)
         if max_len is not None:
             target = min(target, max_len - prompt_tokens)
