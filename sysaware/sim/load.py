@@ -1,10 +1,11 @@
 """Background load generators on the simulated cluster's virtual clock.
 
 Closed loop: N clients, each sends a request, waits for its answer (plus an optional think time) and sends the next,
-so N requests are always in the system: the load level of the research notes (N = 1, 10, 50). Its requests come
-from one seeded generator, in order, so their answers are looked up in a file built at first use
-(``answer_stream.py``) rather than composed, when the factory and the responder can key them. Open loop: Poisson
+so N requests are always in the system: the load level of the research notes (N = 1, 10, 50). Open loop: Poisson
 arrivals at a fixed rate, whatever the system does, which is how overload builds queues without bound.
+
+Every load draws its requests from one seeded generator, in order, so their answers are looked up in a file built
+at first use (``answer_stream.py``) rather than composed, when the factory and the responder can key them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,24 @@ from sysaware.engines.types import GenerationResult
 from sysaware.sim.answer_stream import stream_for
 from sysaware.sim.cluster import SimulatedCluster
 from sysaware.sim.workload import RequestFactory
+
+
+def _open_stream(load, key: str) -> None:
+    """The load's k-th request is the same in every simulation (its generator, seeded by ``key``, draws requests and
+    gaps in a fixed order): its answer may be on file already (``answer_stream``)."""
+    load._stream = stream_for(load.cluster.responder, load.model, load.factory, key)
+    load._sent = 0
+
+
+def _submit_next(load, t: float, on_complete) -> None:
+    """Draw the load's next request and send it at ``t``, with its answer when the stream has it."""
+    request = load.factory(load.model, load._rng)
+    stream = load._stream
+    if stream is None:
+        load.cluster.submit(request, at=t, on_complete=on_complete)
+    else:
+        load._sent = index = load._sent + 1
+        load.cluster.submit(request, at=t, on_complete=on_complete, response=stream.answer(index - 1, request))
 
 
 @dataclass
@@ -35,9 +54,7 @@ class ClosedLoopLoad:
         if self.concurrency < 0:
             raise ValueError("concurrency must be >= 0")
         self._rng = random.Random(f"closed/{self.model}/{self.seed}")
-        # The k-th request of this generator is the same in every simulation: its answer may be on file already.
-        self._stream = stream_for(self.cluster.responder, self.model, self.factory, f"closed/{self.model}/{self.seed}")
-        self._sent = 0
+        _open_stream(self, f"closed/{self.model}/{self.seed}")
         for i in range(self.concurrency):
             # Stagger the first requests by a few ms so the clients do not arrive in lock-step.
             self._send(at + i * 0.002)
@@ -46,13 +63,7 @@ class ClosedLoopLoad:
     def _send(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        request = self.factory(self.model, self._rng)
-        stream = self._stream
-        if stream is None:
-            self.cluster.submit(request, at=t, on_complete=self._on_complete)
-        else:
-            self._sent = index = self._sent + 1
-            self.cluster.submit(request, at=t, on_complete=self._on_complete, response=stream.answer(index - 1, request))
+        _submit_next(self, t, self._on_complete)
 
     def _on_complete(self, result: GenerationResult) -> None:
         self.completed.append(result)
@@ -75,13 +86,14 @@ class PoissonLoad:
         if self.rate_per_s <= 0:
             raise ValueError("rate_per_s must be > 0")
         self._rng = random.Random(f"poisson/{self.model}/{self.seed}")
+        _open_stream(self, f"poisson/{self.model}/{self.seed}/{self.rate_per_s!r}/{at!r}")
         self.cluster.call_at(at + self._rng.expovariate(self.rate_per_s), self._arrive)
         return self
 
     def _arrive(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self.completed.append)
+        _submit_next(self, t, self.completed.append)
         self.cluster.call_at(t + self._rng.expovariate(self.rate_per_s), self._arrive)
 
 
@@ -103,6 +115,7 @@ class PhasedPoissonLoad:
         if not self.phases or any(rate <= 0 or length <= 0 for rate, length in self.phases):
             raise ValueError("phases need a positive rate and duration each")
         self._rng = random.Random(f"phased/{self.model}/{self.seed}")
+        _open_stream(self, f"phased/{self.model}/{self.seed}/{self.phases!r}/{at!r}")
         self._t0 = at
         self._cycle_s = sum(length for _, length in self.phases)
         self._schedule(at)
@@ -131,5 +144,5 @@ class PhasedPoissonLoad:
     def _arrive(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self.completed.append)
+        _submit_next(self, t, self.completed.append)
         self._schedule(t)
