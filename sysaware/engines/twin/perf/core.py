@@ -208,7 +208,10 @@ class TwinEngineCore:
             )
 
         response = self.responder.respond(req)
-        target = min(response.output_tokens, req.max_tokens)
+        # The answer's own length, unless the request forces one (ignore_eos: exactly max_tokens; min_tokens: no
+        # stop before it), as vLLM's sampling parameters do.
+        natural = req.max_tokens if req.ignore_eos else max(response.output_tokens, min(req.min_tokens, req.max_tokens))
+        target = min(natural, req.max_tokens)
         if max_len is not None:
             target = min(target, max_len - prompt_tokens)
 
@@ -228,7 +231,7 @@ class TwinEngineCore:
             next(self._arrival_seq),  # arrival_seq
             prompt_tokens,  # num_prompt_tokens
             target,  # num_target_tokens
-            target < response.output_tokens,  # capped
+            target < response.output_tokens or req.ignore_eos,  # capped (ignore_eos always ends by length)
             response.text,  # response_text
             response.output_tokens,  # response_tokens
             req.priority,  # priority
