@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install clean vllm-env test-vllm
+.PHONY: run test bench install clean vllm-env test-vllm twin-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -43,6 +43,13 @@ test-vllm: vllm-env
 	  SYSAWARE_VLLM_TESTS=1 SYSAWARE_CACHE=$(CURDIR)/runs/cache VLLM_ENABLE_V1_MULTIPROCESSING=1 \
 	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=10 \
 	  tests/test_engine_contract.py tests_vllm
+
+# The twin against real vLLM on this CPU: fit the tiny model's step-time profile to the engine's own steps, then
+# replay a light and a heavy trace on both and print the agreement table (~10 minutes on a quiet machine).
+twin-check: vllm-env
+	flock /tmp/sysaware-vllm.lock timeout 3600 env HF_HUB_OFFLINE=1 SYSAWARE_CACHE=$(CURDIR)/runs/cache \
+	  sh -c '$(VLLM_VENV)/bin/sysaware calibrate --vllm configs/pool_tiny_cpu.yaml && \
+	         $(VLLM_VENV)/bin/sysaware twin-check --pool configs/pool_tiny_cpu.yaml'
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

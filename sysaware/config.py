@@ -128,6 +128,10 @@ class EngineSettings(_Strict):
     kv_cache_memory_bytes: int | None = Field(default=None, gt=0, description="vLLM --kv-cache-memory-bytes")
     enforce_eager: bool = Field(default=False, description="vLLM --enforce-eager (no CUDA graphs)")
     extra_args: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs, by name.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for the engine's processes, set before it starts (e.g. VLLM_CPU_OMP_THREADS_BIND).",
+    )
     served_name: str | None = Field(default=None, description="remote: the model's name on the server (default: name).")
     scrape_period_s: float = Field(default=0.5, gt=0, description="remote: how often /metrics is scraped, s.")
 

@@ -46,12 +46,20 @@ class EngineUnderTest:
         fields.update(overrides)
         return GenerationRequest(**fields)
 
-    async def wait_stats(self, until: Callable[[ReplicaStats], bool], timeout_s: float = 10.0) -> ReplicaStats:
-        """Poll stats until ``until`` holds (engines report on their own schedule; remote's are scraped)."""
+    def now(self) -> float:
+        """The engine's clock (every engine keeps one: ``EngineClock``), what ``ReplicaStats.timestamp_s`` reads."""
+        return self.engine.clock.now()
+
+    async def wait_stats(self, until: Callable[[ReplicaStats], bool], timeout_s: float = 30.0,
+                         since: float | None = None) -> ReplicaStats:
+        """Poll stats until a snapshot taken at or after ``since`` (engine clock; default: now) satisfies ``until``.
+        Engines report on their own schedule: remote's stats are a scrape, up to a period old, and a stale one must
+        not pass for the state after what the test just did."""
+        since = self.now() if since is None else since
         deadline = time.monotonic() + timeout_s + self.stats_lag_s
         while True:
             stats = await self.engine.stats()
-            if until(stats) or time.monotonic() > deadline:
+            if (stats.timestamp_s >= since and until(stats)) or time.monotonic() > deadline:
                 return stats
             await asyncio.sleep(0.05)
 

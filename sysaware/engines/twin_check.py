@@ -111,7 +111,7 @@ class ReplayLog:
 # ---- traces ---------------------------------------------------------------------------------------------------
 
 
-def make_trace(load: str, seed: int = 0) -> list[TraceRequest]:
+def make_trace(load: str, seed: int = 0, num_requests: int | None = None) -> list[TraceRequest]:
     """``light``: 24 requests, Poisson arrivals 0.6 s apart on average, short prompts and answers. ``heavy``: 48
     requests within ~1.5 s, prompts 200-900 and answers 150-450 tokens: eight running need ~8 x 900 tokens of KV,
     far more than the tiny pool's 4064, so vLLM preempts, and a queue forms behind max_num_seqs. ``calibration``:
@@ -128,7 +128,7 @@ def make_trace(load: str, seed: int = 0) -> list[TraceRequest]:
         raise ValueError(f"unknown load {load!r}; known: light, heavy, calibration")
     t = 0.0
     out = []
-    for i in range(n):
+    for i in range(num_requests or n):
         out.append(TraceRequest(f"{load[0]}{i:03d}", round(t, 4), rng.randint(*prompt), rng.randint(*output)))
         t += rng.expovariate(1.0 / gap_s)
     return out
@@ -308,14 +308,24 @@ def markdown_table(rows: dict[str, dict]) -> str:
 # ---- the commands ---------------------------------------------------------------------------------------------
 
 
-def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: int = 0, save: bool = True):
+# The check's engine: the pool's model with a KV cache small enough that the heavy trace preempts (128 blocks of 32
+# tokens: eight requests of ~900 tokens need twice that) and a context that fits in it.
+CHECK_ENGINE = {"num_gpu_blocks": 128, "max_model_len": 2048}
+
+
+def check_model(model: ModelDeployment) -> ModelDeployment:
+    return model.model_copy(update={"engine": model.engine.model_copy(update=CHECK_ENGINE)})
+
+
+def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: int = 0, save: bool = True,
+                      trace: list[TraceRequest] | None = None):
     """Replay the calibration trace on vLLM and fit the model's step-time profile (``<gpu>/<model>``)."""
     from sysaware.engines.twin.perf.measured_step_time import fit_profile, save_profile
     from sysaware.engines.twin.protocols import BatchShape
     from sysaware.engines.vllm.replay import replay_on_vllm
 
-    model = pool.model(model_name)
-    log = replay_on_vllm(model, make_trace("calibration", seed), seed=seed)
+    model = check_model(pool.model(model_name))
+    log = replay_on_vllm(model, trace or make_trace("calibration", seed), seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "calibration_vllm_log.json").write_text(json.dumps(log.to_json()))
     shapes = [BatchShape(s.prefill_tokens, s.prefill_attended, s.decode_seqs, s.decode_context) for s in log.steps]
@@ -329,18 +339,18 @@ def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: in
 
 
 def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[str, ...] = ("light", "heavy"),
-               seed: int = 1) -> dict[str, dict]:
+               seed: int = 1, num_requests: int | None = None, profile=None) -> dict[str, dict]:
     from sysaware.engines.twin.perf.measured_step_time import MeasuredStepTime, load_profiles
     from sysaware.engines.vllm.replay import replay_on_vllm
 
-    model = pool.model(model_name)
-    profile = load_profiles().get(f"{model.gpu}/{model.name}")
+    model = check_model(pool.model(model_name))
+    profile = profile or load_profiles().get(f"{model.gpu}/{model.name}")
     if profile is None:
         raise ValueError(f"no step-time profile for {model.gpu}/{model.name}: run `sysaware calibrate --vllm` first")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for load in loads:
-        vllm_log = replay_on_vllm(model, make_trace(load, seed), seed=seed)
+        vllm_log = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
         twin_log = replay_on_twin(model, vllm_log, MeasuredStepTime(profile))
         (out_dir / f"{load}_vllm_log.json").write_text(json.dumps(vllm_log.to_json()))
         (out_dir / f"{load}_twin_log.json").write_text(json.dumps(twin_log.to_json()))

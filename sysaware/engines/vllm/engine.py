@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +46,12 @@ def resolve_model_path(model: ModelDeployment, cache_dir: Path | None = None) ->
             raise ValueError(f"{model.name}: unknown builtin model {name!r}; known: {DEFAULT_NAME!r}")
         return str(ensure_tiny_model(cache_dir))
     return path
+
+
+def apply_engine_env(model: ModelDeployment) -> None:
+    """The pool file's ``engine.env``, into this process's environment before vLLM starts (its engine core and
+    workers inherit it)."""
+    os.environ.update(model.engine.env)
 
 
 def engine_args_for(model: ModelDeployment, **overrides: Any) -> dict[str, Any]:
@@ -119,6 +126,7 @@ class VllmEngine:
         self.recorder = StepRecorder(replica_id, model.name, ema_alpha=model.twin.ema_alpha)
         self.send_priority = model.twin.scheduling_policy is SchedulingPolicy.PRIORITY
         self.engine_args = engine_args_for(model, **arg_overrides)
+        apply_engine_env(model)
         t0 = time.monotonic()
         self.llm = AsyncLLM.from_engine_args(
             AsyncEngineArgs(**self.engine_args), stat_loggers=[logger_class(self.recorder)]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import random
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from sysaware.config import ModelDeployment
@@ -27,14 +26,27 @@ from sysaware.engines.twin_check import TraceRequest, ReplayLog, StepLog, Reques
 def replay_on_vllm(model: ModelDeployment, trace: list[TraceRequest], seed: int = 0, warmup: bool = True,
                    **arg_overrides: Any) -> ReplayLog:
     """Run ``trace`` on a fresh in-process vLLM engine built from ``model``'s engine arguments."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    before = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine core in this process: its scheduler is visible
+    try:
+        return _replay(model, trace, seed, warmup, arg_overrides)
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+        else:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = before
+
+
+def _replay(model: ModelDeployment, trace: list[TraceRequest], seed: int, warmup: bool,
+            arg_overrides: dict[str, Any]) -> ReplayLog:
     from vllm import SamplingParams
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    from sysaware.engines.vllm.engine import engine_args_for, priority_int
+    from sysaware.engines.vllm.engine import apply_engine_env, engine_args_for, priority_int
 
     args = engine_args_for(model, **arg_overrides)
+    apply_engine_env(model)
     args["disable_log_stats"] = True
     args["enable_logging_iteration_details"] = False
     engine = LLMEngine.from_engine_args(EngineArgs(**args))
@@ -47,7 +59,7 @@ def replay_on_vllm(model: ModelDeployment, trace: list[TraceRequest], seed: int 
         send_priority = args.get("scheduling_policy") == "priority"
 
         def params(n: int):
-            return SamplingParams(max_tokens=n, min_tokens=n, ignore_eos=True, temperature=0.0)
+            return SamplingParams(max_tokens=n, ignore_eos=True, temperature=0.0)
 
         def prompt(n: int) -> dict:
             return {"prompt_token_ids": [rng.randrange(3, vocab - 8) for _ in range(n)]}

@@ -59,7 +59,8 @@ class VllmServer:
         self.log_path = log_path
         self._log = open(log_path, "wb") if log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            self.command, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+            self.command, stdout=self._log, stderr=subprocess.STDOUT,
+            env={**os.environ, **model.engine.env, **(env or {})},
             start_new_session=True,
         )
 

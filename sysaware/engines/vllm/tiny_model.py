@@ -29,7 +29,7 @@ TINY_CONFIG = {
     "num_key_value_heads": 2,
     "head_dim": 32,
     "hidden_act": "silu",
-    "max_position_embeddings": 2048,
+    "max_position_embeddings": 8192,
     "rms_norm_eps": 1e-5,
     "rope_theta": 10000.0,
     "tie_word_embeddings": False,
