@@ -441,6 +441,63 @@ def collect_prompts_cmd(
     console.print(f"{len(df)} prompts from {df['run_id'].nunique()} runs in {path}")
 
 
+@app.command("profile-pool")
+def profile_pool_cmd(
+    pool: Path = PoolOption,
+    out: Path | None = typer.Option(None, "--out", help="Profile JSON to write (default runs/profile-pool-<time>/profile.json)."),
+    tasks: int | None = typer.Option(
+        None, "--tasks", min=1, help="MBPP tasks outside the test split, validation first (default: all the backend can answer)."
+    ),
+    phase2: Path | None = typer.Option(None, "--phase2", help="A collect-metrics run dir: output lengths from its probes."),
+    reference: str | None = typer.Option(None, help="Reference model around probed roles (default: best measured coder)."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Measure the pool's profile (quality and output length per model x strategy x role, idle latency per model)
+    by running probe workflows through the pool's backend and grading their answers; policies read only this."""
+    import time
+
+    from tqdm import tqdm
+
+    from sysaware.orchestration.tables import QualityTable
+    from sysaware.pipelines.profile_pool import ProfileSettings, profile_pool
+    from sysaware.runs import new_run_dir
+
+    cfg = _load_pool(pool)
+    try:
+        settings = ProfileSettings(num_tasks=tasks, seed=seed, reference_model=reference, phase2=phase2)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    target = out if out is not None else new_run_dir("profile-pool", None) / "profile.json"
+    bar = tqdm(desc="probe workflows", unit="wf")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    started = time.perf_counter()
+    try:
+        profile = profile_pool(cfg, settings=settings, on_progress=progress)
+    except ValueError as e:
+        bar.close()
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    bar.close()
+    profile.save(target)
+    quality = QualityTable.from_profile(profile)
+    table = Table(title=f"{cfg.name}: measured quality (pass rate) and idle latency, {len(profile.provenance.task_ids)} tasks")
+    for header in ("model", "programmer flash", "concise", "deepthink", "95% CI (concise)", "TTFT base ms", "TPOT ms"):
+        table.add_column(header, justify="left" if header == "model" else "right")
+    for m in profile.model_names:
+        cell, idle = profile.cell(m, "concise", "programmer"), profile.idle(m)
+        table.add_row(
+            m, *(f"{quality.q(m, s, 'programmer'):.3f}" for s in ("flash", "concise", "deepthink")),
+            f"{cell.quality_ci95[0]:.2f}-{cell.quality_ci95[1]:.2f}", f"{idle.ttft_base_s * 1e3:.1f}", f"{idle.tpot_s * 1e3:.1f}",
+        )
+    console.print(table)
+    console.print(f"reference model: {profile.provenance.reference_model}; wall {time.perf_counter() - started:.0f} s")
+    console.print(f"profile written to {target}")
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     sim: bool = typer.Option(False, "--sim", help="On the simulated cluster (virtual time); the only driver so far."),
@@ -449,20 +506,36 @@ def evaluate_cmd(
         "random,fixed,best_single,static_qmp,least_queue,greedy,oracle", help="Executors, comma-separated."
     ),
     levels: str = typer.Option("1,10,50", help="Background closed-loop clients per model, comma-separated."),
-    tasks: int = typer.Option(40, "--tasks", min=1, help="MBPP test tasks with recorded answers (a seeded sample)."),
+    scenarios: str | None = typer.Option(
+        None, "--scenarios", help="Contention scenarios (names in --scenario-file, comma-separated; 'all'): every "
+        "policy on each, cells as Ray tasks, cached and resumable, report.md with CIs. Replaces --levels/--pool.",
+    ),
+    scenario_file: Path = typer.Option(Path("configs/scenarios.yaml"), help="The scenarios' definitions."),
+    use_ray: bool = typer.Option(True, "--ray/--no-ray", help="Scenario cells as Ray tasks (a local cluster if none)."),
+    tasks: int | None = typer.Option(
+        None, "--tasks", min=1, help="MBPP test tasks with recorded answers, a seeded sample (default: 40 with "
+        "--levels; every one with --scenarios).",
+    ),
     planner: str = typer.Option("random", help="Planner (same plan per task for every policy)."),
-    slack: float = typer.Option(1.5, min=0.01, help="Budget = slack x the plan's latency on an idle cluster."),
+    slack: float = typer.Option(1.5, min=0.01, help="Budget = slack x the plan's idle latency predicted by the profile."),
+    profile: Path | None = typer.Option(None, "--profile", help="Pool profile JSON policies see (default: the shipped one)."),
     interval_s: float = typer.Option(2.0, min=0, help="Virtual seconds between workflow arrivals."),
     warmup_s: float = typer.Option(10.0, min=0, help="Virtual seconds of background load before the first workflow."),
     seed: int = typer.Option(0),
     run_dir: Path | None = typer.Option(None, help="Where the tables go (default runs/evaluate-<time>)."),
 ) -> None:
-    """Every baseline x background load: pass@1, SLO attainment, e2e latency p50/p95, mean steps."""
+    """Every policy x background load (--levels) or x contention scenario (--scenarios): goodput, pass@1, SLO
+    attainment, e2e latency percentiles, tokens."""
     if not sim:
         console.print("[red]error:[/red] only --sim is available until the live pool driver lands")
         raise typer.Exit(2)
+    if scenarios is not None:
+        _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray)
+        return
+    tasks = 40 if tasks is None else tasks
     from tqdm import tqdm
 
+    from sysaware.data.profile import PoolProfile, ProfileError
     from sysaware.orchestration.executors import EXECUTORS
     from sysaware.orchestration.planners import PLANNERS
     from sysaware.pipelines.evaluate import EvalSettings, evaluate, summarise
@@ -474,6 +547,11 @@ def evaluate_cmd(
     if planner not in PLANNERS:
         raise typer.BadParameter(f"unknown planner {planner!r}; known: {sorted(PLANNERS)}")
     cfg = _load_pool(pool)
+    try:
+        measured = PoolProfile.load(profile, cfg) if profile is not None else PoolProfile.default_for(cfg)
+    except ProfileError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
     settings = EvalSettings(names, tuple(_parse_levels(levels)), tasks, planner, slack, warmup_s, interval_s, seed)
     out = new_run_dir("evaluate", run_dir)
     bar = tqdm(total=len(names) * len(settings.levels), desc="policy x load", unit="cell")
@@ -482,12 +560,12 @@ def evaluate_cmd(
         bar.set_postfix(policy=cost["policy"], N=cost["load"], wall_s=f"{cost['wall_s']:.0f}")
         bar.update()
 
-    runs, steps, cost = evaluate(cfg, settings, on_cell=progress)
+    runs, steps, cost = evaluate(cfg, settings, on_cell=progress, profile=measured)
     bar.close()
     summary = summarise(runs)
     for name, df in (("runs", runs), ("steps", steps), ("summary", summary), ("cost", cost)):
         df.to_csv(out / f"{name}.csv", index=False)
-    table = Table(title=f"{cfg.name}: {tasks} MBPP test tasks, budget = {slack:g} x idle latency (virtual time)")
+    table = Table(title=f"{cfg.name}: {tasks} MBPP test tasks, budget = {slack:g} x profile idle latency (virtual time)")
     for header in ("policy", "N", "runs", "pass@1", "SLO att.", "e2e p50 s", "e2e p95 s", "steps", "out tok"):
         table.add_column(header, justify="left" if header == "policy" else "right")
     for r in summary.sort_values(["load"], kind="stable").itertuples(index=False):
@@ -497,6 +575,59 @@ def evaluate_cmd(
         )
     console.print(table)
     console.print(f"tables written to {out}")
+
+
+def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray) -> None:
+    import shlex
+    import sys
+
+    from tqdm import tqdm
+
+    from sysaware.orchestration.executors import EXECUTORS
+    from sysaware.orchestration.scenarios import ScenarioError, load_scenarios, select
+    from sysaware.pipelines.eval_report import summarise as summarise_cells, write_report
+    from sysaware.pipelines.scenario_eval import ScenarioEvalSettings, evaluate_scenarios, tables
+    from sysaware.runs import new_run_dir
+
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    if unknown := [p for p in names if p.split("@")[0] not in EXECUTORS]:
+        raise typer.BadParameter(f"unknown policies {unknown}; known: {sorted(EXECUTORS)}", param_hint="--policies")
+    try:
+        chosen = select(load_scenarios(scenario_file), None if scenarios == "all" else scenarios)
+    except ScenarioError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    settings = ScenarioEvalSettings(
+        names, tuple(s.name for s in chosen), str(scenario_file), tasks, planner, seed,
+        None if profile is None else str(profile),
+    )
+    out = new_run_dir("evaluate", run_dir)
+    bar = tqdm(total=len(names) * len(chosen), desc="scenario x policy", unit="cell")
+
+    def progress(cost: dict, cached: bool) -> None:
+        bar.set_postfix(scenario=cost["scenario"], policy=cost["policy"], wall_s=f"{cost['wall_s']:.0f}",
+                        cached=cached)
+        bar.update()
+
+    cells = evaluate_scenarios(settings, out, on_cell=progress, use_ray=use_ray)
+    bar.close()
+    runs, steps, cost = tables(cells)
+    summary = summarise_cells(runs)
+    for name, df in (("runs", runs), ("steps", steps), ("summary", summary), ("cost", cost)):
+        df.to_csv(out / f"{name}.csv", index=False)
+    command = "sysaware " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = write_report(summary, runs, steps, cost, out, [s.name for s in chosen if s.contended], command)
+    table = Table(title="goodput % [95% CI] (pass and within SLO); Δ vs best load-blind, paired")
+    table.add_column("scenario")
+    table.add_column("policy")
+    for header in ("goodput", "pass@1", "SLO met", "Δ goodput"):
+        table.add_column(header, justify="right")
+    for r in summary.itertuples(index=False):
+        diff = "" if r.goodput_diff != r.goodput_diff else f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
+        table.add_row(r.scenario, r.executor, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
+                      f"{100 * r.pass_at_1:.1f}", f"{100 * r.slo_attainment:.1f}", diff)
+    console.print(table)
+    console.print(f"report: {report}")
 
 
 @app.command("dataset-report")

@@ -1,30 +1,18 @@
-"""Evaluation: task selection, the default budget, a tiny policy x load run, and the summary's arithmetic."""
+"""Evaluation: task selection, the default budgets it plans with, a tiny policy x load run, and the summary's
+arithmetic."""
 
 from __future__ import annotations
-
-import math
-from functools import lru_cache
 
 import pandas as pd
 import pytest
 
 from sysaware.engines.twin.responder.answers import load_recorded_answers
-from sysaware.orchestration.budget import IdleBudget
-from sysaware.orchestration.context import Plan, PolicyResources
-from sysaware.orchestration.executors import make_executor
-from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
-from sysaware.orchestration.topology import reflection, star
-from sysaware.orchestration.workflow import Workflow
-from sysaware.pipelines.evaluate import EvalSettings, evaluate, evaluation_tasks, summarise
+from sysaware.orchestration.budget import ProfileBudget
+from sysaware.orchestration.context import PolicyResources
+from sysaware.pipelines.evaluate import EvalSettings, evaluate, evaluation_tasks, plan_requests, summarise
 from sysaware.tasks.mbpp import Split, get_task, split_of
-from twin_factories import default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
-
-
-
-
-@lru_cache(maxsize=1)
-def resources() -> PolicyResources:
-    return PolicyResources.build(pool(), twin_backend())
+from profile_factories import hand_made_profile
+from twin_factories import default_pool as pool, default_backend as twin_backend
 
 
 def test_evaluation_tasks_are_test_split_tasks_with_recorded_answers():
@@ -37,21 +25,13 @@ def test_evaluation_tasks_are_test_split_tasks_with_recorded_answers():
     assert [t.task_id for t in sample] != [t.task_id for t in evaluation_tasks(twin_backend(), 10, seed=2)]
 
 
-def test_the_default_budget_is_slack_times_the_plan_on_an_idle_cluster():
-    budget = IdleBudget(pool(), twin_backend(), resources(), slack=2.0)
-    task = get_task(17)
-    idle = budget.idle_latency_s(task, reflection(), seed=4)
-    # the same workflow with the reference executor (best model, Concise) on a fresh idle cluster takes exactly that
-    driver = SimulatedDriver(pool(), twin_backend(), SimSettings(grade=False))
-    driver.add(Workflow("w", task, reflection(), slo_s=math.inf, seed=4), make_executor("best_single", resources()), at_s=3.0)
-    [trace] = driver.run()
-    assert trace.e2e_latency_s == pytest.approx(idle)
-    assert budget.slo_s(task, Plan(reflection()), seed=4) == pytest.approx(2.0 * idle)
-    assert budget.slo_s(task, Plan(reflection(), slo_s=7.5), seed=4) == 7.5  # a request's own budget wins
-    # more work, more budget: a star with three workers and an aggregator vs one reflection
-    assert budget.idle_latency_s(task, star(["programmer"] * 3), seed=4) > 0
-    with pytest.raises(ValueError, match="slack"):
-        IdleBudget(pool(), twin_backend(), resources(), slack=0.0)
+def test_planned_requests_get_the_profile_budget_of_their_plan():
+    budget = ProfileBudget(PolicyResources.from_profile(pool(), hand_made_profile(pool())), slack=2.0)
+    tasks = [get_task(t) for t in (11, 12, 13, 14)]
+    requests = plan_requests(tasks, EvalSettings(planner="random", warmup_s=3.0, arrival_interval_s=2.0), budget)
+    for i, r in enumerate(requests):
+        assert r.slo_s == pytest.approx(budget.default_slo_s(r.task, r.plan.topology)) and r.slo_s > 0
+        assert r.arrival_s == 3.0 + 2.0 * i
 
 
 def test_a_tiny_evaluation_compares_policies_on_the_same_plans_and_budgets():

@@ -8,6 +8,7 @@ task, plan and seed must send the same prompts and reach the same answer; only t
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 from serve_factories import deployed, two_model_pool
@@ -81,17 +82,37 @@ def test_live_chain_runs_the_workflow_and_matches_the_simulated_twin(live):
 def test_a_pushed_view_reads_its_step_phase_at_the_snapshot_time():
     # The replica pushed 4 ms into a 20 ms step; the actor's view is 2 wall ms old at a twin running 3x real time:
     # 6 engine ms later, 10 ms into the step, 10 ms left. Once the view is older than a step, the phase is unknown.
-    from sysaware.engines.types import step_phase_known, step_remaining_ms
-    from sysaware.orchestration.live_driver import replica_stats
+    from twin_factories import create_stats
 
-    view = {"engine_time_s": 1.0, "queue_waiting": 0, "queue_running": 3, "kv_utilization": 0.1, "ema_ttft_ms": 30.0,
-            "prompt_tokens_total": 0, "generation_tokens_total": 0, "preemptions": 0, "requests_finished_total": 0,
-            "num_gpu_blocks": 100, "block_size": 16, "step_elapsed_ms": 4.0, "step_ms": 20.0, "step_tokens": 3,
-            "age_s": 0.002}
-    s = replica_stats("m#0", "m", view, time_scale=3.0)
+    from sysaware.engines.types import ReplicaView, step_phase_known, step_remaining_ms
+
+    pushed = create_stats("m#0", "m", t=1.0, num_requests_running=3, step_elapsed_ms=4.0, step_ms=20.0, step_tokens=3)
+    s = ReplicaView(pushed, age_s=0.002, stale=False, tokens_per_s=0.0).stats_at_read(time_scale=3.0)
     assert s.step_elapsed_ms == pytest.approx(10.0) and s.step_ms == 20.0 and s.step_tokens == 3
+    assert s == dataclasses.replace(pushed, step_elapsed_ms=s.step_elapsed_ms)  # nothing else changes
     assert step_remaining_ms(s.step_elapsed_ms, s.step_ms) == pytest.approx(10.0)
-    old = replica_stats("m#0", "m", view | {"age_s": 0.1}, time_scale=3.0)
+    old = ReplicaView(pushed, age_s=0.1, stale=False, tokens_per_s=0.0).stats_at_read(time_scale=3.0)
     assert not step_phase_known(old.step_elapsed_ms, old.step_ms)
     assert step_remaining_ms(old.step_elapsed_ms, old.step_ms) == 10.0  # half a step, the mean wait
 
+
+def test_the_driver_reads_its_own_fresh_replicas_off_the_typed_snapshot():
+    from types import SimpleNamespace
+
+    from twin_factories import create_stats
+
+    from sysaware.engines.types import ReplicaView, TelemetrySnapshot
+
+    def view(rid: str, model: str, stale: bool = False, **fields) -> ReplicaView:
+        return ReplicaView(create_stats(rid, model, **fields), age_s=0.0, stale=stale, tokens_per_s=0.0)
+
+    handles = {m: SimpleNamespace(app_name="app", deployment_name=m) for m in ("a", "b")}
+    snapshot = TelemetrySnapshot(0.0, 0.5, {
+        "app#a#1": view("app#a#1", "a", num_requests_waiting=2),
+        "app#a#2": view("app#a#2", "a", stale=True, num_requests_waiting=50),  # dead: its last queue is not load
+        "other#a#3": view("other#a#3", "a", num_requests_waiting=70),  # another application's replica
+    })  # fmt: skip
+    system = LiveDriver(handles, telemetry=None).to_system_snapshot(snapshot, now=5.0)
+    assert [s.replica_id for s in system.replicas] == ["app#a#1"]
+    assert (system.load("a").replicas, system.load("a").num_requests_waiting) == (1, 2)
+    assert system.load("b").replicas == 0  # nothing pushed yet: idle, but known

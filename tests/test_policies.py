@@ -8,25 +8,21 @@ from functools import lru_cache
 
 import pytest
 
+from sysaware.data.telemetry import ModelLoad, SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
-from sysaware.engines.twin.responder.twin_responder import load_responder_params
 from sysaware.orchestration.context import Action, PolicyResources, StepContext, all_actions
-from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
+from sysaware.orchestration.executors import EXECUTORS, make_executor
 from sysaware.estimators.latency import QueueingLatencyEstimator
 from sysaware.orchestration.latency import IdleLatency, IdleProfile
 from sysaware.orchestration.messages import build_messages
 from sysaware.orchestration.planners import PLANNERS, FixedPlanner, RandomPlanner, make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
-from sysaware.orchestration.tables import LengthTable, QualityTable, base_pass_rates
-from sysaware.data.telemetry import ModelLoad, SystemSnapshot
+from sysaware.orchestration.tables import LengthTable, QualityTable
 from sysaware.orchestration.topology import Slot, TopologyKind, default_topology
-from sysaware.tasks.mbpp import Split, get_task, split_of
+from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import ROLES, Strategy
-from sysaware.tasks.regrade import load_regrade_table
+from profile_factories import TOKENS, hand_made_profile
 from twin_factories import create_stats, default_pool as pool, default_backend as twin_backend, default_responder as twin_responder
-
-TOKENS = {Strategy.FLASH: 50.0, Strategy.CONCISE: 100.0, Strategy.DEEPTHINK: 400.0}  # output tokens, every model
-
 
 
 def models() -> list[str]:
@@ -35,10 +31,8 @@ def models() -> list[str]:
 
 @lru_cache(maxsize=1)
 def resources() -> PolicyResources:
-    """The real quality table; hand-set lengths and idle latencies (20 ms per token, 0.1 s to the first one)."""
-    lengths = LengthTable({(m, s, r): TOKENS[s] for m in models() for s in Strategy for r in ROLES})
-    idle = IdleProfile({m: IdleLatency(0.1, 0.0, 0.02) for m in models()})
-    return PolicyResources(pool(), QualityTable.from_twin(pool()), lengths, idle)
+    """A hand-made profile: qualities of profile_factories, TOKENS per strategy, 20 ms per token, 0.1 s to the first."""
+    return PolicyResources.from_profile(pool(), hand_made_profile(pool()))
 
 
 def load(model: str, waiting: int = 0, running: int = 0, kv: float = 0.0, tpot_ms: float | None = None, rate: float | None = None) -> ModelLoad:
@@ -84,15 +78,8 @@ def test_every_baseline_is_registered_and_answers_with_a_candidate():
         make_executor("clairvoyant", resources())
 
 
-def test_the_base_class_rejects_a_choice_outside_the_candidates_and_counts_the_rest():
-    class Stubborn(Executor):
-        name = "stubborn"
-
-        def choose(self, ctx):
-            return Action("gpt-9", Strategy.FLASH)
-
-    with pytest.raises(ValueError, match="not among"):
-        Stubborn(resources()).act(context())
+def test_the_base_class_counts_the_choices():
+    # A choice outside the candidates is the session's to reject, as any decider's (test_stepping.py).
     fixed = make_executor("fixed", resources(), model="yi-34b-chat", strategy="deepthink")
     for _ in range(3):
         fixed.act(context())
@@ -117,7 +104,7 @@ def test_fixed_defaults_to_the_cheapest_model_and_best_single_to_the_best_coder(
     r = resources()
     assert make_executor("fixed", r).act(context()) == Action("mistral-7b-instruct", Strategy.CONCISE)  # $0.20/Mtok
     best = max(models(), key=lambda m: r.quality.q(m, Strategy.CONCISE, "programmer"))
-    assert best == "codellama-34b-instruct"  # the highest re-graded pass rate in the pool
+    assert best == "codellama-34b-instruct"  # the highest code quality in the profile
     for role in ROLES:
         assert make_executor("best_single", r).act(context(role)) == Action(best, Strategy.CONCISE)
 
@@ -229,26 +216,21 @@ def test_the_oracle_uses_true_latencies_and_needs_a_forecaster():
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def test_quality_comes_from_the_regrade_table_and_the_responder_parameters():
-    table = load_regrade_table()
-    table = table[[split_of(int(t)) is not Split.TEST for t in table["task_id"]]]
-    rates = base_pass_rates(pool())
-    for m in pool().models:
-        assert rates[m.name] == pytest.approx(table[table["model"] == m.recorded_as]["sandbox_correct"].mean())
-    params = load_responder_params()
-    q = QualityTable.from_twin(pool())
-    for m, p in rates.items():
-        logit = math.log(p / (1 - p))
+def test_the_tables_are_views_of_the_profile_in_pool_order():
+    profile = hand_made_profile(pool())
+    r = resources()
+    assert r.quality.models == models() == profile.model_names
+    for m in models():
         for s in Strategy:
-            expected = 1 / (1 + math.exp(-(logit + params.strategy_shift(s, p))))
-            assert q.q(m, s, "programmer") == pytest.approx(expected)
-            assert q.q(m, s, "decision_maker") == q.q(m, s, "programmer")
-            assert q.q(m, s, "algorithm_designer") == q.q(m, s, "test_analyst") == 1.0
-        assert q.q(m, Strategy.FLASH, "programmer") < q.q(m, Strategy.CONCISE, "programmer")  # flash shift < 0
-        assert (q.q(m, Strategy.DEEPTHINK, "programmer") > q.q(m, Strategy.CONCISE, "programmer")) == (p > 0.5)
-    by_rate = sorted(rates, key=rates.get)
-    reviews = [q.q(m, Strategy.CONCISE, "reviewer") for m in by_rate]
-    assert reviews == sorted(reviews)  # a better coder is a better reviewer
+            for role in ROLES:
+                assert r.quality.q(m, s, role) == profile.quality(m, s, role)
+                assert r.lengths.tokens(m, s, role) == profile.output_tokens(m, s, role)
+        assert r.idle[m] == IdleLatency(0.1, 0.0, 0.02)
+    # ties go to the first model in pool order
+    flat = QualityTable.from_profile(hand_made_profile(pool(), quality=lambda m, s, role: 0.5))
+    assert flat.best_model() == models()[0]
+    assert LengthTable.from_profile(profile).tokens(models()[1], "deepthink", "reviewer") == TOKENS[Strategy.DEEPTHINK]
+    assert IdleProfile.from_profile(profile)[models()[2]].tpot_s == 0.02
 
 
 def test_queueing_estimate():
@@ -327,3 +309,24 @@ def test_the_fork_forecast_is_what_then_happens_and_leaves_the_real_run_alone():
     # a horizon shorter than the call: not finished within it
     short = driver.forecaster.forecast(requests[longest : longest + 1], horizon_s=0.01)
     assert short == [math.inf]
+
+
+def test_forking_one_model_forecasts_exactly_what_forking_the_whole_cluster_does():
+    """The oracle forks only the probed model (its replicas, router, load and events): nothing of another model can
+    change its answer, so the latency is the whole-cluster fork's to the last bit, for every model and strategy."""
+    driver = loaded_driver()
+    for model in driver.models:
+        for strategy in Strategy:
+            request = probe(model, strategy)
+            whole = driver.forecaster.fork(keep_background_of=model)
+            done: list = []
+            whole.submit(request, on_complete=done.append)
+            while not done:
+                whole.run(until=whole.now + 1.0)
+            only = driver.forecaster.fork_model(model)
+            assert [r.model for r in only.replicas] == [model] * len(driver.cluster.by_model[model])
+            mine: list = []
+            only.submit(request, on_complete=mine.append)
+            while not mine:
+                only.run(until=only.now + 1.0)
+            assert mine[0].e2e_s == done[0].e2e_s and mine[0].token_times_s == done[0].token_times_s

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from sysaware.engines.types import FinishReason, GenerationResult
+from sysaware.engines.types import FinishReason, GenerationResult, TelemetrySnapshot
 from sysaware.serving.prometheus import TTFT_BUCKETS_S, PoolMetrics
 from sysaware.serving.telemetry import TelemetryState
 from twin_factories import VLLM_SAMPLE_NAMES, create_stats
@@ -27,7 +27,10 @@ def create_result(
     )  # fmt: skip
 
 
-def telemetry_snapshot() -> dict:
+EMPTY = TelemetrySnapshot(wall_time_s=0.0, stale_after_s=0.5)  # nobody has pushed
+
+
+def telemetry_snapshot() -> TelemetrySnapshot:
     """A real TelemetryState snapshot of two replicas of model a and one of model b."""
     state = TelemetryState()
     state.push(create_stats("app#a#0", "a", t=1.0, num_requests_waiting=3, num_requests_running=5,
@@ -82,7 +85,7 @@ def test_histograms_bin_engine_latencies_cumulatively_with_inclusive_bounds():
     # TTFT exactly on a bucket bound (0.1 s) counts in that bucket ("le"); the second falls in the next one.
     metrics.observe(create_result(ttft_s=0.1, token_gaps_s=(0.02, 0.03, 0.2)))
     metrics.observe(create_result(ttft_s=0.3, token_gaps_s=()))  # one token: no inter-token gap
-    samples = parse(metrics.render({"replicas": {}}))
+    samples = parse(metrics.render(EMPTY))
     labels = {"model_name": "m", "replica": "app#m#r0"}
     ttft_count = value(samples, "vllm:time_to_first_token_seconds_count", **labels)
     buckets = {s.labels["le"]: s.value for s in samples["vllm:time_to_first_token_seconds_bucket"]}
@@ -100,7 +103,7 @@ def test_histograms_bin_engine_latencies_cumulatively_with_inclusive_bounds():
 def test_aborted_requests_are_not_observed():
     metrics = PoolMetrics()
     metrics.observe(create_result(finish=FinishReason.ABORT))
-    samples = parse(metrics.render({"replicas": {}}))
+    samples = parse(metrics.render(EMPTY))
     assert "vllm:time_to_first_token_seconds_count" not in samples
 
 
@@ -111,4 +114,4 @@ def test_a_stale_replica_is_flagged_and_a_silent_pool_renders_empty_families():
     now[0] = 10.0  # silent for 10 s, 20 push periods
     samples = parse(PoolMetrics().render(state.snapshot()))
     assert value(samples, "sysaware:replica_stale", model_name="a", replica="app#a#0") == 1
-    assert parse(PoolMetrics().render({"replicas": {}})) == {}
+    assert parse(PoolMetrics().render(EMPTY)) == {}

@@ -12,7 +12,7 @@ from functools import lru_cache
 import pytest
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
-from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest
+from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest, ReplicaView
 from sysaware.estimators.latency import make_replica_scorer
 from sysaware.serving.router import LatencyModel, predicted_latency_ms, rank_by_predicted_latency
 from sysaware.tasks.mbpp import load_tasks
@@ -164,11 +164,11 @@ def routers_in_this_process(app: str) -> list:
     return [o for o in gc.get_objects() if type(o).__name__ == "LatencyAwareRouter" and o.app_name == app]
 
 
-def fresh_replicas(telemetry, prefix: str) -> dict[str, dict]:
+def fresh_replicas(telemetry, prefix: str) -> dict[str, ReplicaView]:
     import ray
 
-    replicas = ray.get(telemetry.snapshot.remote())["replicas"]
-    return {rid: view for rid, view in replicas.items() if rid.startswith(prefix) and not view["stale"]}
+    replicas = ray.get(telemetry.snapshot.remote()).replicas
+    return {rid: view for rid, view in replicas.items() if rid.startswith(prefix) and not view.stale}
 
 
 def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
@@ -213,14 +213,14 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
 
         def idle_after_the_first_two():
             views = fresh_replicas(telemetry, prefix).values()
-            finished = sum(v["requests_finished_total"] for v in views)
-            return len(views) == 2 and finished == 2 and all(v["queue_running"] == 0 for v in views)
+            finished = sum(v.stats.requests_finished_total for v in views)
+            return len(views) == 2 and finished == 2 and all(v.stats.num_requests_running == 0 for v in views)
 
         wait_for(idle_after_the_first_two, 10.0, "telemetry to show both replicas idle")
         long_request = create_request(model.name, 13, "long", strategy=Strategy.DEEPTHINK)  # ~490 tokens, ~3.4 s
         long_ref = call_from_elsewhere.remote(long_request)
         busy = wait_for(
-            lambda: [rid for rid, v in fresh_replicas(telemetry, prefix).items() if v["queue_running"] == 1],
+            lambda: [rid for rid, v in fresh_replicas(telemetry, prefix).items() if v.stats.num_requests_running == 1],
             10.0,
             "the long request to start",
         )[0]
@@ -279,8 +279,8 @@ def test_a_killed_replica_is_marked_stale_and_serve_replaces_it(ray_session):
         ray.kill(ray.get_actor(f"SERVE_REPLICA::{victim}", namespace="serve"), no_restart=True)
 
         def victim_stale():
-            view = ray.get(telemetry.snapshot.remote())["replicas"].get(victim)
-            return view is not None and view["stale"]
+            view = ray.get(telemetry.snapshot.remote()).replicas.get(victim)
+            return view is not None and view.stale
 
         wait_for(victim_stale, 10.0, "telemetry to mark the killed replica stale")
         print(f"stale after {time.monotonic() - t_kill:.2f} s")
@@ -289,12 +289,12 @@ def test_a_killed_replica_is_marked_stale_and_serve_replaces_it(ray_session):
         assert replacement != victim
         result = handle.generate.remote(create_request(model.name, 2, "after-kill", max_tokens=8)).result()
         assert result.replica_id == replacement and result.output_tokens == 8
-        replicas = ray.get(telemetry.snapshot.remote())["replicas"]
-        mine = {rid: view["stale"] for rid, view in replicas.items() if rid.startswith(prefix)}
+        replicas = ray.get(telemetry.snapshot.remote()).replicas
+        mine = {rid: view.stale for rid, view in replicas.items() if rid.startswith(prefix)}
         assert mine == {victim: True, replacement: False}
     finally:
         serve.delete(app)
-        for rid in ray.get(telemetry.snapshot.remote())["replicas"]:
+        for rid in ray.get(telemetry.snapshot.remote()).replicas:
             if rid.startswith(prefix):
                 ray.get(telemetry.forget.remote(rid))  # a killed replica never leaves by itself
 

@@ -243,3 +243,49 @@ def test_first_token_callbacks_fire_at_their_own_time(fast_forward):
     assert len(completed) == 20 and first_tokens.keys() == completed.keys()
     for rid, (t, clock) in first_tokens.items():
         assert t == clock == completed[rid].first_token_s < completed[rid].finished_s
+
+
+def test_a_submission_decided_during_a_pause_keeps_its_place_in_the_event_order():
+    # Follow-up requests sent from inside completion callbacks, against the same follow-ups decided outside the
+    # simulation: each callback reserves a place and pauses, and the request is submitted once run() returned. The
+    # clock must stand still across the pause and the two clusters' futures must be identical. A rival request sent
+    # at the same instant after the follow-up would take the emptier of the two replicas if it overtook it.
+    def simulate(defer: bool) -> tuple[list[GenerationResult], int]:
+        factory = MbppRequestFactory.for_split("train", prefix="chain")
+        rival = MbppRequestFactory.for_split("train", prefix="rival")
+        cluster = SimulatedCluster.from_pool(pool_with(MODEL, replicas=2), responder=seeded_lengths(), seed=1)
+        ClosedLoopLoad(cluster, MODEL, 8, MbppRequestFactory.for_split("train", prefix="bg"), seed=3).start()
+        rng, rival_rng = random.Random(5), random.Random(6)
+        chain: list[GenerationResult] = []
+        waiting: list[tuple[float, int]] = []
+
+        def on_complete(result: GenerationResult) -> None:
+            chain.append(result)
+            if len(chain) >= 12:
+                return
+            if defer:
+                waiting.append((cluster.now, cluster.reserve_order()))
+                cluster.pause()
+            else:
+                cluster.submit(factory(MODEL, rng), on_complete=on_complete)
+            # A request scheduled at the same instant after the follow-up: it must stay behind it.
+            cluster.submit(rival(MODEL, rival_rng), on_complete=chain.append)
+
+        for _ in range(3):
+            cluster.submit(factory(MODEL, rng), at=0.5, on_complete=on_complete)
+        pauses = 0
+        while cluster.now < 60.0 and not cluster.idle():
+            paused = cluster.run(until=cluster.now + 5.0)
+            if paused:
+                pauses += 1
+                assert waiting and waiting[-1][0] == cluster.now  # stopped right at the event that asked
+            for t, order in waiting:
+                assert t == cluster.now
+                cluster.submit(factory(MODEL, rng), on_complete=on_complete, order=order)
+            waiting.clear()
+        return chain, pauses
+
+    direct, _ = simulate(defer=False)
+    deferred, pauses = simulate(defer=True)
+    assert len(direct) >= 12 and pauses >= 3
+    assert deferred == direct

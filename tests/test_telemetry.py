@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from sysaware.serving.telemetry import TelemetryState
+from sysaware.engines.types import ReplicaStats, ReplicaView, TelemetrySnapshot
+from sysaware.serving.telemetry import TelemetryState, snapshot_json
 from twin_factories import create_stats
 
 
@@ -29,13 +30,17 @@ def create_state(**overrides) -> tuple[TelemetryState, FakeClock]:
 def test_snapshot_aggregates_each_model_over_its_replicas():
     state, _ = create_state()
     load = ("num_requests_waiting", "num_requests_running", "kv_cache_usage_perc", "ema_ttft_ms")
+    pushed = create_stats("a#1", "a", **dict(zip(load, (1, 7, 0.4, 60.0))))
     state.push(create_stats("a#0", "a", **dict(zip(load, (3, 5, 0.2, 40.0)))))
-    state.push(create_stats("a#1", "a", **dict(zip(load, (1, 7, 0.4, 60.0)))))
+    state.push(pushed)
     state.push(create_stats("b#0", "b", num_preemptions_total=2))
-    snap = state.snapshot()
+    typed = state.snapshot()
+    assert list(typed.replicas) == ["a#0", "a#1", "b#0"]
+    assert typed.replicas["a#1"] == ReplicaView(pushed, age_s=0.0, stale=False, tokens_per_s=0.0)  # pushed just now
+    snap = snapshot_json(typed)
     json.dumps(snap)  # what the ingress serves as /v1/telemetry
     assert set(snap["replicas"]) == {"a#0", "a#1", "b#0"}
-    assert snap["replicas"]["a#1"]["age_s"] == 0.0 and not snap["replicas"]["a#1"]["stale"]  # pushed just now
+    assert snap["replicas"]["a#1"]["queue_running"] == 7 and snap["replicas"]["a#1"]["age_s"] == 0.0
     a = snap["models"]["a"]
     # Sums for queues (3 + 1, 5 + 7), means for utilisation ((0.2 + 0.4) / 2) and TTFT ((40 + 60) / 2).
     assert (a["replicas"], a["queue_waiting"], a["queue_running"]) == (2, 4, 12)
@@ -52,17 +57,30 @@ def test_a_silent_replica_turns_stale_and_leaves_its_models_aggregates():
     state.push(create_stats("a#1", "a", t=0.4, num_requests_waiting=2))
     assert state.stale_replicas() == []  # 0.4 s of silence < 0.5 s
     clock.t += 0.2
-    snap = state.snapshot()
+    typed = state.snapshot()
     # a#0 has been silent 0.6 s, a#1 0.2 s.
-    assert snap["replicas"]["a#0"]["stale"] and snap["replicas"]["a#0"]["age_s"] == pytest.approx(0.6)
-    assert not snap["replicas"]["a#1"]["stale"]
+    assert typed.replicas["a#0"].stale and typed.replicas["a#0"].age_s == pytest.approx(0.6)
+    assert not typed.replicas["a#1"].stale
+    snap = snapshot_json(typed)
     assert (snap["models"]["a"]["replicas"], snap["models"]["a"]["stale_replicas"]) == (1, 1)
     assert snap["models"]["a"]["queue_waiting"] == 2  # the dead replica's last queue is not load
     clock.t += 10.0
-    assert state.snapshot()["replicas"] == {}  # silent past forget_after_s: gone
+    assert state.snapshot().replicas == {}  # silent past forget_after_s: gone
     state.push(create_stats("a#2", "a"))
     assert state.forget("a#2") and not state.forget("a#2")
-    assert state.snapshot()["models"] == {}
+    assert snapshot_json(state.snapshot())["models"] == {}
+
+
+def test_a_reader_keeps_its_own_deployments_replicas():
+    # The actor is shared by every application on the cluster; Serve's replica ids are app#deployment#unique.
+    state, clock = create_state(stale_after_s=0.5)
+    state.push(create_stats("app#a#1", "a"))
+    clock.t += 1.0
+    for rid in ("app#a#2", "app#ab#3", "other#a#4"):
+        state.push(create_stats(rid, rid.split("#")[1]))
+    snap = state.snapshot()
+    assert [v.replica_id for v in snap.deployment("app", "a")] == ["app#a#1", "app#a#2"]
+    assert [v.replica_id for v in snap.deployment("app", "a", fresh_only=True)] == ["app#a#2"]  # a#1 went silent
 
 
 def test_history_is_bounded_per_replica_and_merges_by_model():
@@ -90,12 +108,12 @@ def test_tokens_per_s_comes_from_counter_deltas_over_the_engine_clock():
         delta = state.push(create_stats(t=10.0 + 0.2 * i, generation_tokens_total=300 * i))
     assert delta.generation_tokens == 300 and delta.interval_s == pytest.approx(0.1)
     assert delta.tokens_per_s == pytest.approx(1500.0)  # 1500 tokens over 1.0 engine s
-    assert state.snapshot()["replicas"]["m#0"]["tokens_per_s"] == pytest.approx(1500.0)
+    assert state.snapshot().replicas["m#0"].tokens_per_s == pytest.approx(1500.0)
     # The window slides: after 1.2 s wall without new tokens the rate is 0.
     for i in range(6, 18):
         clock.t += 0.1
         state.push(create_stats(t=10.0 + 0.2 * i, generation_tokens_total=1500))
-    assert state.snapshot()["replicas"]["m#0"]["tokens_per_s"] == 0.0
+    assert state.snapshot().replicas["m#0"].tokens_per_s == 0.0
     # A replica that restarted under the same id (engine clock back to 0) starts its counters again.
     delta = state.push(create_stats(t=0.05, generation_tokens_total=20))
     assert (delta.generation_tokens, delta.interval_s, delta.tokens_per_s) == (20, None, 0.0)
@@ -156,20 +174,27 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
         prefix = f"{app}#{model.name}#"
         deadline = time.monotonic() + 10.0
         while True:
-            mine = {k: v for k, v in ray.get(telemetry.snapshot.remote())["replicas"].items() if k.startswith(prefix)}
+            snapshot = ray.get(telemetry.snapshot.remote())
+            mine = snapshot.deployment(app, model.name)
             if mine or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        assert len(mine) == 1
-        [(replica_id, view)] = mine.items()
+        # Typed records all the way from the replica's push through the actor: fields, not keys.
+        assert isinstance(snapshot, TelemetrySnapshot) and len(mine) == 1
+        [view] = mine
+        assert isinstance(view, ReplicaView) and isinstance(view.stats, ReplicaStats)
+        replica_id = view.replica_id
+        assert replica_id.startswith(prefix) and snapshot.replicas[replica_id] == view
         # Pushed within the last stale_after_s (0.5 s): the replica is live in the snapshot.
-        assert not view["stale"] and view["age_s"] < 0.5 and view["model"] == model.name
+        assert not view.stale and view.age_s < 0.5 and view.model == model.name
+        assert view.stats.num_gpu_blocks > 0 and view.stats.block_size > 0
+        assert snapshot_json(snapshot)["replicas"][replica_id]["model"] == model.name
 
         request = GenerationRequest("t-1", model.name, (ChatMessage("user", "Write a function that adds two ints."),))
         result = handle.generate.remote(request).result()
         assert result.replica_id == replica_id and result.output_tokens > 0
         def counted_tokens() -> int:
-            return ray.get(telemetry.snapshot.remote())["replicas"][replica_id]["generation_tokens_total"]
+            return ray.get(telemetry.snapshot.remote()).replicas[replica_id].stats.generation_tokens_total
 
         deadline = time.monotonic() + 5.0
         while counted_tokens() < result.output_tokens:
@@ -183,6 +208,6 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
         serve.delete(app)
     # A graceful stop leaves the snapshot instead of turning stale.
     deadline = time.monotonic() + 5.0
-    while replica_id in ray.get(telemetry.snapshot.remote())["replicas"]:
+    while replica_id in ray.get(telemetry.snapshot.remote()).replicas:
         assert time.monotonic() < deadline, "a deleted replica stayed in the telemetry snapshot"
         time.sleep(0.05)

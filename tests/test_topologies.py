@@ -20,7 +20,7 @@ from sysaware.orchestration.topology import (
     reflection,
     star,
 )
-from sysaware.orchestration.workflow import DecisionPoint, ModelCall, SandboxPurpose, SandboxRun, Workflow
+from sysaware.orchestration.workflow import ModelCall, SandboxPurpose, SandboxRun, SlotReady, Workflow
 from sysaware.tasks.mbpp import get_task
 from sysaware.tasks.prompts import RoleKind, Strategy
 from sysaware.tasks.sandbox import ExecutionResult, ExecutionStatus
@@ -54,7 +54,7 @@ def execution_waves(topology: Topology) -> list[list[str]]:
     while effects:
         calls, later = [], []
         for e in effects:
-            if isinstance(e, DecisionPoint):
+            if isinstance(e, SlotReady):
                 calls.append(wf.decide(e.slot_id, "m", Strategy.FLASH, now))
             elif e.purpose is SandboxPurpose.EXAMPLE:
                 later += wf.on_sandbox_result(e, passed_run(e), now)

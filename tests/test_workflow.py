@@ -14,10 +14,10 @@ from sysaware.orchestration.executors import FixedExecutor, RandomExecutor
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.topology import TopologyKind, chain, debate, default_topology, io, reflection, star
 from sysaware.orchestration.workflow import (
-    DecisionPoint,
     ModelCall,
     SandboxPurpose,
     SandboxRun,
+    SlotReady,
     SlotState,
     Workflow,
     WorkflowError,
@@ -54,7 +54,7 @@ def hidden_asserts(task) -> list[str]:
 
 
 def decide_all(wf: Workflow, effects, now: float, strategy=Strategy.CONCISE) -> list[ModelCall]:
-    return [wf.decide(e.slot_id, "m", strategy, now) for e in effects if isinstance(e, DecisionPoint)]
+    return [wf.decide(e.slot_id, "m", strategy, now) for e in effects if isinstance(e, SlotReady)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,7 +74,7 @@ def test_transitions_follow_the_slot_and_run_life_cycles():
     with pytest.raises(WorkflowError):
         wf.start(5.0)  # only once
     effects = wf.on_model_result("c0", result_of(c0, "```python\ndef f(x):\n    return x\n```", 5.0, 6.0), 6.0)
-    assert effects == [DecisionPoint("r", "decide")] and wf.slot_state("decide") is SlotState.READY
+    assert effects == [SlotReady("r", "decide")] and wf.slot_state("decide") is SlotState.READY
     [decide] = decide_all(wf, effects, 6.5)
     [grade] = wf.on_model_result("decide", result_of(decide, "```python\ndef f(x):\n    return 2 * x\n```", 6.5, 8.0), 8.0)
     assert isinstance(grade, SandboxRun) and grade.purpose is SandboxPurpose.FINAL

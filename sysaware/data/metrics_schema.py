@@ -1,13 +1,17 @@
 """The Phase 2 dataset's schema: one row per probe, the estimators' training data.
 
 The one home of the column names, their dtypes and units; the collector writes it, the report and the estimators
-read it through ``validate`` so a drifted file fails loudly with the column named.
+read it through ``validate`` so a drifted file fails loudly with the column named. The replica-state columns are
+read off ``ReplicaStats`` in one place, ``replica_state_columns``: the collector's rows (simulated and live probes
+alike) and the estimators' ``ReplicaState`` at decision time both go through it, so training and serving agree.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 import pyarrow as pa
+
+from sysaware.engines.types import ReplicaStats, step_remaining_ms
 
 # (name, arrow type, unit / meaning)
 COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
@@ -33,6 +37,26 @@ COLUMNS: tuple[tuple[str, pa.DataType, str], ...] = (
     ("e2e_ms", pa.float64(), "arrival to last token, ms"),
     ("submitted_at", pa.float64(), "engine clock at submission, s"),
 )
+
+# The replica that served a probe, as ``replica_state_columns`` reads it (the estimators' latency features).
+REPLICA_STATE_COLUMNS = (
+    "queue_waiting", "queue_running", "kv_utilization", "ema_ttft_ms", "step_ms", "step_remaining_ms", "step_tokens"
+)
+
+
+def replica_state_columns(stats: ReplicaStats, age_s: float = 0.0) -> dict[str, int | float]:
+    """The replica-state columns of ``stats`` seen ``age_s`` after they were taken (0 for stats whose age is folded
+    in already: the simulator's, and the live readers' ``ReplicaView.stats_at_read``)."""
+    return {
+        "queue_waiting": stats.num_requests_waiting,
+        "queue_running": stats.num_requests_running,
+        "kv_utilization": float(stats.kv_cache_usage_perc),
+        "ema_ttft_ms": float(stats.ema_ttft_ms),
+        "step_ms": float(stats.step_ms),
+        "step_remaining_ms": step_remaining_ms(stats.step_elapsed_ms, stats.step_ms, age_s),
+        "step_tokens": stats.step_tokens,
+    }
+
 
 SCHEMA = pa.schema([pa.field(name, dtype) for name, dtype, _ in COLUMNS])
 COLUMN_NAMES = tuple(name for name, _, _ in COLUMNS)

@@ -3,11 +3,19 @@
 Every engine (twin, vLLM, remote) speaks these types, so the layers above never know which one runs.
 Field names follow vLLM's metrics (``num_requests_waiting`` is ``vllm:num_requests_waiting``); units are in the
 names (``_s`` seconds, ``_ms`` milliseconds, ``_perc`` a fraction in [0, 1]).
+
+Replica stats travel one way, typed all along, and only the ends rename them:
+
+    replica --ReplicaStats (push)--> telemetry actor --TelemetrySnapshot of ReplicaViews--> live driver, probes, ingress
+    simulated cluster --ReplicaStats--------------------------------------------------------> sim driver, sim probes
+    Phase 2 dataset row <--metrics_schema.replica_state_columns(ReplicaStats)-- either probe backend
+    /v1/telemetry JSON <--serving.telemetry.snapshot_json(TelemetrySnapshot)-- the ingress
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import dataclasses
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -103,6 +111,49 @@ class ReplicaStats:
     step_elapsed_ms: float = 0.0  # time since the in-progress step began
     step_ms: float = 0.0  # its expected duration: the previous step's, all an engine knows before the step ends
     step_tokens: int = 0  # tokens scheduled in it (decodes + prefill chunks): vllm:iteration_tokens_total's sample
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica as the telemetry actor holds it: the stats it last pushed, and what only the actor knows (how
+    old they are, whether the replica went silent, its token rate)."""
+
+    stats: ReplicaStats
+    age_s: float  # actor wall seconds since this push arrived
+    stale: bool  # silent for longer than the actor's stale_after_s: its last state is not load
+    tokens_per_s: float  # generation tokens per engine second over the actor's rate window
+
+    @property
+    def replica_id(self) -> str:
+        return self.stats.replica_id
+
+    @property
+    def model(self) -> str:
+        return self.stats.model
+
+    def stats_at_read(self, time_scale: float = 1.0) -> ReplicaStats:
+        """The stats as of the snapshot, not the push: the in-progress step's elapsed time is carried forward by the
+        view's age (wall s x ``time_scale`` engine s per wall s), so ``step_remaining_ms`` reads the phase at the time
+        the snapshot was taken. The age is folded in: pass these on with age 0 (``ReplicaState.from_stats(stats)``)."""
+        elapsed_ms = self.stats.step_elapsed_ms + self.age_s * time_scale * 1e3
+        return dataclasses.replace(self.stats, step_elapsed_ms=elapsed_ms)
+
+
+@dataclass(frozen=True)
+class TelemetrySnapshot:
+    """The telemetry actor's answer: every replica it has heard from lately, fresh or stale, by replica id (sorted).
+    The actor is shared by every application on the cluster: a reader keeps its own deployments' replicas
+    (``deployment``)."""
+
+    wall_time_s: float  # the actor's wall clock (time.time()) when it answered
+    stale_after_s: float  # silence after which a replica is stale
+    replicas: Mapping[str, ReplicaView] = dataclasses.field(default_factory=dict)
+
+    def deployment(self, app_name: str, deployment_name: str, fresh_only: bool = False) -> list[ReplicaView]:
+        """The replicas of one Serve deployment (replica ids are ``app#deployment#unique``), the stale ones too
+        unless ``fresh_only``."""
+        prefix = f"{app_name}#{deployment_name}#"
+        return [v for rid, v in self.replicas.items() if rid.startswith(prefix) and not (fresh_only and v.stale)]
 
 
 def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> float:

@@ -241,6 +241,7 @@ def predicted_latency_ms(
 
 class ReplicaScorer(Protocol):
     name: str
+    uses_prompt_tokens: bool  # whether ``ttft_ms`` reads ``prompt_tokens`` (else the router need not count them)
 
     def ttft_ms(self, replicas: Sequence[tuple[Mapping[str, float], int, int]], prompt_tokens: int) -> list[float]:
         """Predicted TTFT of one more request on each ``(routing_stats, inflight, departed)`` replica, ms."""
@@ -253,6 +254,7 @@ class QueueingReplicaScorer:
 
     model: LatencyModel = LatencyModel()
     name: str = "queueing"
+    uses_prompt_tokens: bool = False
 
     def ttft_ms(self, replicas, prompt_tokens: int = 0) -> list[float]:
         return [predicted_latency_ms(stats, inflight, departed, self.model) for stats, inflight, departed in replicas]
@@ -263,6 +265,7 @@ class LearnedReplicaScorer:
     are older than a step, so the wait for it is priced at half a step, as ``ReplicaState.from_stats`` does)."""
 
     name = "learned"
+    uses_prompt_tokens = True
 
     def __init__(self, model: str, system: SystemEstimator | None = None) -> None:
         self.model = model

@@ -17,7 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
-from sysaware.engines.types import ReplicaStats, step_phase_known, step_remaining_ms
+from sysaware.data.metrics_schema import replica_state_columns
+from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
 from sysaware.estimators.models import NumpyQuantileMLP
@@ -51,11 +52,9 @@ class ReplicaState:
 
     @classmethod
     def from_stats(cls, stats: ReplicaStats, age_s: float = 0.0) -> "ReplicaState":
-        elapsed, step = stats.step_elapsed_ms, stats.step_ms
-        return cls(
-            stats.num_requests_waiting, stats.num_requests_running, stats.kv_cache_usage_perc, stats.ema_ttft_ms,
-            step_remaining_ms(elapsed, step, age_s), step, stats.step_tokens, step_phase_known(elapsed, step, age_s),
-        )
+        """The columns the dataset recorded for a probe (``replica_state_columns``), read off the same stats."""
+        known = step_phase_known(stats.step_elapsed_ms, stats.step_ms, age_s)
+        return cls(**replica_state_columns(stats, age_s), step_phase_known=known)
 
 
 @dataclass(frozen=True)

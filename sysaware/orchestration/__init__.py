@@ -2,30 +2,33 @@
 simulated driver that runs them on the twin cluster and the live driver that runs them through Ray Serve handles.
 Imports point down only (engines, sim, tasks): the live driver takes its handles and telemetry actor as given."""
 
-from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
-from sysaware.orchestration.context import Action, Plan, PolicyResources, StepContext, all_actions
+from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, plan_slo_s
+from sysaware.orchestration.context import Action, InvalidAction, Plan, PolicyResources, StepContext, all_actions
 from sysaware.orchestration.executors import EXECUTORS, Executor, make_executor
 from sysaware.orchestration.live_driver import LiveDriver
 from sysaware.orchestration.planners import PLANNERS, Planner, make_planner
-from sysaware.orchestration.session import WorkflowSession
+from sysaware.orchestration.session import DecisionError, DecisionPoint, ExecutorAgent, WorkflowSession
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
 from sysaware.orchestration.topology import Slot, Topology, TopologyKind, default_topology
 from sysaware.orchestration.trace import RunTrace, StepRecord
-from sysaware.orchestration.workflow import DecisionPoint, ModelCall, SandboxRun, Workflow, WorkflowState
+from sysaware.orchestration.workflow import ModelCall, SandboxRun, Workflow, WorkflowState
 
 __all__ = [
     "Action",
     "DEFAULT_SLACK",
+    "DecisionError",
     "DecisionPoint",
     "EXECUTORS",
     "Executor",
-    "IdleBudget",
+    "ExecutorAgent",
+    "InvalidAction",
     "LiveDriver",
     "ModelCall",
     "PLANNERS",
     "Plan",
     "Planner",
     "PolicyResources",
+    "ProfileBudget",
     "RunTrace",
     "SandboxRun",
     "SimSettings",
@@ -42,4 +45,5 @@ __all__ = [
     "default_topology",
     "make_executor",
     "make_planner",
+    "plan_slo_s",
 ]

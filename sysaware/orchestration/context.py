@@ -9,20 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from sysaware.config import PoolConfig
+from sysaware.data.profile import PoolProfile
+from sysaware.data.telemetry import SystemSnapshot
 from sysaware.engines.types import ChatMessage, GenerationRequest
 from sysaware.orchestration.latency import IdleProfile
 from sysaware.orchestration.tables import LengthTable, QualityTable
-from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.topology import Slot, Topology
 from sysaware.orchestration.trace import StepRecord
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import Strategy
-
-if TYPE_CHECKING:
-    from sysaware.sim.backend import SimBackend
 
 
 class Action(NamedTuple):
@@ -34,6 +32,26 @@ class Action(NamedTuple):
 
 def all_actions(models: Sequence[str]) -> tuple[Action, ...]:
     return tuple(Action(m, s) for m in models for s in Strategy)
+
+
+class InvalidAction(ValueError):
+    """A decider's action that is not one of the decision point's candidates."""
+
+
+def check_action(action: Action | tuple[str, str], candidates: Sequence[Action], where: str = "") -> Action:
+    """``action`` as an Action (a plain (model, strategy) pair with the strategy's name is accepted), if it is one
+    of ``candidates``; ``InvalidAction`` naming the candidates otherwise. Every decider's action goes through here
+    (the session calls it), so an executor, an external agent and an override are held to the same rule."""
+    prefix = f"{where}: " if where else ""
+    try:
+        model, strategy = action
+        checked = Action(model, Strategy(strategy))
+    except (TypeError, ValueError) as e:
+        raise InvalidAction(f"{prefix}{action!r} is not a (model, strategy) action: {e}") from None
+    if checked not in candidates:
+        listed = ", ".join(f"{a.model}/{a.strategy.value}" for a in candidates)
+        raise InvalidAction(f"{prefix}{checked.model}/{checked.strategy.value} is not among the candidates: {listed}")
+    return checked
 
 
 class Forecaster(Protocol):
@@ -90,12 +108,13 @@ class Plan:
     """The planner's decision for one request: a topology with its slots' roles, and the budget if it set one."""
 
     topology: Topology
-    slo_s: float | None = None  # None: the driver sets the default budget (see budget.py)
+    slo_s: float | None = None  # the request's own budget, s; None: the default budget (budget.py)
 
 
 @dataclass(frozen=True)
 class PolicyResources:
-    """Static knowledge policies may use (never the live load: that comes in the step context)."""
+    """Static knowledge policies may use (never the live load: that comes in the step context). All of it is a
+    view of the pool's measured profile: no policy reads how a backend decides its answers."""
 
     pool: PoolConfig
     quality: QualityTable
@@ -110,5 +129,18 @@ class PolicyResources:
         return self.pool.model(model).price_per_mtok_usd
 
     @classmethod
-    def build(cls, pool: PoolConfig, backend: "SimBackend") -> "PolicyResources":
-        return cls(pool, QualityTable.from_twin(pool), LengthTable.measure(pool, backend.responder), IdleProfile.measure(pool, backend))
+    def from_profile(cls, pool: PoolConfig, profile: PoolProfile) -> "PolicyResources":
+        """The tables of ``profile``, which must have been measured on ``pool`` (ProfileError otherwise)."""
+        profile.check_pool(pool)
+        models = [m.name for m in pool.models]
+        return cls(
+            pool,
+            QualityTable.from_profile(profile, models),
+            LengthTable.from_profile(profile, models),
+            IdleProfile.from_profile(profile, models),
+        )
+
+    @classmethod
+    def default_for(cls, pool: PoolConfig) -> "PolicyResources":
+        """From the profile shipped for ``pool`` (``PoolProfile.default_for``)."""
+        return cls.from_profile(pool, PoolProfile.default_for(pool))

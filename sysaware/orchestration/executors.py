@@ -1,5 +1,6 @@
-"""Executors: at every agent step, choose a_t = (model, strategy). The base class keeps the bookkeeping (validates
-the choice, counts it); each baseline only decides. Registered by name (``make_executor``).
+"""Executors: at every agent step, choose a_t = (model, strategy). The base class keeps the bookkeeping (counts the
+choices); each baseline only decides; the session checks every choice against the step's candidates, as it does an
+external agent's (session.py). Registered by name (``make_executor``).
 
 | name         | sees load | chooses                                                                         |
 |--------------|-----------|---------------------------------------------------------------------------------|
@@ -39,15 +40,13 @@ class Executor(ABC):
     def act(self, ctx: StepContext) -> Action:
         model, strategy = self.choose(ctx)
         action = Action(model, Strategy(strategy))
-        if action not in ctx.candidates:
-            raise ValueError(f"{self.name} chose {action}, which is not among the step's candidates")
         self.decisions += 1
         self.chosen[action] += 1
         return action
 
     @abstractmethod
     def choose(self, ctx: StepContext) -> Action:
-        """The decision; ``act`` validates and records it."""
+        """The decision; ``act`` records it (the session checks it is among the candidates)."""
 
     def rng(self, ctx: StepContext) -> random.Random:
         """A generator per (executor, seed, run, slot): a run's choices do not depend on the order runs interleave."""

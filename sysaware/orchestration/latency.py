@@ -1,27 +1,19 @@
-"""Latency of a candidate call, estimated from telemetry: the seam the learned estimators F_lat/F_len replace.
+"""Each model's latency alone on an idle pool: the floor the latency estimators (``estimators/latency.py``) start
+from, and what the default budget is made of (``budget.py``).
 
-    T_hat(m, rho) = W_q + TTFT_hat(m, L_in) + (L_out_hat(m, rho, role) - 1) x TPOT_hat(m)
+    TTFT(L_in) = ttft_base_s + ttft_per_prompt_token_s x L_in        TPOT = tpot_s (batch size 1)
 
-- TPOT_hat: the EMA of recently finished requests' TPOT on that model while it is busy, never below its idle TPOT
-  (decode is memory-bound, so one more request barely changes the batch's step time).
-- TTFT_hat: the idle prefill time for L_in prompt tokens, or the replicas' EMA of TTFT if that is higher (it
-  carries the prefill interference of a busy replica).
-- W_q: requests already waiting are served at the completion rate (Little's law): waiting / completions per s.
-  Zero when nothing waits (vLLM admits up to max_num_seqs at once).
-
-The idle profile (TTFT at two prompt lengths, TPOT) is measured once per pool on an idle simulated cluster; on a
-live pool it comes from the load sweep's N=1 row. L_out_hat comes from ``LengthTable``.
+It is part of the pool's measured profile (``PoolProfile``): two calls per model on the idle pool, a short and a
+long prompt, through whatever backend serves it (``pipelines/profile_pool.py``, fitted by ``fit_idle_latency``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sysaware.config import PoolConfig
-from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
-from sysaware.data.telemetry import ModelLoad
-from sysaware.tasks.mbpp import Split, load_tasks
-from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
+from sysaware.data.profile import PoolProfile
+from sysaware.engines.types import GenerationResult
 
 
 @dataclass(frozen=True)
@@ -44,30 +36,21 @@ class IdleProfile:
         return self.models[model]
 
     @classmethod
-    def measure(cls, pool: PoolConfig, backend=None) -> "IdleProfile":
-        """Two calls per model on an idle simulated cluster: a short and a long prompt."""
-        from sysaware.sim.backend import SimBackend
+    def from_profile(cls, profile: PoolProfile, models: Sequence[str] | None = None) -> "IdleProfile":
+        out = {}
+        for m in models or profile.model_names:
+            idle = profile.idle(m)
+            out[m] = IdleLatency(idle.ttft_base_s, idle.ttft_per_prompt_token_s, idle.tpot_s)
+        return cls(out)
 
-        cluster = (backend or SimBackend(pool)).cluster()
-        task = load_tasks(Split.TRAIN, sanitized=True)[0]
-        short = task_prompt(task.text, task.example_test)
-        long = "\n\n".join([short] * 12)  # a team's worth of context, ~12x the tokens
-        models = {}
-        for m in cluster.models:
-            results: list[GenerationResult] = []
-            for i, text in enumerate((short, long)):
-                messages = (
-                    ChatMessage("system", ROLES["programmer"].system_prompt),
-                    ChatMessage("user", f"{text}\n\n{STRATEGY_INSTRUCTIONS[Strategy.CONCISE]}"),
-                )
-                cluster.submit(GenerationRequest(f"idle/{m}/{i}", m, messages, seed=0), on_complete=results.append)
-                cluster.run()
-            a, b = results
-            slope = max((b.ttft_s - a.ttft_s) / max(b.prompt_tokens - a.prompt_tokens, 1), 0.0)
-            tpots = [r.tpot_s for r in results if r.tpot_s is not None]
-            models[m] = IdleLatency(
-                ttft_base_s=max(a.ttft_s - slope * a.prompt_tokens, 0.0),
-                ttft_per_prompt_token_s=slope,
-                tpot_s=min(tpots) if tpots else a.e2e_s,
-            )
-        return cls(models)
+
+def fit_idle_latency(short: GenerationResult, long: GenerationResult) -> IdleLatency:
+    """A model's idle latency from two calls sent to it alone, a short and a long prompt: TTFT is a line through
+    the two (prefill is linear in prompt tokens at these lengths), TPOT the smaller of their per-token times."""
+    slope = max((long.ttft_s - short.ttft_s) / max(long.prompt_tokens - short.prompt_tokens, 1), 0.0)
+    tpots = [r.tpot_s for r in (short, long) if r.tpot_s is not None]
+    return IdleLatency(
+        ttft_base_s=max(short.ttft_s - slope * short.prompt_tokens, 0.0),
+        ttft_per_prompt_token_s=slope,
+        tpot_s=min(tpots) if tpots else short.e2e_s,
+    )

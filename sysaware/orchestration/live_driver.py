@@ -1,7 +1,11 @@
 """The live driver: one workflow on the served pool, through Ray Serve handles, with asyncio.
 
-It runs the same ``WorkflowSession`` as the simulated driver (sim_driver.py); only how effects are carried out
+It steps the same ``WorkflowSession`` as the simulated driver (sim_driver.py); only how effects are carried out
 differs:
+- a DecisionPoint is answered by the workflow's agent (an executor through ``ExecutorAgent``, or any agent whose
+  ``answer`` may be awaited: a policy served elsewhere), then shown to the driver's ``on_decision`` hook, which may
+  log it or return another action; the session checks the final action against the point's candidates. A
+  transition's points are all decided before any of its effects is carried out, as in simulation;
 - a ModelCall is awaited on its model's DeploymentHandle (``generate``); calls that are ready together (a star's
   workers, a debate round) are in flight together, and each branch moves on as soon as its own call returns;
 - a SandboxRun (a bug fixer's example feedback, the final grade) runs in a worker thread;
@@ -16,21 +20,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from sysaware.engines.types import GenerationResult, ReplicaStats
+from sysaware.engines.types import GenerationResult, TelemetrySnapshot
+from sysaware.orchestration.budget import ProfileBudget, plan_slo_s
 from sysaware.orchestration.context import Action, all_actions
 from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import Planner
-from sysaware.orchestration.session import DriverEffect, WorkflowSession
+from sysaware.orchestration.session import (
+    Agent,
+    DecisionPoint,
+    DriverEffect,
+    ExecutorAgent,
+    SessionEffect,
+    WorkflowSession,
+)
 from sysaware.data.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, Workflow
 from sysaware.tasks.mbpp import MbppTask
+
+# Sees each decision with the agent's action; returns the action to take instead, or None to keep it (may be async).
+DecisionHook = Callable[[DecisionPoint, Action], "Action | None | Awaitable[Action | None]"]
 
 
 class LiveDriver:
@@ -42,6 +58,8 @@ class LiveDriver:
         sandbox: CachedSandbox | None = None,
         sandbox_timeout_s: float = 10.0,  # wall-clock limit per sandbox run
         candidates: Sequence[Action] | None = None,
+        on_decision: DecisionHook | None = None,  # a server's hook: log or override every decision
+        budget: ProfileBudget | None = None,  # default SLOs for requests without one (budget.py)
     ) -> None:
         if time_scale <= 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -51,6 +69,8 @@ class LiveDriver:
         self.sandbox = sandbox or CachedSandbox()
         self.sandbox_timeout_s = sandbox_timeout_s
         self.candidates = tuple(candidates or all_actions(list(self.handles)))
+        self.on_decision = on_decision
+        self.budget = budget
         self.tracker = TelemetryTracker()  # TPOT EMA and completion rate from the results this driver sees
         self.sessions: list[WorkflowSession] = []
         self._snapshot = SystemSnapshot(0.0, {})
@@ -67,27 +87,47 @@ class LiveDriver:
 
     # --- one workflow ------------------------------------------------------------------------------------------
     async def run_workflow(
-        self, task: MbppTask, planner: Planner, executor: Executor, slo_s: float, seed: int = 0
+        self, task: MbppTask, planner: Planner, executor: Executor | Agent, slo_s: float | None = None, seed: int = 0
     ) -> RunTrace:
-        """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s), grade the answer."""
+        """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s; None: the driver's default budget
+        for the plan, ``plan_slo_s``, as in simulation), grade the answer. ``executor`` decides every step (an
+        Executor, or any Agent)."""
+        agent = ExecutorAgent(executor) if isinstance(executor, Executor) else executor
         await self.refresh_snapshot()
         plan = planner.plan(task, self._snapshot, slo_s)
         run_id = f"live-{next(self._run_ids)}-t{task.task_id}-s{seed}"
-        workflow = Workflow(run_id, task, plan.topology, plan.slo_s or slo_s, seed=seed)
+        workflow = Workflow(run_id, task, plan.topology, plan_slo_s(task, plan, self.budget), seed=seed)
         session = WorkflowSession(
-            workflow, executor, self.candidates, self._snapshot_at, forecaster=None, planner_name=planner.name
+            workflow,
+            self.candidates,
+            self._snapshot_at,
+            forecaster=None,
+            planner_name=planner.name,
+            decider_name=agent.describe(),
         )
         self.sessions.append(session)
         await self.refresh_snapshot()
-        await self._carry_out(session, session.start(self.now()))
+        await self._carry_out(session, agent, session.start(self.now()))
         if not session.done:
             raise RuntimeError(f"{run_id}: every effect was carried out but the workflow is {workflow.state.value}")
         return session.trace()
 
-    async def _carry_out(self, session: WorkflowSession, effects: list[DriverEffect]) -> None:
-        await asyncio.gather(*(self._carry_out_one(session, e) for e in effects))
+    async def _carry_out(self, session: WorkflowSession, agent: Agent, effects: list[SessionEffect]) -> None:
+        ready: list[DriverEffect] = []
+        for effect in effects:
+            ready += await self._decide(session, agent, effect) if isinstance(effect, DecisionPoint) else [effect]
+        await asyncio.gather(*(self._carry_out_one(session, agent, e) for e in ready))
 
-    async def _carry_out_one(self, session: WorkflowSession, effect: DriverEffect) -> None:
+    async def _decide(self, session: WorkflowSession, agent: Agent, point: DecisionPoint) -> list[DriverEffect]:
+        """The agent's action, or the hook's instead, taken at the engine time it is final."""
+        action = await _settle(agent.answer(point))
+        if self.on_decision is not None:
+            override = await _settle(self.on_decision(point, action))
+            if override is not None:
+                action = override
+        return session.decide(point, action, self.now())
+
+    async def _carry_out_one(self, session: WorkflowSession, agent: Agent, effect: DriverEffect) -> None:
         if isinstance(effect, ModelCall):
             raw = await self.handles[effect.model].generate.remote(effect.request())
             now = self.now()
@@ -99,7 +139,7 @@ class LiveDriver:
             outcome = await asyncio.to_thread(self.sandbox.run, effect.job(self.sandbox_timeout_s))
             await self.refresh_snapshot()
             follow = session.on_sandbox_result(effect, outcome, self.now())
-        await self._carry_out(session, follow)
+        await self._carry_out(session, agent, follow)
 
     # --- telemetry ---------------------------------------------------------------------------------------------
     async def refresh_snapshot(self) -> SystemSnapshot:
@@ -111,46 +151,24 @@ class LiveDriver:
     def _snapshot_at(self, now: float) -> SystemSnapshot:
         return dataclasses.replace(self._snapshot, timestamp_s=now)
 
-    def to_system_snapshot(self, raw: dict, now: float) -> SystemSnapshot:
-        """The actor's JSON view -> the orchestration's snapshot, for this driver's deployments only (the actor is
-        shared by every application on the cluster). A model none of whose replicas has pushed yet reads as idle,
-        so an executor never meets a model it may choose but cannot look up."""
-        stats = []
-        for model, handle in self.handles.items():
-            prefix = f"{handle.app_name}#{handle.deployment_name}#"
-            for rid, view in raw.get("replicas", {}).items():
-                if rid.startswith(prefix) and not view["stale"]:
-                    stats.append(replica_stats(rid, model, view, self.time_scale))
+    def to_system_snapshot(self, raw: TelemetrySnapshot, now: float) -> SystemSnapshot:
+        """The actor's snapshot -> the orchestration's, for this driver's deployments' fresh replicas only (the
+        actor is shared by every application on the cluster). A model none of whose replicas has pushed yet reads
+        as idle, so an executor never meets a model it may choose but cannot look up."""
+        stats = [
+            view.stats_at_read(self.time_scale)
+            for handle in self.handles.values()
+            for view in raw.deployment(handle.app_name, handle.deployment_name, fresh_only=True)
+        ]
         snapshot = self.tracker.snapshot(now, stats)
         for model in self.handles:
             snapshot.models.setdefault(model, ModelLoad(model, 0, 0, 0, 0.0, 0.0, None, None))
         return snapshot
 
 
-def replica_stats(replica_id: str, model: str, view: dict, time_scale: float = 1.0) -> ReplicaStats:
-    """One replica of the telemetry actor's snapshot as the scheduler gauges it was pushed as; the in-progress step's
-    elapsed time is carried forward by the view's age (wall s x ``time_scale``), so ``step_remaining_ms`` reads it
-    at the time the snapshot was taken, not when the replica pushed it. The age is folded in here: pass these stats
-    on with age 0 (e.g. ``ReplicaState.from_stats(stats)``)."""
-    age_ms = view.get("age_s", 0.0) * time_scale * 1e3
-    return ReplicaStats(
-        replica_id=replica_id,
-        model=model,
-        timestamp_s=view["engine_time_s"],
-        num_requests_waiting=view["queue_waiting"],
-        num_requests_running=view["queue_running"],
-        kv_cache_usage_perc=view["kv_utilization"],
-        ema_ttft_ms=view["ema_ttft_ms"],
-        prompt_tokens_total=view["prompt_tokens_total"],
-        generation_tokens_total=view["generation_tokens_total"],
-        num_preemptions_total=view["preemptions"],
-        requests_finished_total=view["requests_finished_total"],
-        num_gpu_blocks=view["num_gpu_blocks"],
-        block_size=view["block_size"],
-        step_elapsed_ms=view.get("step_elapsed_ms", 0.0) + age_ms,
-        step_ms=view.get("step_ms", 0.0),
-        step_tokens=view.get("step_tokens", 0),
-    )
+async def _settle(value):
+    """``value``, awaited if it is awaitable (an agent or a hook may answer either way)."""
+    return await value if inspect.isawaitable(value) else value
 
 
 def on_clock(result: GenerationResult, finished_s: float) -> GenerationResult:

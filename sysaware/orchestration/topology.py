@@ -112,6 +112,17 @@ class Topology:
     def critical_path_steps(self) -> int:
         return max(self.steps_to_sink(s.slot_id) for s in self.slots)
 
+    def to_json(self) -> dict:
+        """A plain dict (for caches, request files and the HTTP API); ``from_json`` validates it back."""
+        return {"kind": self.kind.value, "slots": [
+            {"slot_id": s.slot_id, "role_id": s.role_id, "inputs": list(s.inputs), "label": s.label} for s in self.slots
+        ]}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "Topology":
+        slots = tuple(Slot(s["slot_id"], s["role_id"], tuple(s.get("inputs", ())), s.get("label", "")) for s in raw["slots"])
+        return cls(TopologyKind(raw["kind"]), slots)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Builders

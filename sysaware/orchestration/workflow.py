@@ -3,7 +3,8 @@
 The workflow never sleeps, reads a clock or does I/O (DESIGN.md): every transition is a named method that checks
 where it starts from, takes the driver's ``now`` when time matters, and returns the effects that follow:
 
-    DecisionPoint(slot)  the executor must choose (model, strategy) for a ready slot -> ``decide``
+    SlotReady(slot)      a slot waits for its (model, strategy): a decision point   -> ``decide``
+                         (the session, session.py, hands it out to be decided)
     ModelCall            send these messages to that model                          -> ``on_model_result``
     SandboxRun           run code against asserts (the example for a bug fixer,     -> ``on_sandbox_result``
                          every assert for the final grade)
@@ -57,7 +58,10 @@ class SandboxPurpose(str, Enum):
 
 
 @dataclass(frozen=True)
-class DecisionPoint:
+class SlotReady:
+    """A slot waits for its (model, strategy). The workflow only names it; the session (session.py) turns it into
+    the DecisionPoint it hands out, with everything a policy may see."""
+
     run_id: str
     slot_id: str
 
@@ -101,7 +105,7 @@ class SandboxRun:
         return SandboxJob(code=self.code, tests=self.tests, setup_code=self.setup_code, timeout_s=timeout_s)
 
 
-Effect = DecisionPoint | ModelCall | SandboxRun
+Effect = SlotReady | ModelCall | SandboxRun
 
 
 class WorkflowError(RuntimeError):
@@ -146,6 +150,8 @@ class Workflow:
     _slots: dict[str, _SlotRun] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if not self.slo_s > 0:  # also NaN; +inf (no budget) is allowed
+            raise ValueError(f"{self.run_id}: slo_s must be a positive number of seconds, got {self.slo_s!r}")
         self._slots = {s.slot_id: _SlotRun(s) for s in self.topology.slots}
 
     # --- queries -----------------------------------------------------------------------------------------------
@@ -254,7 +260,7 @@ class Workflow:
         source = self.topology.slot(self._code_source(run.slot_id))
         slot_run.example_run = ExampleRun(source, result)
         slot_run.state = SlotState.READY
-        return [DecisionPoint(self.run_id, run.slot_id)]
+        return [SlotReady(self.run_id, run.slot_id)]
 
     # --- trace -------------------------------------------------------------------------------------------------
     def trace(self) -> RunTrace:
@@ -297,7 +303,7 @@ class Workflow:
             code = extract_code(self._slots[source].result.text)
             return [SandboxRun(self.run_id, slot_id, SandboxPurpose.EXAMPLE, code, (self.task.example_test,), setup_code_of(self.task))]
         run.state = SlotState.READY
-        return [DecisionPoint(self.run_id, slot_id)]
+        return [SlotReady(self.run_id, slot_id)]
 
     def _answered(self, now: float) -> SandboxRun:
         self.state = WorkflowState.GRADING

@@ -28,8 +28,9 @@ from pathlib import Path
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.engines.types import GenerationRequest, step_remaining_ms
+from sysaware.engines.types import GenerationRequest
 from sysaware.data import dataset_store as store
+from sysaware.data.metrics_schema import replica_state_columns
 from sysaware.pipelines.collect_prompts import read_existing
 from sysaware.pipelines.probes import (
     ProbeBackend,
@@ -131,7 +132,7 @@ def schedule(specs: Sequence[ProbeSpec], rate_per_s: float, rng: random.Random, 
 
 def outcome_row(spec: ProbeSpec, outcome: ProbeOutcome) -> dict:
     """One dataset row (metrics_schema.COLUMNS): the served replica's state at submission and the measured result."""
-    r, state = outcome.result, outcome.served_state
+    r = outcome.result
     return {
         "probe_key": spec.key,
         "prompt_id": spec.prompt.prompt_id,
@@ -140,13 +141,7 @@ def outcome_row(spec: ProbeSpec, outcome: ProbeOutcome) -> dict:
         "strategy_id": spec.strategy.value,
         "concurrency": spec.concurrency,
         "replica_id": r.replica_id,
-        "queue_waiting": state.num_requests_waiting,
-        "queue_running": state.num_requests_running,
-        "kv_utilization": float(state.kv_cache_usage_perc),
-        "ema_ttft_ms": float(state.ema_ttft_ms),
-        "step_ms": float(state.step_ms),
-        "step_remaining_ms": step_remaining_ms(state.step_elapsed_ms, state.step_ms),
-        "step_tokens": state.step_tokens,
+        **replica_state_columns(outcome.served_state),
         "total_input_tokens": r.prompt_tokens,
         "output_tokens": r.output_tokens,
         "actual_ttft": math.nan if r.ttft_s is None else r.ttft_s * 1e3,

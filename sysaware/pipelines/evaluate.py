@@ -2,9 +2,11 @@
 recorded answers; pass@1, SLO attainment, end-to-end latency p50/p95 and mean steps per policy and load.
 
 For a comparison on common ground, everything but the executor is fixed per task: the plan (the planner is seeded
-per task), the budget (slack x the plan's idle latency, measured once, budget.py), the arrival time, the call seeds
-and the background's seed. For each load level N and each policy a fresh simulated cluster gets N closed-loop
-background clients per model, a warm-up, then the workflows arriving every ``arrival_interval_s``.
+per task), the budget (slack x the plan's idle latency predicted from the pool's profile, budget.py), the arrival
+time, the call seeds and the background's seed. Policies see the pool's measured profile (``PoolProfile``; the
+shipped one by default), never the simulator's parameters. For each load level N and each policy a fresh simulated
+cluster gets N closed-loop background clients per model, a warm-up, then the workflows arriving every
+``arrival_interval_s``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from sysaware.config import PoolConfig
-from sysaware.orchestration.budget import DEFAULT_SLACK, IdleBudget
+from sysaware.data.profile import PoolProfile
+from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, plan_slo_s
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import make_executor
 from sysaware.orchestration.grading import CachedSandbox
@@ -38,7 +41,7 @@ class EvalSettings:
     levels: tuple[int, ...] = DEFAULT_LEVELS  # background closed-loop clients per model
     num_tasks: int | None = 40  # a seeded sample of the test tasks with recorded answers (None: all)
     planner: str = "random"  # planners.PLANNERS; seeded per task, so every policy gets the same plan
-    slack: float = DEFAULT_SLACK  # budget = slack x the plan's idle latency
+    slack: float = DEFAULT_SLACK  # budget = slack x the plan's idle latency (from the profile)
     warmup_s: float = 10.0  # virtual seconds of background load before the first workflow
     arrival_interval_s: float = 2.0  # virtual seconds between workflow arrivals
     seed: int = 0
@@ -62,7 +65,7 @@ def evaluation_tasks(backend: SimBackend, num_tasks: int | None = None, seed: in
 
 
 def plan_requests(
-    tasks: Sequence[MbppTask], settings: EvalSettings, budget: IdleBudget
+    tasks: Sequence[MbppTask], settings: EvalSettings, budget: ProfileBudget
 ) -> list[PlannedRequest]:
     planner = make_planner(settings.planner, seed=settings.seed)
     out = []
@@ -70,7 +73,7 @@ def plan_requests(
         plan = planner.plan(task, None, None)
         seed = call_seed(settings.seed, f"task-{task.task_id}")
         out.append(
-            PlannedRequest(task, plan, budget.slo_s(task, plan, seed), settings.warmup_s + i * settings.arrival_interval_s, seed)
+            PlannedRequest(task, plan, plan_slo_s(task, plan, budget), settings.warmup_s + i * settings.arrival_interval_s, seed)
         )
     return out
 
@@ -114,12 +117,14 @@ def evaluate(
     settings: EvalSettings = EvalSettings(),
     backend: SimBackend | None = None,
     on_cell: Callable[[dict], None] | None = None,
+    profile: PoolProfile | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Every (load, policy) cell; returns (runs, steps, cost) tables."""
+    """Every (load, policy) cell; returns (runs, steps, cost) tables. ``profile``: what the policies see (default:
+    the one shipped for ``pool``)."""
     backend = backend or SimBackend(pool)
-    resources = PolicyResources.build(pool, backend)
+    resources = PolicyResources.from_profile(pool, profile or PoolProfile.default_for(pool))
     sandbox = CachedSandbox()
-    budget = IdleBudget(pool, backend, resources, slack=settings.slack, sandbox=sandbox)
+    budget = ProfileBudget(resources, slack=settings.slack)
     requests = plan_requests(evaluation_tasks(backend, settings.num_tasks, settings.seed), settings, budget)
     runs, steps, costs = [], [], []
     for level in settings.levels:

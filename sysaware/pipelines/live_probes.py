@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from sysaware.config import PoolConfig
-from sysaware.engines.types import ReplicaStats
-from sysaware.orchestration.live_driver import on_clock, replica_stats
+from sysaware.engines.types import ReplicaStats, TelemetrySnapshot
+from sysaware.orchestration.live_driver import on_clock
 from sysaware.pipelines.collect_metrics import MetricsSettings, load_prompt_rows
 from sysaware.pipelines.probes import ProbeOutcome, PromptPoolFactory, ScheduledProbe
 
@@ -139,16 +139,14 @@ class LiveProbeBackend:
         """model -> replica_id -> its latest pushed stats, for this backend's deployments only (the actor is shared
         by every application on the cluster). A stale replica keeps its last state: if the router still picked it,
         that is the best record of it there is."""
-        raw = await self.telemetry.snapshot.remote()
-        out: dict[str, dict[str, ReplicaStats]] = {}
-        for model, handle in self.handles.items():
-            prefix = f"{handle.app_name}#{handle.deployment_name}#"
-            out[model] = {
-                rid: replica_stats(rid, model, view, self.time_scale)
-                for rid, view in raw.get("replicas", {}).items()
-                if rid.startswith(prefix)
+        snapshot: TelemetrySnapshot = await self.telemetry.snapshot.remote()
+        return {
+            model: {
+                view.replica_id: view.stats_at_read(self.time_scale)
+                for view in snapshot.deployment(handle.app_name, handle.deployment_name)
             }
-        return out
+            for model, handle in self.handles.items()
+        }
 
     async def _measure(self, probes: Sequence[ScheduledProbe]) -> list[ProbeOutcome]:
         start_wall_s = time.monotonic()

@@ -48,6 +48,7 @@ from sysaware.serving.openai_types import (
     openai_finish_reason,
 )
 from sysaware.serving.prometheus import PoolMetrics
+from sysaware.serving.telemetry import snapshot_json
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +319,7 @@ class Ingress:
 
     @api.get("/v1/telemetry")
     async def telemetry_snapshot(self) -> dict:
-        return await self.telemetry.snapshot.remote()
+        return snapshot_json(await self.telemetry.snapshot.remote())
 
     @api.get("/metrics")
     async def prometheus_metrics(self) -> Response:

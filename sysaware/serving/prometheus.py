@@ -12,15 +12,15 @@ buckets are vLLM's (``vllm/v1/metrics/loggers.py``), in seconds of engine time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
 
 import numpy as np
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from sysaware.engines.types import FinishReason, GenerationResult
+from sysaware.engines.types import FinishReason, GenerationResult, ReplicaView, TelemetrySnapshot
 
 LABELS = ("model_name", "replica")
 
@@ -33,57 +33,20 @@ E2E_BUCKETS_S = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
                  480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 
 
-# (name, help text as vLLM writes it, ReplicaCounters field). Counters are named without "_total": prometheus_client
-# appends it on the wire, giving vLLM's "vllm:num_preemptions_total".
+# (name, help text as vLLM writes it, the ReplicaView field it reads). Counters are named without "_total":
+# prometheus_client appends it on the wire, giving vLLM's "vllm:num_preemptions_total".
 GAUGES = (
-    ("vllm:num_requests_waiting", "Requests waiting to be processed.", "num_requests_waiting"),
-    ("vllm:num_requests_running", "Requests in model execution batches.", "num_requests_running"),
-    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "kv_cache_usage_perc"),
+    ("vllm:num_requests_waiting", "Requests waiting to be processed.", "stats.num_requests_waiting"),
+    ("vllm:num_requests_running", "Requests in model execution batches.", "stats.num_requests_running"),
+    ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", "stats.kv_cache_usage_perc"),
     ("sysaware:replica_stale", "1 when the replica stopped reporting its stats.", "stale"),
 )
 COUNTERS = (
-    ("vllm:num_preemptions", "Cumulative number of preemptions.", "num_preemptions_total"),
-    ("vllm:prompt_tokens", "Number of prefill tokens processed.", "prompt_tokens_total"),
-    ("vllm:generation_tokens", "Number of generation tokens processed.", "generation_tokens_total"),
-    ("vllm:request_success", "Count of successfully processed requests.", "request_success_total"),
+    ("vllm:num_preemptions", "Cumulative number of preemptions.", "stats.num_preemptions_total"),
+    ("vllm:prompt_tokens", "Number of prefill tokens processed.", "stats.prompt_tokens_total"),
+    ("vllm:generation_tokens", "Number of generation tokens processed.", "stats.generation_tokens_total"),
+    ("vllm:request_success", "Count of successfully processed requests.", "stats.requests_finished_total"),
 )
-
-
-@dataclass(frozen=True)
-class ReplicaCounters:
-    """One replica's row of the telemetry snapshot, in the units vLLM exports."""
-
-    model: str
-    replica: str
-    num_requests_waiting: int
-    num_requests_running: int
-    kv_cache_usage_perc: float  # fraction in [0, 1]
-    num_preemptions_total: int
-    prompt_tokens_total: int  # tokens
-    generation_tokens_total: int  # tokens
-    request_success_total: int  # requests finished (stopped or length-capped)
-    stale: bool
-
-
-def replicas_from_snapshot(snapshot: Mapping) -> list[ReplicaCounters]:
-    """The per-replica rows of ``TelemetryActor.snapshot()``."""
-    rows = []
-    for replica_id, r in sorted(snapshot.get("replicas", {}).items()):
-        rows.append(
-            ReplicaCounters(
-                model=r["model"],
-                replica=replica_id,
-                num_requests_waiting=int(r["queue_waiting"]),
-                num_requests_running=int(r["queue_running"]),
-                kv_cache_usage_perc=float(r["kv_utilization"]),
-                num_preemptions_total=int(r["preemptions"]),
-                prompt_tokens_total=int(r.get("prompt_tokens_total", 0)),
-                generation_tokens_total=int(r.get("generation_tokens_total", 0)),
-                request_success_total=int(r.get("requests_finished_total", 0)),
-                stale=bool(r.get("stale", False)),
-            )
-        )
-    return rows
 
 
 class BucketedHistogram:
@@ -129,7 +92,7 @@ class PoolMetrics(Collector):
         self.ttft = BucketedHistogram(TTFT_BUCKETS_S)
         self.inter_token = BucketedHistogram(ITL_BUCKETS_S)
         self.e2e = BucketedHistogram(E2E_BUCKETS_S)
-        self._replicas: list[ReplicaCounters] = []
+        self._replicas: list[ReplicaView] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -144,21 +107,23 @@ class PoolMetrics(Collector):
             self.inter_token.observe_many(labels, np.diff(np.asarray(result.token_times_s, dtype=float)))
         self.e2e.observe_many(labels, [result.e2e_s])
 
-    def render(self, snapshot: Mapping) -> bytes:
-        self._replicas = replicas_from_snapshot(snapshot)
+    def render(self, snapshot: TelemetrySnapshot) -> bytes:
+        self._replicas = list(snapshot.replicas.values())
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        rows = self._replicas
+        views = self._replicas
         for name, doc, field in GAUGES:
             family = GaugeMetricFamily(name, doc, labels=LABELS)
-            for r in rows:
-                family.add_metric([r.model, r.replica], float(getattr(r, field)))
+            read = attrgetter(field)
+            for v in views:
+                family.add_metric([v.model, v.replica_id], float(read(v)))
             yield family
         for name, doc, field in COUNTERS:
             family = CounterMetricFamily(name, doc, labels=LABELS)
-            for r in rows:
-                family.add_metric([r.model, r.replica], float(getattr(r, field)))
+            read = attrgetter(field)
+            for v in views:
+                family.add_metric([v.model, v.replica_id], float(read(v)))
             yield family
         yield self.ttft.family("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.")
         yield self.inter_token.family(

@@ -131,7 +131,8 @@ class LatencyAwareRouter(RequestRouter):
             (r, r.routing_stats, *self.corrections(r.replica_id, float(r.routing_stats.get("stats_time_s", 0.0))))
             for r in candidate_replicas
         ]
-        ranked = rank_by_predicted_latency(candidates, self.scorer, self._rng, _prompt_tokens(pending_request))
+        tokens = _prompt_tokens(pending_request) if self.scorer.uses_prompt_tokens else 0
+        ranked = rank_by_predicted_latency(candidates, self.scorer, self._rng, tokens)
         if ranked and pending_request is not None:
             # Optimistic: the first rank takes it unless full; on_request_routed corrects it, a retry overwrites it.
             self._sent[pending_request.metadata.internal_request_id] = (ranked[0].replica_id, now)

@@ -1,5 +1,8 @@
 """The pool's live state: every replica pushes its stats here about every 100 ms; everyone else reads snapshots.
 
+A snapshot is typed (``TelemetrySnapshot`` of ``ReplicaView``s, engines/types.py): readers take fields, not keys.
+``snapshot_json`` renders it for the ingress's ``/v1/telemetry`` (the one place the JSON names live).
+
 ``TelemetryState`` holds the logic in plain Python (tested without Ray); ``TelemetryActor`` is the one named Ray
 actor per cluster that wraps it and exports Ray metrics (``ray_sysaware_*`` on the node's Prometheus endpoint and in
 the dashboard). Get it with ``get_or_create_telemetry()``.
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import ray
 
-from sysaware.engines.types import ReplicaStats
+from sysaware.engines.types import ReplicaStats, ReplicaView, TelemetrySnapshot
 
 TELEMETRY_ACTOR_NAME = "sysaware-telemetry"
 TELEMETRY_NAMESPACE = "sysaware"
@@ -139,74 +142,15 @@ class TelemetryState:
         for rid in gone:
             del self._replicas[rid]
 
-    def _replica_view(self, replica: _Replica, now: float) -> dict:
-        s = replica.latest
-        age = now - replica.received_s
-        return {
-            "model": s.model,
-            "queue_waiting": s.num_requests_waiting,
-            "queue_running": s.num_requests_running,
-            "kv_utilization": s.kv_cache_usage_perc,
-            "ema_ttft_ms": s.ema_ttft_ms,
-            "step_elapsed_ms": s.step_elapsed_ms,
-            "step_ms": s.step_ms,
-            "step_tokens": s.step_tokens,
-            "tokens_per_s": replica.tokens_per_s,
-            "preemptions": s.num_preemptions_total,
-            "prompt_tokens_total": s.prompt_tokens_total,
-            "generation_tokens_total": s.generation_tokens_total,
-            "requests_finished_total": s.requests_finished_total,
-            "num_gpu_blocks": s.num_gpu_blocks,
-            "block_size": s.block_size,
-            "engine_time_s": s.timestamp_s,
-            "age_s": age,
-            "stale": age > self.stale_after_s,
-        }
-
-    def snapshot(self) -> dict:
-        """JSON-able view: ``{"replicas": {id: {...}}, "models": {name: {...}}, ...}``.
-
-        A model's aggregates cover its fresh replicas only (a dead replica's last queue is not load); its stale ones
-        are counted in ``stale_replicas``.
-        """
+    def snapshot(self) -> TelemetrySnapshot:
+        """Every replica heard from within ``forget_after_s``, with its age and staleness now."""
         now = self.clock()
         self._prune(now)
-        replicas = {rid: self._replica_view(r, now) for rid, r in sorted(self._replicas.items())}
-        models: dict[str, dict] = {}
-        for view in replicas.values():
-            agg = models.setdefault(
-                view["model"],
-                {
-                    "replicas": 0,
-                    "stale_replicas": 0,
-                    "queue_waiting": 0,
-                    "queue_running": 0,
-                    "kv_utilization": 0.0,
-                    "ema_ttft_ms": 0.0,
-                    "tokens_per_s": 0.0,
-                    "preemptions": 0,
-                },
-            )
-            if view["stale"]:
-                agg["stale_replicas"] += 1
-                continue
-            agg["replicas"] += 1
-            agg["queue_waiting"] += view["queue_waiting"]
-            agg["queue_running"] += view["queue_running"]
-            agg["kv_utilization"] += view["kv_utilization"]  # mean below
-            agg["ema_ttft_ms"] += view["ema_ttft_ms"]  # mean below
-            agg["tokens_per_s"] += view["tokens_per_s"]
-            agg["preemptions"] += view["preemptions"]
-        for agg in models.values():
-            if agg["replicas"]:
-                agg["kv_utilization"] /= agg["replicas"]
-                agg["ema_ttft_ms"] /= agg["replicas"]
-        return {
-            "time_s": self.wall_clock(),
-            "stale_after_s": self.stale_after_s,
-            "replicas": replicas,
-            "models": models,
+        replicas = {
+            rid: ReplicaView(r.latest, now - r.received_s, now - r.received_s > self.stale_after_s, r.tokens_per_s)
+            for rid, r in sorted(self._replicas.items())
         }
+        return TelemetrySnapshot(self.wall_clock(), self.stale_after_s, replicas)
 
     def history(self, key: str, last_n: int = 100) -> list[dict]:
         """The last ``last_n`` records of one replica (``key`` a replica id) or of a model's replicas merged in
@@ -239,6 +183,78 @@ class TelemetryState:
     def latest(self, replica_id: str) -> ReplicaStats | None:
         replica = self._replicas.get(replica_id)
         return None if replica is None else replica.latest
+
+
+# ---- the HTTP view ----------------------------------------------------------------------------------------------
+
+
+def replica_json(view: ReplicaView) -> dict:
+    """One replica of ``/v1/telemetry``."""
+    s = view.stats
+    return {
+        "model": s.model,
+        "queue_waiting": s.num_requests_waiting,
+        "queue_running": s.num_requests_running,
+        "kv_utilization": s.kv_cache_usage_perc,
+        "ema_ttft_ms": s.ema_ttft_ms,
+        "step_elapsed_ms": s.step_elapsed_ms,
+        "step_ms": s.step_ms,
+        "step_tokens": s.step_tokens,
+        "tokens_per_s": view.tokens_per_s,
+        "preemptions": s.num_preemptions_total,
+        "prompt_tokens_total": s.prompt_tokens_total,
+        "generation_tokens_total": s.generation_tokens_total,
+        "requests_finished_total": s.requests_finished_total,
+        "num_gpu_blocks": s.num_gpu_blocks,
+        "block_size": s.block_size,
+        "engine_time_s": s.timestamp_s,
+        "age_s": view.age_s,
+        "stale": view.stale,
+    }
+
+
+def snapshot_json(snapshot: TelemetrySnapshot) -> dict:
+    """The ingress's ``/v1/telemetry``: ``{"replicas": {id: {...}}, "models": {name: {...}}, ...}``.
+
+    A model's aggregates cover its fresh replicas only (a dead replica's last queue is not load); its stale ones
+    are counted in ``stale_replicas``.
+    """
+    replicas = {rid: replica_json(view) for rid, view in snapshot.replicas.items()}
+    models: dict[str, dict] = {}
+    for view in replicas.values():
+        agg = models.setdefault(
+            view["model"],
+            {
+                "replicas": 0,
+                "stale_replicas": 0,
+                "queue_waiting": 0,
+                "queue_running": 0,
+                "kv_utilization": 0.0,
+                "ema_ttft_ms": 0.0,
+                "tokens_per_s": 0.0,
+                "preemptions": 0,
+            },
+        )
+        if view["stale"]:
+            agg["stale_replicas"] += 1
+            continue
+        agg["replicas"] += 1
+        agg["queue_waiting"] += view["queue_waiting"]
+        agg["queue_running"] += view["queue_running"]
+        agg["kv_utilization"] += view["kv_utilization"]  # mean below
+        agg["ema_ttft_ms"] += view["ema_ttft_ms"]  # mean below
+        agg["tokens_per_s"] += view["tokens_per_s"]
+        agg["preemptions"] += view["preemptions"]
+    for agg in models.values():
+        if agg["replicas"]:
+            agg["kv_utilization"] /= agg["replicas"]
+            agg["ema_ttft_ms"] /= agg["replicas"]
+    return {
+        "time_s": snapshot.wall_time_s,
+        "stale_after_s": snapshot.stale_after_s,
+        "replicas": replicas,
+        "models": models,
+    }
 
 
 # ---- Ray metrics -------------------------------------------------------------------------------------------------
@@ -326,7 +342,7 @@ class TelemetryActor:
         self._ensure_sweeper()
         self.metrics.record(stats, self.state.push(stats))
 
-    async def snapshot(self) -> dict:
+    async def snapshot(self) -> TelemetrySnapshot:
         self._ensure_sweeper()
         return self.state.snapshot()
 

@@ -18,6 +18,13 @@ only after every arrival at that instant has joined its queue.
           (t, STEP_START, seq, replica, None)       -> core.step(t) and push its EVENTs and STEP_END
 
 Entries are plain tuples (the sequence number keeps the payloads from ever being compared).
+
+Pausing at a decision. A callback that needs an answer from outside the simulation (an external agent choosing a
+workflow's next model) calls ``pause()``: ``run`` returns right after the event being handled, with the clock still
+at that event's time, and the caller resumes with ``run`` once it has its answer. A submission decided during the
+pause keeps the place in the event order it would have had if it had been made inside the callback: the callback
+takes a place with ``reserve_order()`` and the submission passes it as ``order``. So an answer that comes back later
+(in wall time, at the same virtual instant) changes nothing in the simulation.
 """
 
 from __future__ import annotations
@@ -91,6 +98,7 @@ class SimulatedCluster:
         self.runs_truncated = 0  # runs cut short by an arrival inside them
         self.results: list[GenerationResult] = []
         self.keep_results = True
+        self._pause_requested = False  # set by pause(); run() returns after the event being handled
 
     # --- construction ---------------------------------------------------------------------------------------------
     @classmethod
@@ -125,15 +133,27 @@ class SimulatedCluster:
         on_complete: CompletionCallback | None = None,
         on_first_token: FirstTokenCallback | None = None,
         replica_index: int | None = None,
+        order: int | None = None,
     ) -> None:
-        """Schedule ``request`` to arrive at virtual time ``at`` (default: now)."""
+        """Schedule ``request`` to arrive at virtual time ``at`` (default: now). ``order``: a place taken earlier
+        with ``reserve_order()`` (default: a new one, after every event scheduled so far)."""
         if request.model not in self.by_model:
             raise KeyError(f"unknown model {request.model!r}; known: {self.models}")
         t = self.now if at is None else at
         if t < self.now:
             raise ValueError(f"cannot submit in the past: at={t} < now={self.now}")
         sub = Submission(request, on_complete, on_first_token, replica_index)
-        heapq.heappush(self._heap, (t, _ARRIVAL, next(self._seq), sub, None))
+        heapq.heappush(self._heap, (t, _ARRIVAL, next(self._seq) if order is None else order, sub, None))
+
+    def reserve_order(self) -> int:
+        """A place in the order of events at equal times, for a submission that is decided later at the same
+        virtual instant (see the module docstring); pass it to ``submit`` as ``order``, once."""
+        return next(self._seq)
+
+    def pause(self) -> None:
+        """Make the ``run`` in progress return after the event being handled, without moving the clock further
+        (for a callback that needs an answer from outside the simulation). Outside a run it has no effect."""
+        self._pause_requested = True
 
     def call_at(self, t: float, callback: Callable[[float], None]) -> None:
         """Run ``callback(t)`` at virtual time ``t`` (load generators' timers)."""
@@ -145,11 +165,14 @@ class SimulatedCluster:
         reps = self.replicas if model is None else self.by_model[model]
         return [r.core.stats(self.now) for r in reps]
 
-    def run(self, until: float | None = None, max_events: int | None = None) -> None:
-        """Process events in time order until the heap is empty or the next event is past ``until``."""
+    def run(self, until: float | None = None, max_events: int | None = None) -> bool:
+        """Process events in time order until the heap is empty or the next event is past ``until`` (the clock
+        then moves to ``until``), or until a callback calls ``pause()`` (the clock stays at that event's time).
+        True when it paused."""
         heap = self._heap
         pop = heapq.heappop
         n = 0
+        self._pause_requested = False
         while heap:
             t = heap[0][0]
             if until is not None and t > until:
@@ -166,11 +189,15 @@ class SimulatedCluster:
                 a(t)
             else:
                 self._deliver(a, b)
+            if self._pause_requested:
+                self._pause_requested = False
+                return True
             n += 1
             if max_events is not None and n >= max_events:
-                return
+                return False
         if until is not None:
             self.now = max(self.now, until)
+        return False
 
     def idle(self) -> bool:
         return not self._heap

@@ -10,19 +10,26 @@ oracle knows the background exactly and the other workflows up to now.
 One fork per model, not per candidate: every strategy's answer is decided by the responder (a pure function of
 the request), so its length is known up front; the fork runs only the longest candidate and reads each shorter
 one's latency off the time its last token would have come (token k of the longest). The prompts differ by the
-strategy sentence only (a few tokens of prefill). The other models' background clients stop in the fork (their
-replicas drain), since they cannot affect this model's replica.
+strategy sentence only (a few tokens of prefill).
 
-Cost: at every decision, per model, a deep copy of the whole cluster plus simulating the probe model's replica
-(with its background) until the longest candidate finishes or the horizon passes. ``forks`` and ``fork_wall_s``
+Only the probed model is forked (``fork_model``): its replicas, its router, its background load and the heap's
+events that belong to them. Nothing of another model can change when this model's replica serves the probe (each
+model has its own replicas, router and load; a workflow's next call waits for this one, whose callbacks are no-ops
+in a fork), so the answer is exactly the whole cluster's fork's, at a fraction of the copying and simulating: the
+other models' replicas and clients are neither copied nor run. (``fork`` still copies the whole cluster.)
+
+Cost: at every decision, per model, a deep copy of that model's replicas and load plus simulating them until the
+longest candidate finishes or the horizon passes. ``forks`` and ``fork_wall_s``
 count it (the evaluation's cost.csv). Measured on the default pool, 40 workflows (139 decisions, 5 models), on a
 busy 2-core machine: 19 ms per fork at N=1 background client per model, 73 ms at N=50, 0.16 s at N=150, 0.24 s at
-N=300, i.e. 14 s, 51 s, 110 s and 213 s of forking against 0.2-15 s for simulating any other policy's whole run.
+N=300, i.e. 14 s, 51 s, 110 s and 213 s of forking against 0.2-15 s for simulating any other policy's whole run
+(whole-cluster forks; ``benchmarks/bench_eval_cell.py`` measures the per-model forks).
 """
 
 from __future__ import annotations
 
 import copy
+import heapq
 import math
 import time
 from collections.abc import Sequence
@@ -30,7 +37,7 @@ from typing import Any, Protocol
 
 from sysaware.engines.types import GenerationRequest, GenerationResult
 from sysaware.sim.backend import SimBackend
-from sysaware.sim.cluster import SimulatedCluster
+from sysaware.sim.cluster import _ARRIVAL, _TIMER, SimulatedCluster
 
 
 class ForkableDriver(Protocol):
@@ -66,16 +73,7 @@ class ForkForecaster:
         """A deep copy of the driver's cluster; background clients of models other than ``keep_background_of``
         stop sending in the copy (all keep sending when it is None)."""
         cluster = self.driver.cluster
-        memo: dict[int, object] = {}
-        for replica in cluster.replicas:
-            core = replica.core
-            for shared in (core.responder, core.step_time, core.settings, core.tokenizer_count):
-                memo[id(shared)] = shared
-        for load in self.driver.loads.values():
-            memo[id(load.completed)] = []
-            tasks = getattr(load.factory, "tasks", None)
-            if tasks is not None:
-                memo[id(tasks)] = tasks
+        memo = self._shared()
         forked = copy.deepcopy(cluster, memo)
         if keep_background_of is not None:
             for model, load in self.driver.loads.items():
@@ -84,10 +82,57 @@ class ForkForecaster:
                     copied.stop_s = forked.now
         return forked
 
+    def _shared(self) -> dict[int, object]:
+        """What a fork shares with the real cluster rather than copies (read-only, or replaced)."""
+        memo: dict[int, object] = {}
+        for replica in self.driver.cluster.replicas:
+            core = replica.core
+            for shared in (core.responder, core.step_time, core.settings, core.tokenizer_count):
+                memo[id(shared)] = shared
+        for load in self.driver.loads.values():
+            memo[id(load.completed)] = []
+            tasks = getattr(load.factory, "tasks", None)
+            if tasks is not None:
+                memo[id(tasks)] = tasks
+        return memo
+
+    def fork_model(self, model: str) -> SimulatedCluster:
+        """A cluster of ``model``'s replicas alone: deep copies of them, of their router and background load, and of
+        the pending events that belong to them (their steps, arrivals for ``model``, the load's own timers)."""
+        cluster = self.driver.cluster
+        replicas = cluster.by_model[model]
+        mine = {id(r) for r in replicas}
+
+        def belongs(entry: tuple) -> bool:
+            kind, a = entry[1], entry[3]
+            if kind == _ARRIVAL:
+                return a.request.model == model
+            if kind == _TIMER:
+                return getattr(getattr(a, "__self__", None), "model", None) == model
+            return id(a) in mine  # step starts, step ends and events of a replica
+
+        sub = SimulatedCluster([], fast_forward=cluster.fast_forward)  # filled below, once the copies point at it
+        memo = self._shared()
+        memo[id(cluster)] = sub  # the copied load sends to the sub-cluster
+        load = self.driver.loads.get(model)
+        heap = [e for e in cluster._heap if belongs(e)]
+        copied_replicas, copied_heap, _, router, seq = copy.deepcopy(
+            (replicas, heap, load, cluster._routers[model], cluster._seq), memo
+        )
+        heapq.heapify(copied_heap)  # a filtered heap is not a heap
+        sub.replicas = copied_replicas
+        sub.by_model = {model: copied_replicas}
+        sub._routers = {model: router}
+        sub._heap = copied_heap
+        sub._seq = seq
+        sub.now = cluster.now
+        sub.keep_results = False
+        return sub
+
     def _run_fork(self, probe: GenerationRequest, horizon_s: float | None) -> tuple[Sequence[float], float]:
         """Token emission times of ``probe`` sent now in a fork (those up to the horizon), and its arrival time."""
         started = time.perf_counter()
-        forked = self.fork(keep_background_of=probe.model)
+        forked = self.fork_model(probe.model)
         self.forks += 1
         probe = GenerationRequest(
             f"oracle-probe/{self.forks}/{probe.request_id}", probe.model, probe.messages, probe.max_tokens, probe.temperature, probe.seed

@@ -71,3 +71,53 @@ class PoissonLoad:
             return
         self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self.completed.append)
         self.cluster.call_at(t + self._rng.expovariate(self.rate_per_s), self._arrive)
+
+
+@dataclass
+class PhasedPoissonLoad:
+    """Open-loop arrivals to one model whose rate cycles through ``phases`` ((rate per s, duration s), ...): bursts
+    and lulls. Within a phase arrivals are Poisson; a gap drawn at one phase's rate that crosses into the next is
+    redrawn from the boundary at the next phase's rate (memorylessness makes that exact)."""
+
+    cluster: SimulatedCluster
+    model: str
+    phases: tuple[tuple[float, float], ...]
+    factory: RequestFactory
+    seed: int = 0
+    stop_s: float = float("inf")
+    completed: list[GenerationResult] = field(default_factory=list)
+
+    def start(self, at: float = 0.0) -> "PhasedPoissonLoad":
+        if not self.phases or any(rate <= 0 or length <= 0 for rate, length in self.phases):
+            raise ValueError("phases need a positive rate and duration each")
+        self._rng = random.Random(f"phased/{self.model}/{self.seed}")
+        self._t0 = at
+        self._cycle_s = sum(length for _, length in self.phases)
+        self._schedule(at)
+        return self
+
+    def phase_at(self, t: float) -> tuple[float, float]:
+        """(rate, end of the phase) at virtual time ``t``."""
+        offset = (t - self._t0) % self._cycle_s
+        start = t - offset
+        for rate, length in self.phases:
+            if offset < length:
+                return rate, start + length
+            offset -= length
+            start += length
+        return self.phases[-1][0], start  # float edge: the cycle's very end
+
+    def _schedule(self, t: float) -> None:
+        while t < self.stop_s:
+            rate, end = self.phase_at(t)
+            nxt = t + self._rng.expovariate(rate)
+            if nxt < end:
+                self.cluster.call_at(nxt, self._arrive)
+                return
+            t = end
+
+    def _arrive(self, t: float) -> None:
+        if t >= self.stop_s:
+            return
+        self.cluster.submit(self.factory(self.model, self._rng), at=t, on_complete=self.completed.append)
+        self._schedule(t)
