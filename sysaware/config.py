@@ -107,6 +107,11 @@ class TwinSettings(_Strict):
     activation_reserve_gib: float = Field(default=2.0, ge=0, description="Memory kept for activations/CUDA graphs, GiB")
     scheduling_policy: SchedulingPolicy = SchedulingPolicy.FCFS
     ema_alpha: float = Field(default=0.2, gt=0, le=1, description="Weight of the newest TTFT in ema_ttft_ms")
+    reserve_full_sequence: bool = Field(
+        default=True,
+        description="vLLM --scheduler-reserve-full-isl (on by default since vLLM 0.1x): a waiting or preempted request "
+        "is admitted only when the KV cache holds its whole sequence so far, not only its first prefill chunk.",
+    )
 
 
 class EngineSettings(_Strict):

@@ -65,7 +65,8 @@ def test_the_twin_replays_a_recorded_trace_and_agrees_with_itself():
     assert len(twin.requests) == len(recorded.requests)
     assert all(len(r.token_times_s) == r.output_tokens for r in twin.requests)
     assert sum(r.num_preemptions for r in twin.requests) > 0  # the heavy trace overflows 127 blocks
-    assert max(s.num_running for s in twin.steps) == model.twin.max_num_seqs
+    # The KV cache, not max_num_seqs, limits the batch here: a request is admitted only when its whole sequence fits.
+    assert 5 <= max(s.num_running for s in twin.steps) <= model.twin.max_num_seqs
     assert max(s.num_waiting for s in twin.steps) > 0
     # Every step's tokens within the budget; the shapes are the scheduler's.
     assert all(0 < s.prefill_tokens + s.decode_seqs <= model.twin.max_num_batched_tokens for s in twin.steps)

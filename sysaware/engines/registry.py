@@ -23,6 +23,8 @@ def _twin(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale:
 def _vllm(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float) -> Engine:
     # Lazy: the base install has no vLLM; importing this module (and the package) must work without it.
     try:
+        import vllm  # noqa: F401  (not in the base install)
+
         from sysaware.engines.vllm.engine import build_vllm_engine
     except ImportError as e:
         raise RuntimeError(

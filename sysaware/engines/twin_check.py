@@ -112,18 +112,22 @@ class ReplayLog:
 
 
 def make_trace(load: str, seed: int = 0, num_requests: int | None = None) -> list[TraceRequest]:
-    """``light``: 24 requests, Poisson arrivals 0.6 s apart on average, short prompts and answers. ``heavy``: 48
-    requests within ~1.5 s, prompts 200-900 and answers 150-450 tokens: eight running need ~8 x 900 tokens of KV,
-    far more than the tiny pool's 4064, so vLLM preempts, and a queue forms behind max_num_seqs. ``calibration``:
+    """``light``: 16 requests, Poisson arrivals 2 s apart on average, short prompts and answers (light even when
+    the shared machine makes a step 20x slower than on a quiet one). ``heavy``: 24
+    requests within ~0.7 s, prompts 200-900 and answers 100-300 tokens: eight running need ~8 x 750 tokens of KV,
+    more than the check's 4064, so vLLM preempts, and a queue forms behind max_num_seqs. ``calibration``:
     both kinds mixed, for fitting the step-time profile (another seed than the check's)."""
     rng = random.Random(f"{load}-{seed}")
     if load == "light":
-        n, gap_s, prompt, output = 24, 0.6, (32, 256), (16, 96)
+        n, gap_s, prompt, output = 16, 2.0, (32, 256), (16, 64)
     elif load == "heavy":
-        n, gap_s, prompt, output = 48, 0.03, (200, 900), (150, 450)
+        n, gap_s, prompt, output = 24, 0.03, (200, 900), (100, 300)
     elif load == "calibration":
-        return [TraceRequest(f"c{i}", r.arrival_s + (0 if i < 24 else 8.0), r.prompt_tokens, r.output_tokens)
-                for i, r in enumerate(make_trace("light", seed + 1000)[:24] + make_trace("heavy", seed + 1000)[:24])]
+        light = make_trace("light", seed + 1000)
+        start_heavy = light[-1].arrival_s + 2.0
+        return [TraceRequest(f"c{i}", r.arrival_s + (0 if i < len(light) else start_heavy), r.prompt_tokens,
+                             r.output_tokens)
+                for i, r in enumerate(light + make_trace("heavy", seed + 1000)[:24])]
     else:
         raise ValueError(f"unknown load {load!r}; known: light, heavy, calibration")
     t = 0.0
@@ -272,6 +276,8 @@ def compare(vllm_log: ReplayLog, twin_log: ReplayLog) -> dict:
         out[f"{name}_median_vllm_ms"] = float(np.median(vv) * 1e3) if vv else float("nan")
         out[f"{name}_median_twin_ms"] = float(np.median(tv) * 1e3) if tv else float("nan")
         out[f"{name}_median_rel_error"] = float(np.median(rel)) if len(rel) else float("nan")
+        both = [(v[k], t[k]) for k in v if v[k] is not None and t.get(k) is not None]
+        out[f"{name}_median_abs_error_ms"] = float(np.median([abs(b - a) for a, b in both]) * 1e3) if both else float("nan")
         med_v, med_t = out[f"{name}_median_vllm_ms"], out[f"{name}_median_twin_ms"]
         out[f"{name}_error_of_medians"] = abs(med_t / med_v - 1.0) if med_v and not math.isnan(med_v) else float("nan")
     v_dur = np.array([s.duration_s for s in vllm_log.steps])
@@ -317,20 +323,31 @@ def check_model(model: ModelDeployment) -> ModelDeployment:
     return model.model_copy(update={"engine": model.engine.model_copy(update=CHECK_ENGINE)})
 
 
-def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: int = 0, save: bool = True,
-                      trace: list[TraceRequest] | None = None):
-    """Replay the calibration trace on vLLM and fit the model's step-time profile (``<gpu>/<model>``)."""
-    from sysaware.engines.twin.perf.measured_step_time import fit_profile, save_profile
+def fit_log(model: ModelDeployment, log: ReplayLog, source: str = ""):
+    """A step-time profile fitted to a replay's measured steps."""
+    from sysaware.engines.twin.perf.measured_step_time import fit_profile
     from sysaware.engines.twin.protocols import BatchShape
-    from sysaware.engines.vllm.replay import replay_on_vllm
+
+    shapes = [BatchShape(s.prefill_tokens, s.prefill_attended, s.decode_seqs, s.decode_context) for s in log.steps]
+    return fit_profile(model.gpu, model.name, shapes, [s.duration_s for s in log.steps], source=source)
+
+
+def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: int = 0, save: bool = True,
+                      trace: list[TraceRequest] | None = None, step_log: Path | None = None):
+    """Replay the calibration trace on vLLM and fit the model's step-time profile (``<gpu>/<model>``); with
+    ``step_log``, refit from a replay recorded earlier (its calibration_vllm_log.json) instead."""
+    from sysaware.engines.twin.perf.measured_step_time import save_profile
 
     model = check_model(pool.model(model_name))
-    log = replay_on_vllm(model, trace or make_trace("calibration", seed), seed=seed)
+    if step_log is not None:
+        log = ReplayLog.from_json(json.loads(Path(step_log).read_text()))
+    else:
+        from sysaware.engines.vllm.replay import replay_on_vllm
+
+        log = replay_on_vllm(model, trace or make_trace("calibration", seed), seed=seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "calibration_vllm_log.json").write_text(json.dumps(log.to_json()))
-    shapes = [BatchShape(s.prefill_tokens, s.prefill_attended, s.decode_seqs, s.decode_context) for s in log.steps]
-    profile = fit_profile(model.gpu, model.name, shapes, [s.duration_s for s in log.steps],
-                          source=f"sysaware calibrate --vllm: {len(log.steps)} steps of vLLM "
+    profile = fit_log(model, log, source=f"sysaware calibrate --vllm: {len(log.steps)} steps of vLLM "
                                  f"({model.engine.model_path or model.hf_id}, load_format {model.engine.load_format}) "
                                  f"on this machine's CPU, calibration trace seed {seed}")
     if save:
@@ -339,10 +356,16 @@ def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: in
 
 
 def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[str, ...] = ("light", "heavy"),
-               seed: int = 1, num_requests: int | None = None, profile=None) -> dict[str, dict]:
+               seed: int = 1, num_requests: int | None = None, profile=None,
+               noise_floor: bool = False, vllm_logs: Path | None = None) -> dict[str, dict]:
+    """Per load: the twin with the calibrated profile, the twin with a profile refitted on the run's own steps, and
+    with ``noise_floor`` vLLM against a second vLLM run of the same trace (how far the engine agrees with itself on
+    this machine: no twin can do better). ``vllm_logs``: a folder of an earlier check; its recorded vLLM replays are
+    used instead of running vLLM again (to recheck a changed twin against the same engine run)."""
     from sysaware.engines.twin.perf.measured_step_time import MeasuredStepTime, load_profiles
-    from sysaware.engines.vllm.replay import replay_on_vllm
 
+    if vllm_logs is None or noise_floor:
+        from sysaware.engines.vllm.replay import replay_on_vllm
     model = check_model(pool.model(model_name))
     profile = profile or load_profiles().get(f"{model.gpu}/{model.name}")
     if profile is None:
@@ -350,11 +373,24 @@ def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[st
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = {}
     for load in loads:
-        vllm_log = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
-        twin_log = replay_on_twin(model, vllm_log, MeasuredStepTime(profile))
+        if vllm_logs is not None:
+            vllm_log = ReplayLog.from_json(json.loads((Path(vllm_logs) / f"{load}_vllm_log.json").read_text()))
+        else:
+            vllm_log = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
         (out_dir / f"{load}_vllm_log.json").write_text(json.dumps(vllm_log.to_json()))
-        (out_dir / f"{load}_twin_log.json").write_text(json.dumps(twin_log.to_json()))
-        rows[load] = compare(vllm_log, twin_log)
+        # The calibrated profile (fitted on another trace, at another time: out of sample), then one refitted on
+        # this run's own steps, which takes the machine's load during this very run out of the comparison and
+        # leaves the scheduler and the shape of the step-time model.
+        own = fit_log(model, vllm_log, source=f"twin-check {load}: this run's own steps")
+        for name, prof in ((load, profile), (f"{load}/own-steps", own)):
+            twin_log = replay_on_twin(model, vllm_log, MeasuredStepTime(prof))
+            (out_dir / f"{name.replace('/', '_')}_twin_log.json").write_text(json.dumps(twin_log.to_json()))
+            rows[name] = compare(vllm_log, twin_log)
+            rows[name]["profile_median_rel_error"] = prof.median_rel_error
+        if noise_floor:
+            rerun = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
+            (out_dir / f"{load}_vllm_rerun_log.json").write_text(json.dumps(rerun.to_json()))
+            rows[f"{load}/vllm-rerun"] = compare(vllm_log, rerun)
     (out_dir / "twin_check.json").write_text(json.dumps({"profile": asdict(profile), "rows": rows}, indent=2))
     (out_dir / "twin_check.md").write_text(markdown_table(rows) + "\n")
     return rows

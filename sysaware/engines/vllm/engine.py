@@ -76,6 +76,8 @@ def engine_args_for(model: ModelDeployment, **overrides: Any) -> dict[str, Any]:
         "enable_logging_iteration_details": True,
         "disable_log_stats": True,  # our stat logger only (custom loggers still get every step)
     }
+    if not twin.reserve_full_sequence:  # vLLM's default is on; older vLLMs have no such argument
+        args["scheduler_reserve_full_isl"] = False
     if engine.max_model_len is not None:
         args["max_model_len"] = engine.max_model_len
     if engine.num_gpu_blocks is not None:

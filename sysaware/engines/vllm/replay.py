@@ -84,15 +84,20 @@ def _replay(model: ModelDeployment, trace: list[TraceRequest], seed: int, warmup
         requests = {r.request_id: RequestLog(r.request_id, r.prompt_tokens, r.output_tokens, r.priority)
                     for r in trace}
         pending = sorted(trace, key=lambda r: r.arrival_s)
+        ours: dict[str, str] = {}  # vLLM's internal request id -> the trace's
         t0 = time.monotonic()
         i = 0
         while i < len(pending) or engine.has_unfinished_requests():
             now = time.monotonic() - t0
             while i < len(pending) and pending[i].arrival_s <= now:
                 r = pending[i]
-                engine.add_request(r.request_id, prompt(r.prompt_tokens), params(r.output_tokens),
-                                   priority=priority_int(r.priority) if send_priority else 0)
-                requests[r.request_id].arrival_s = time.monotonic() - t0
+                # vLLM's scheduler knows the request by an internal id (ours plus a suffix): map it back.
+                internal = engine.add_request(r.request_id, prompt(r.prompt_tokens), params(r.output_tokens),
+                                              priority=priority_int(r.priority) if send_priority else 0)
+                ours[internal if isinstance(internal, str) else r.request_id] = r.request_id
+                # The request was sent at its trace time; the engine sees it at the next step boundary, as a
+                # server's engine does (the wait for the step in progress is part of its TTFT, in vLLM and the twin).
+                requests[r.request_id].arrival_s = r.arrival_s
                 i += 1
             if not engine.has_unfinished_requests():
                 time.sleep(max(pending[i].arrival_s - (time.monotonic() - t0), 0.0))
@@ -104,19 +109,19 @@ def _replay(model: ModelDeployment, trace: list[TraceRequest], seed: int, warmup
             out = captured.get("out")
             if out is None or not out.total_num_scheduled_tokens:
                 continue
-            preempted = sorted(getattr(out, "preempted_req_ids", None) or ())
+            preempted = sorted(ours.get(rid, rid) for rid in (getattr(out, "preempted_req_ids", None) or ()))
             log.steps.append(StepLog(start, end, *captured["shape"], len(scheduler.running),
                                      len(scheduler.waiting) + len(getattr(scheduler, "kv_holding_waiting", ()) or ()),
                                      preempted))
             for rid in out.num_scheduled_tokens:
-                req = requests.get(rid)
+                req = requests.get(ours.get(rid, rid))
                 if req is not None and req.first_scheduled_s is None:
                     req.first_scheduled_s = start
             for rid in preempted:
                 if rid in requests:
                     requests[rid].num_preemptions += 1
             for o in outputs:
-                req = requests.get(o.request_id)
+                req = requests.get(ours.get(o.request_id, o.request_id))
                 if req is None:
                     continue
                 new = len(o.outputs[0].token_ids) - len(req.token_times_s)

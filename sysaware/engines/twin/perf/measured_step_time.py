@@ -62,8 +62,9 @@ def shape_features(shapes: Sequence[BatchShape]) -> np.ndarray:
 
 def fit_profile(gpu: str, model: str, shapes: Sequence[BatchShape], durations_s: Sequence[float],
                 source: str = "") -> StepProfile:
-    """Non-negative least squares of the measured durations on the shape terms, in relative error (each step
-    weighted by 1 / its duration, so short decode steps count as much as long prefills)."""
+    """Non-negative least squares of the measured durations on the shape terms, in seconds (unweighted: the fit
+    keeps the mean, so a run of fitted steps lasts as long as the measured run, which TTFT and TPOT add up; on a
+    shared machine single steps swing by 10x and more with the neighbours' load, and no fit follows that)."""
     from scipy.optimize import nnls
 
     x = shape_features(shapes)
@@ -74,8 +75,7 @@ def fit_profile(gpu: str, model: str, shapes: Sequence[BatchShape], durations_s:
         raise ValueError(f"{len(y)} measured steps are too few to fit {len(FEATURES)} coefficients")
     scale = x.max(axis=0)
     scale[scale == 0] = 1.0
-    w = 1.0 / y
-    coef, _ = nnls((x / scale) * w[:, None], y * w)
+    coef, _ = nnls(x / scale, y)
     coef = coef / scale
     rel = np.abs(x @ coef / y - 1.0)
     return StepProfile(gpu, model, *map(float, coef), num_steps=int(len(y)),
