@@ -299,11 +299,11 @@ def markdown_table(rows: dict[str, dict]) -> str:
     """One column per load."""
     loads = list(rows)
     lines = ["| metric | " + " | ".join(loads) + " |", "|---|" + "---|" * len(loads)]
-    keys = [k for k in rows[loads[0]] if not isinstance(rows[loads[0]][k], (list, dict))]
+    keys = list(dict.fromkeys(k for load in loads for k, v in rows[load].items() if not isinstance(v, (list, dict))))
     for k in keys:
         cells = []
         for load in loads:
-            v = rows[load][k]
+            v = rows[load].get(k, "")
             cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
     for name in verdicts(rows[loads[0]]):
