@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sysaware.config import DEFAULT_POOL, ConfigError, PoolConfig, load_pool
+from sysaware.serving.ingress_settings import DEFAULT_MAX_BODY_BYTES, IngressSettings, exposure_problem
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="System-aware multi-agent LLM orchestration.")
 # Piped or logged output (make run, CI) gets wide tables instead of rich's 80-column default, so names are not cut.
@@ -191,9 +192,20 @@ def serve_pool(
     pool: Path = PoolOption,
     time_scale: float = typer.Option(1.0, min=1e-3, help="Twin speed: engine seconds per wall second."),
     port: int = typer.Option(8000, help="HTTP port of Serve's proxy (if Serve already runs, its port stays)."),
-    host: str = typer.Option("127.0.0.1", help="Interface the API listens on (0.0.0.0 for every interface)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface the API listens on (0.0.0.0 for every interface: needs API keys)."
+    ),
     models: str | None = typer.Option(None, help="Serve only these models of the pool, comma-separated."),
     blocking: bool = typer.Option(True, "--blocking/--no-blocking", help="Wait until Ctrl-C (then tear down)."),
+    api_key_file: Path | None = typer.Option(
+        None, help="API keys, one a line (with $SYSAWARE_API_KEYS, comma-separated). None: no authentication."
+    ),
+    allow_unauthenticated: bool = typer.Option(
+        False, "--allow-unauthenticated", help="Serve a non-loopback host without API keys (anyone may call it)."
+    ),
+    max_body_bytes: int = typer.Option(
+        DEFAULT_MAX_BODY_BYTES, min=1, help="Largest request body, bytes; larger ones get 413 unparsed."
+    ),
 ) -> None:
     """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
     import time
@@ -204,7 +216,11 @@ def serve_pool(
 
     cfg = _load_pool(pool)
     try:
-        application = build_app(cfg, time_scale, models=_parse_models(models))
+        settings = IngressSettings.from_sources(api_key_file, max_body_bytes=max_body_bytes)
+        problem = exposure_problem(host, settings, allow_unauthenticated)
+        if problem:
+            raise ValueError(problem)
+        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -216,6 +232,8 @@ def serve_pool(
         url = deploy(application, port=port, host=host)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+        auth = f"on ({len(settings.api_keys)} keys)" if settings.auth_enabled else "off (no API keys)"
+        console.print(f"auth:        {auth}; open paths: {', '.join(settings.open_paths)}")
         dashboard = _http_url(getattr(ctx, "dashboard_url", None))
         console.print(f"dashboard:   {dashboard or 'not running'}")
         if not blocking:

@@ -3,13 +3,16 @@ client library would refuse to send the bad input).
 
 One application per module: the first two models of configs/pool_twin.yaml, one replica each, the twins at
 TIME_SCALE x real time. The first model's engine takes at most FLOOD_MAX_NUM_SEQS requests at once, so a flood of
-requests builds a waiting queue that telemetry must show.
+requests builds a waiting queue that telemetry must show. The API wants a key (API_KEY; AUTH is its header), as a
+server reachable from a network would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import secrets
 import time
 from types import SimpleNamespace
 
@@ -18,17 +21,21 @@ import openai
 import pytest
 from conftest import free_port
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from sysaware.config import DEFAULT_POOL, PoolConfig, load_pool
 from sysaware.engines.tokens import count_prompt_tokens
 from sysaware.engines.types import ChatMessage
 from sysaware.serving.app import build_app, deploy, select_models
+from sysaware.serving.ingress_settings import IngressSettings
 from sysaware.sim.workload import MbppRequestFactory
 from twin_factories import VLLM_SAMPLE_NAMES
 
 APP = "test-ingress"
 TIME_SCALE = 2.0  # engine seconds per wall second: a typical answer (~80 tokens) takes ~0.3-0.6 s wall
 FLOOD_MAX_NUM_SEQS = 4
+API_KEY = f"sk-test-{secrets.token_hex(16)}"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def create_pool() -> PoolConfig:
@@ -44,8 +51,9 @@ def live(ray_session):
     from ray import serve
 
     pool = create_pool()
-    url = deploy(build_app(pool, TIME_SCALE), port=free_port(), name=APP)
-    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=60.0)
+    settings = IngressSettings(api_keys=(SecretStr(API_KEY),))
+    url = deploy(build_app(pool, TIME_SCALE, settings=settings), port=free_port(), name=APP)
+    client = openai.OpenAI(base_url=url, api_key=API_KEY, max_retries=0, timeout=60.0)
     yield SimpleNamespace(
         url=url,
         root=url.removesuffix("/v1"),
@@ -79,7 +87,7 @@ def model_state(snapshot: dict, model: str) -> dict:
 
 
 def telemetry(live) -> dict:
-    response = httpx.get(f"{live.url}/telemetry", timeout=10.0)
+    response = httpx.get(f"{live.url}/telemetry", headers=AUTH, timeout=10.0)
     response.raise_for_status()
     return response.json()
 
@@ -145,7 +153,7 @@ async def _flood(live, n: int) -> tuple[list[int], list[dict], float]:
     statuses, the samples (seconds since the flood began, both models' state) and when the flood ended."""
     bodies = [{"model": live.flooded, "messages": m, "seed": i} for i, m in enumerate(create_messages(n, seed=2))]
     samples: list[dict] = []
-    async with httpx.AsyncClient(timeout=120.0, limits=httpx.Limits(max_connections=None)) as client:
+    async with httpx.AsyncClient(timeout=120.0, headers=AUTH, limits=httpx.Limits(max_connections=None)) as client:
         t0 = time.monotonic()
         requests = asyncio.gather(*(client.post(f"{live.url}/chat/completions", json=b) for b in bodies))
         flood = asyncio.ensure_future(requests)
@@ -205,16 +213,22 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize("change,status,param,words", BAD_INPUTS, ids=[str(b[0])[:40] for b in BAD_INPUTS])
-def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(live, change, status, param, words):
-    body = {"model": live.other, "messages": GOOD_MESSAGES} | change
-    body = {k: v for k, v in body.items() if v is not None}
-    response = httpx.post(f"{live.url}/chat/completions", json=body, timeout=30.0)
+def assert_refused(live, route: str, body: dict, change: dict, status: int, param: str, words: list[str]) -> None:
+    """POST ``body`` with ``change`` applied (a None value removes the field) to ``route``: the status, an OpenAI
+    error naming ``param``, and every one of ``words`` in its message."""
+    body = {k: v for k, v in (body | change).items() if v is not None}
+    response = httpx.post(f"{live.url}/{route}", json=body, headers=AUTH, timeout=30.0)
     assert response.status_code == status, response.text
     error = response.json()["error"]
-    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert error["param"] == param and error["type"] == "invalid_request_error", error
     for word in words:
         assert word in error["message"], (word, error["message"])
+
+
+@pytest.mark.parametrize("change,status,param,words", BAD_INPUTS, ids=[str(b[0])[:40] for b in BAD_INPUTS])
+def test_bad_input_gets_its_4xx_naming_the_field_and_the_next_request_succeeds(live, change, status, param, words):
+    body = {"model": live.other, "messages": GOOD_MESSAGES}
+    assert_refused(live, "chat/completions", body, change, status, param, words)
     good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
     assert good.usage.completion_tokens == 2
 
@@ -223,7 +237,7 @@ def test_malformed_json_and_the_openai_client_errors(live):
     response = httpx.post(
         f"{live.url}/chat/completions",
         content=b'{"model": "x", "messages": [',
-        headers={"content-type": "application/json"},
+        headers={"content-type": "application/json"} | AUTH,
     )
     assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_json"
     with pytest.raises(openai.NotFoundError) as not_found:
@@ -257,7 +271,7 @@ def test_engine_refusal_is_a_400_and_the_server_keeps_serving(live):
     messages, seed, _ = long_answer(live, live.other)
     body = {"model": live.other, "messages": messages, "seed": seed, "stream": True, "request_id": "dup-1"}
     url = f"{live.url}/chat/completions"
-    with httpx.Client(timeout=30.0) as client, client.stream("POST", url, json=body) as first:
+    with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as first:
         assert first.status_code == 200
         lines = first.iter_lines()  # keep a reference: a collected iterator closes the connection
         next(lines)  # dup-1 is now in the engine
@@ -274,7 +288,8 @@ def test_a_client_that_goes_away_mid_stream_frees_its_request(live):
     messages, seed, length = long_answer(live, live.other)
     before = wait_until_idle(live, live.other)
     body = {"model": live.other, "messages": messages, "seed": seed, "stream": True}
-    with httpx.Client(timeout=30.0) as client, client.stream("POST", f"{live.url}/chat/completions", json=body) as r:
+    url = f"{live.url}/chat/completions"
+    with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as r:
         assert r.status_code == 200
         next(r.iter_lines())
     after = wait_until_idle(live, live.other)
@@ -300,3 +315,289 @@ def test_metrics_parse_and_carry_the_vllm_names(live):
         if s.name == "vllm:time_to_first_token_seconds_count" and s.labels["model_name"] == live.flooded
     ]
     assert sum(ttft_counts) >= 1
+
+
+# ---- the guard: body limit, prompt bound, API keys ------------------------------------------------------------
+
+MIB = 1 << 20
+UPLOAD_DEADLINE_S = 5.0  # functional bound for a refusal on a loaded 2-core machine (measured: well under 1 s)
+HEALTH_DEADLINE_S = 2.0  # no /health answer may take longer while a client uploads
+
+
+def chat_body(model: str, content_chars: int) -> bytes:
+    """A valid chat request to ``model`` whose one message is ``content_chars`` characters of words."""
+    words = "word " * (content_chars // 5)
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": words}]}).encode()
+
+
+async def _post_while_polling_health(live, content, headers: dict) -> tuple[httpx.Response, float, list[float]]:
+    """POST ``content`` to chat completions while /health is polled every 20 ms on other connections; returns the
+    response, its latency (s) and every /health latency (s) seen meanwhile (at least one)."""
+    async with httpx.AsyncClient(timeout=60.0) as poster, httpx.AsyncClient(timeout=60.0) as poller:
+
+        async def post() -> tuple[httpx.Response, float]:
+            t0 = time.perf_counter()
+            response = await poster.post(f"{live.url}/chat/completions", content=content, headers=headers)
+            return response, time.perf_counter() - t0
+
+        upload = asyncio.ensure_future(post())
+        health_s: list[float] = []
+        while not upload.done() or not health_s:
+            t0 = time.perf_counter()
+            health = await poller.get(f"{live.root}/health")
+            assert health.status_code == 200, health.text
+            health_s.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.02)
+        response, latency_s = await upload
+    return response, latency_s, health_s
+
+
+async def _chunks(total: int, size: int = MIB):
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+UPLOADS = [
+    # (what is sent, the body factory, with the key?, expected status, expected code)
+    ("20 MB chat, Content-Length", lambda live: chat_body(live.other, 20 * MIB), True, 413, "request_too_large"),
+    ("20 MB chunked", lambda live: _chunks(20 * MIB), True, 413, "request_too_large"),
+    ("20 MB chat, no key", lambda live: chat_body(live.other, 20 * MIB), False, 401, "missing_api_key"),
+    # 1 MiB of characters is more than 4096 tokens can hold at 16 characters a token: refused uncounted.
+    ("1 MB prompt, 4096-token model", lambda live: chat_body(live.other, MIB), True, 400, "context_length_exceeded"),
+    # 500,000 characters pass that bound for a 32768-token model; 100,000 words are counted off the event loop.
+    ("500k-char prompt, counted", lambda live: chat_body(live.flooded, 500_000), True, 400, "context_length_exceeded"),
+]
+
+
+@pytest.mark.parametrize("what,content,keyed,status,code", UPLOADS, ids=[u[0] for u in UPLOADS])
+def test_an_oversized_upload_is_refused_at_once_while_health_answers(live, what, content, keyed, status, code):
+    headers = {"content-type": "application/json"} | (AUTH if keyed else {})
+    response, latency_s, health_s = asyncio.run(_post_while_polling_health(live, content(live), headers))
+    print(f"\n{what}: {response.status_code} in {latency_s * 1000:.0f} ms; /health answered {len(health_s)} times "
+          f"meanwhile, slowest {max(health_s) * 1000:.0f} ms")
+    assert response.status_code == status, response.text[:300]
+    error = response.json()["error"]
+    assert error["code"] == code and error["type"] == "invalid_request_error", error
+    assert latency_s < UPLOAD_DEADLINE_S
+    assert max(health_s) < HEALTH_DEADLINE_S
+    good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
+    assert good.usage.completion_tokens == 2
+
+
+def test_a_chunked_body_under_the_limit_is_served(live):
+    """A body without Content-Length is counted, then replayed whole to the route."""
+    body = json.dumps({"model": live.other, "messages": GOOD_MESSAGES, "max_tokens": 3}).encode()
+
+    def pieces():
+        yield from (body[i : i + 7] for i in range(0, len(body), 7))
+
+    response = httpx.post(
+        f"{live.url}/chat/completions", content=pieces(), headers={"content-type": "application/json"} | AUTH
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["usage"]["completion_tokens"] == 3
+
+
+WRONG_AUTH = [
+    # (Authorization header or None, expected error code)
+    (None, "missing_api_key"),
+    ("Bearer", "missing_api_key"),
+    (f"Basic {API_KEY}", "missing_api_key"),
+    ("Bearer sk-wrong", "invalid_api_key"),
+    (f"Bearer {API_KEY}x", "invalid_api_key"),
+    (f"Bearer {API_KEY[:-1]}", "invalid_api_key"),
+]
+
+
+@pytest.mark.parametrize("authorization,code", WRONG_AUTH, ids=[f"{str(a).split(' ')[0]}-{c}" for a, c in WRONG_AUTH])
+def test_without_the_right_key_the_api_is_401_and_the_next_good_request_succeeds(live, authorization, code):
+    headers = {} if authorization is None else {"Authorization": authorization}
+    body = {"model": live.other, "messages": GOOD_MESSAGES, "max_tokens": 2}
+    for method, path in [("GET", "/v1/models"), ("POST", "/v1/chat/completions"), ("GET", "/v1/telemetry")]:
+        response = httpx.request(method, f"{live.root}{path}", json=body, headers=headers, timeout=30.0)
+        assert response.status_code == 401, (path, response.text)
+        assert response.json()["error"] | {"message": ""} == {
+            "message": "",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": code,
+        }
+        assert response.headers["www-authenticate"] == "Bearer"
+        assert API_KEY not in response.text
+    good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
+    assert good.usage.completion_tokens == 2
+
+
+def test_open_paths_need_no_key_and_the_openai_client_sees_authentication_errors(live):
+    assert httpx.get(f"{live.root}/health").status_code == 200
+    assert httpx.get(f"{live.root}/metrics").status_code == 200
+    stranger = openai.OpenAI(base_url=live.url, api_key="sk-wrong", max_retries=0, timeout=30.0)
+    with pytest.raises(openai.AuthenticationError) as refused:
+        stranger.chat.completions.create(model=live.other, messages=GOOD_MESSAGES)
+    assert refused.value.body["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        stranger.models.list()
+    assert [m.id for m in live.client.models.list().data] == [m.name for m in live.pool.models]
+
+
+# ---- text completions and vLLM's sampling extras (the load generators' requests) -------------------------------
+
+HELLO = "Hello! Tell me about yourself."  # not an MBPP task: the twin's short canned answer (66 tokens)
+
+
+def user_prompt(seed: int = 0) -> str:
+    """An MBPP task prompt as a plain string: the last message of an agent's chat."""
+    return create_messages(seed=seed)[0][-1]["content"]
+
+
+def test_text_completions_streamed_and_not_through_the_openai_client(live):
+    prompt = user_prompt()
+    whole = live.client.completions.create(model=live.other, prompt=prompt, max_tokens=48, seed=3)
+    assert whole.object == "text_completion" and whole.id.startswith("cmpl-") and whole.model == live.other
+    assert len(whole.choices) == 1 and whole.choices[0].index == 0 and whole.choices[0].text
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.prompt_tokens == count_prompt_tokens((ChatMessage("user", prompt),))  # one user message
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+    assert whole.choices[0].model_extra["sysaware"]["replica_id"].startswith(f"{APP}#{live.other}#")
+
+    stream = live.client.completions.create(
+        model=live.other, prompt=prompt, max_tokens=48, seed=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert {c.id for c in chunks} == {chunks[0].id} and {c.object for c in chunks} == {"text_completion"}
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert sum(1 for c in chunks if c.choices and c.choices[0].text) > 1, "the text should arrive in pieces"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        whole.choices[0].finish_reason
+    ]
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+def test_a_list_of_prompts_gets_one_choice_each_and_the_summed_usage(live):
+    prompts = [user_prompt(seed=5), HELLO]
+    whole = live.client.completions.create(model=live.other, prompt=prompts, max_tokens=24, seed=1)
+    assert [c.index for c in whole.choices] == [0, 1]
+    singles = [live.client.completions.create(model=live.other, prompt=p, max_tokens=24, seed=1) for p in prompts]
+    assert [c.text for c in whole.choices] == [s.choices[0].text for s in singles]
+    assert whole.usage.completion_tokens == sum(s.usage.completion_tokens for s in singles)
+    assert whole.usage.prompt_tokens == sum(s.usage.prompt_tokens for s in singles)
+
+    stream = live.client.completions.create(
+        model=live.other, prompt=prompts, max_tokens=24, seed=1, stream=True, stream_options={"include_usage": True}
+    )
+    texts = ["", ""]
+    chunks = list(stream)
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in whole.choices]
+    assert chunks[-1].usage.model_dump() == whole.usage.model_dump()
+
+
+@pytest.mark.parametrize("route", ["chat", "completions"])
+def test_ignore_eos_generates_exactly_max_tokens(live, route):
+    """The canned answer to HELLO is 66 tokens; with ignore_eos the twin goes on to the cap, as vLLM would."""
+    if route == "chat":
+        reply = live.client.chat.completions.create(
+            model=live.other,
+            messages=[{"role": "user", "content": HELLO}],
+            max_completion_tokens=128,
+            extra_body={"ignore_eos": True},
+        )
+        text = reply.choices[0].message.content
+    else:
+        reply = live.client.completions.create(
+            model=live.other, prompt=HELLO, max_tokens=128, extra_body={"ignore_eos": True}
+        )
+        text = reply.choices[0].text
+    assert reply.usage.completion_tokens == 128 and reply.choices[0].finish_reason == "length"
+    natural = live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=128)
+    assert natural.usage.completion_tokens < 128 and natural.choices[0].finish_reason == "stop"
+    assert text.startswith(natural.choices[0].text.strip()[:40])  # the same answer, then filler
+
+
+def test_min_tokens_and_continuous_usage_stats_while_streaming(live):
+    stream = live.client.completions.create(
+        model=live.other,
+        prompt=HELLO,
+        max_tokens=200,
+        stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"min_tokens": 100, "unknown_knob": 7, "top_k": 5},  # unknown fields are ignored
+    )
+    chunks = list(stream)
+    usages = [c.usage for c in chunks]
+    assert all(u is not None for u in usages), "every chunk carries the usage so far"
+    completion = [u.completion_tokens for u in usages]
+    assert completion == sorted(completion) and completion[-1] == 100
+    assert {u.prompt_tokens for u in usages} == {count_prompt_tokens((ChatMessage("user", HELLO),))}
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+
+
+def test_completions_count_in_the_vllm_metrics(live):
+    def ttft_count() -> float:
+        text = httpx.get(f"{live.root}/metrics").text
+        return sum(
+            s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "vllm:time_to_first_token_seconds_count"
+            and s.labels.get("model_name") == live.other
+            and s.labels.get("replica", "").startswith(f"{APP}#")
+        )
+
+    before = ttft_count()
+    live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=4)
+    list(live.client.completions.create(model=live.other, prompt=HELLO, max_tokens=4, stream=True))
+    assert ttft_count() == before + 2
+
+
+COMPLETION_BAD_INPUTS = [
+    # (body changes, expected status, error param, words the message must contain)
+    ({"echo": True}, 400, "echo", ["echo is not supported"]),
+    ({"prompt": [1, 2, 3]}, 400, "prompt", ["token-id prompts"]),
+    ({"prompt": []}, 400, "prompt", ["at least one prompt"]),
+    ({"prompt": None}, 400, "prompt", ["required"]),
+    ({"best_of": 3}, 400, "best_of", ["best_of=1"]),
+    ({"min_tokens": 20, "max_tokens": 10}, 400, "min_tokens", ["min_tokens (20)", "10"]),
+    ({"max_tokens": 5000}, 400, "max_tokens", ["4096"]),
+    ({"prompt": "word " * 5000}, 400, "prompt", ["4096", "prompt"]),
+    ({"model": "gpt-3.5-turbo-instruct"}, 404, "model", ["gpt-3.5-turbo-instruct", "wizardlm-13b"]),
+]
+
+
+@pytest.mark.parametrize(
+    "change,status,param,words", COMPLETION_BAD_INPUTS, ids=[str(b[0])[:40] for b in COMPLETION_BAD_INPUTS]
+)
+def test_bad_completion_input_gets_its_4xx_naming_the_field(live, change, status, param, words):
+    assert_refused(live, "completions", {"model": live.other, "prompt": HELLO}, change, status, param, words)
+
+
+@pytest.mark.parametrize(
+    "method,path,status,code",
+    [("GET", "/v1/nope", 404, "not_found"), ("POST", "/v1/embeddings", 404, "not_found"),
+     ("POST", "/v1/models", 405, "method_not_allowed"), ("GET", "/v1/chat/completions", 405, "method_not_allowed"),
+     ("GET", "/v1/completions", 405, "method_not_allowed")],
+)  # fmt: skip
+def test_routes_that_do_not_exist_get_openai_error_bodies(live, method, path, status, code):
+    response = httpx.request(method, f"{live.root}{path}", headers=AUTH, timeout=30.0)
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert list(body) == ["error"] and path in body["error"].pop("message")
+    assert body["error"] == {"type": "invalid_request_error", "param": None, "code": code}
+
+
+def test_a_client_that_goes_away_frees_every_request_of_a_streamed_batch(live):
+    """Two prompts, each 400 tokens long under ignore_eos (~1.5 s of wall time): the stream is closed after its
+    first event, so both requests are aborted (no success, far fewer than 800 tokens generated) and their KV
+    blocks are free again."""
+    before = wait_until_idle(live, live.other)
+    body = {"model": live.other, "prompt": [HELLO, user_prompt()], "max_tokens": 400, "ignore_eos": True,
+            "stream": True}  # fmt: skip
+    with httpx.Client(timeout=30.0, headers=AUTH) as client:
+        with client.stream("POST", f"{live.url}/completions", json=body) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())
+    after = wait_until_idle(live, live.other)
+    assert after["requests_finished_total"] == before["requests_finished_total"]
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] < 2 * 400

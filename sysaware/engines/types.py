@@ -44,8 +44,9 @@ class GenerationRequest:
     temperature: float = 0.0
     seed: int = 0  # the twin's answer (and its length noise) is a pure function of (model, messages, seed)
     priority: float = 0.0  # lower is served first under priority scheduling (e.g. the deadline, in seconds)
-    ignore_eos: bool = False  # emit max_tokens tokens whatever the model says (vLLM's ignore_eos; replayed traces)
-    min_tokens: int = 0  # no end of answer before this many tokens (vLLM's min_tokens)
+    # vLLM's sampling extras that set the output length (load generators use them to fix it):
+    ignore_eos: bool = False  # the model never ends its answer: it generates exactly max_tokens
+    min_tokens: int = 0  # the model may not end its answer before this many output tokens
 
     def prompt_text(self) -> str:
         return "\n".join(m.content for m in self.messages)

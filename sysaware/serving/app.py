@@ -7,6 +7,9 @@ router) and the FastAPI ingress over their handles. ``build(AppArgs)`` is the sa
     serve deploy configs/serve_twin.yaml
 
 ``deploy(app, port)`` starts Serve's HTTP proxy on a chosen port and runs the application (the CLI and tests).
+``IngressSettings`` (API keys, body limit) go to the ingress through ``build_app(settings=...)``; ``build`` reads the
+keys from ``$SYSAWARE_API_KEYS`` and ``api_key_file`` where the application is built (for ``serve deploy``, on the
+cluster), so a Serve config never holds a key.
 Building touches no Ray state, so ``serve run`` can import the module before it connects; the telemetry actor is
 created here when Ray is already up, and otherwise by the first replica or ingress that needs it.
 """
@@ -21,6 +24,7 @@ from ray import serve
 from ray.serve import Application
 
 from sysaware.config import DEFAULT_POOL, REPO_ROOT, PoolConfig, load_pool
+from sysaware.serving.ingress_settings import DEFAULT_MAX_BODY_BYTES, DEFAULT_OPEN_PATHS, IngressSettings
 
 APP_NAME = "sysaware"
 INGRESS_NAME = "ingress"
@@ -53,6 +57,22 @@ class AppArgs(BaseModel):
         gt=0,
         description="Concurrent HTTP requests (open streams) the ingress takes.",
     )
+    api_key_file: str | None = Field(
+        default=None,
+        description="File of API keys (one a line, # comments), read where the app is built, with $SYSAWARE_API_KEYS. "
+        "No key from either: authentication is off.",
+    )
+    max_body_bytes: int = Field(
+        default=DEFAULT_MAX_BODY_BYTES, gt=0, description="Largest request body, bytes (larger: 413, unparsed)."
+    )
+    open_paths: list[str] = Field(
+        default=list(DEFAULT_OPEN_PATHS), description="Paths served without a key (comma-separated)."
+    )
+
+    def ingress_settings(self) -> IngressSettings:
+        return IngressSettings.from_sources(
+            self.api_key_file, max_body_bytes=self.max_body_bytes, open_paths=tuple(self.open_paths)
+        )
 
     @field_validator("pool")
     @classmethod
@@ -62,7 +82,7 @@ class AppArgs(BaseModel):
             return str(REPO_ROOT / path)
         return value
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "open_paths", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         # Serve's CLI passes every argument as a string.
@@ -93,8 +113,11 @@ def build_app(
     replicas: int | None = None,
     health_check_period_s: float = 1.0,
     ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
+    settings: IngressSettings | None = None,
 ) -> Application:
-    """The pool application: a deployment per model (named after it) and the ingress bound to their handles."""
+    """The pool application: a deployment per model (named after it) and the ingress bound to their handles.
+    ``settings``: the ingress's API keys and limits; None is no keys (for a loopback-only server) and the default
+    limits."""
     from sysaware.serving.ingress import Ingress
     from sysaware.serving.replica import deployment_for
 
@@ -115,7 +138,7 @@ def build_app(
         ray_actor_options={"num_cpus": 0},
         max_ongoing_requests=ingress_max_ongoing_requests,
     )
-    return ingress.bind(pool_dict, handles, time_scale)
+    return ingress.bind(pool_dict, handles, time_scale, settings)
 
 
 def build(args: AppArgs) -> Application:
@@ -129,6 +152,7 @@ def build(args: AppArgs) -> Application:
         replicas=args.replicas,
         health_check_period_s=args.health_check_period_s,
         ingress_max_ongoing_requests=args.ingress_max_ongoing_requests,
+        settings=args.ingress_settings(),
     )
 
 

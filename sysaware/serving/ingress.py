@@ -1,22 +1,27 @@
 """The pool's HTTP front door on Ray Serve: an OpenAI-compatible API, the live telemetry and Prometheus metrics.
 
     POST /v1/chat/completions   the ``model`` field picks the deployment; ``stream: true`` gives server-sent events
+    POST /v1/completions        text completions (a prompt, or a list of them), as vLLM's load generators use them
     GET  /v1/models             the pool's models
     GET  /v1/telemetry          the telemetry actor's snapshot (per replica and per model)
     GET  /metrics               Prometheus text with vLLM's metric names
     GET  /health
 
-Bad input never reaches a replica: the body is validated by pydantic, the model looked up, the prompt counted against
-the model's context; every refusal is an OpenAI-style error body naming the field or the limit, and the server goes
-on serving. What the engine itself refuses (``ValueError``) is a 400 too.
+Before any route, ``http_guard`` checks the API key (401) and the body size (413) without reading the body; the
+settings (``IngressSettings``) come with the replica. Bad input never reaches a replica: the body is validated by
+pydantic, the model looked up, the prompt bounded by its length in characters and then counted (off the event loop)
+against the model's context; every refusal is an OpenAI-style error body naming the field or the limit, and the
+server goes on serving: nothing a client sends may stall the event loop that answers ``/health``. What the engine
+itself refuses (``ValueError``) is a 400 too, and every other error, down to a route that does not exist, has the
+same OpenAI body.
 """
 
 # No `from __future__ import annotations`: Serve rewrites the route methods' signatures for FastAPI, which then
 # cannot resolve string annotations such as the request body's model.
 import asyncio
-import json
+import contextvars
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 
 from fastapi import FastAPI, Request
@@ -24,30 +29,28 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sysaware.config import ModelDeployment, PoolConfig
-from sysaware.engines.tokens import count_tokens
-from sysaware.engines.tokens import count_prompt_tokens
-from sysaware.engines.types import GenerationRequest, GenerationResult
-from sysaware.engines.types import StreamChunk
+from sysaware.engines.tokens import count_prompt_tokens, count_tokens_batch
+from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
+from sysaware.serving.http_guard import guard
+from sysaware.serving.ingress_settings import IngressSettings
 from sysaware.serving.openai_types import (
-    SSE_DONE,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChunkChoice,
-    Delta,
-    EngineTimings,
-    ErrorInfo,
+    Completion,
+    CompletionRequest,
     ErrorResponse,
+    GenerationParams,
     ModelCard,
     ModelList,
-    Usage,
     new_completion_id,
+    new_text_completion_id,
     now_unix_s,
-    openai_finish_reason,
 )
 from sysaware.serving.prometheus import PoolMetrics
+from sysaware.serving.sse import ChatSSEWriter, CompletionSSEWriter, SSEWriter, events
 from sysaware.serving.telemetry import snapshot_json
 
 logger = logging.getLogger(__name__)
@@ -61,15 +64,10 @@ class OpenAIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.info = ErrorInfo(
-            message=message,
-            type="invalid_request_error" if status < 500 else "internal_error",
-            param=param,
-            code=code,
-        )
+        self.body = ErrorResponse.of(status, message, param=param, code=code)
 
     def response(self) -> JSONResponse:
-        return JSONResponse(ErrorResponse(error=self.info).model_dump(), status_code=self.status)
+        return JSONResponse(self.body.model_dump(), status_code=self.status)
 
 
 @api.exception_handler(OpenAIError)
@@ -93,6 +91,27 @@ async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResp
     return OpenAIError(400, message, param=param, code="invalid_value").response()
 
 
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a route that does not exist, a method a route does not take) in OpenAI's shape."""
+    if exc.status_code == 404:
+        message, code = f"There is no route {request.method} {request.url.path}.", "not_found"
+    elif exc.status_code == 405:
+        message, code = f"{request.url.path} does not take {request.method}.", "method_not_allowed"
+    else:
+        message, code = str(exc.detail), None
+    response = OpenAIError(exc.status_code, message, code=code).response()
+    response.headers.update(exc.headers or {})
+    return response
+
+
+@api.exception_handler(Exception)
+async def _unexpected_error(_: Request, exc: Exception) -> JSONResponse:
+    """A bug: logged with its traceback, answered with OpenAI's body rather than a bare 'Internal Server Error'."""
+    logger.exception("unhandled error in the ingress", exc_info=exc)
+    return OpenAIError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()
+
+
 def _short_msg(error: Mapping) -> str:
     msg = str(error["msg"])
     if error.get("type") == "missing":
@@ -100,39 +119,91 @@ def _short_msg(error: Mapping) -> str:
     return msg.removeprefix("Value error, ")
 
 
-# Agents resend the same system prompts: count each distinct text once.
-_count_cached = lru_cache(maxsize=4096)(count_tokens)
+def _count_releasing_gil(text: str) -> int:
+    """``count_tokens(text)``, through the tokenizer's batch call: its single-text ``encode`` holds the GIL for the
+    whole text (measured: a 500,000-character prompt stalled the event loop 0.5-0.8 s even from a worker thread),
+    ``encode_batch`` releases it. Same tokens, same cost."""
+    return count_tokens_batch([text])[0]
 
 
-def check_lengths(body: ChatCompletionRequest, model: ModelDeployment) -> tuple[int, int]:
+# Agents resend the same system prompts: count each distinct text once. Only texts up to CACHE_MAX_CHARS are kept:
+# a memo of 4096 distinct long prompts would hold gigabytes.
+_count_cached = lru_cache(maxsize=4096)(_count_releasing_gil)
+CACHE_MAX_CHARS = 16_384
+# Counting costs about 0.7 us a character: up to this many characters (~1.5 ms) it is done inline, cheaper than a
+# thread hop.
+INLINE_COUNT_MAX_CHARS = 2_048
+
+
+def _count(text: str) -> int:
+    return _count_cached(text) if len(text) <= CACHE_MAX_CHARS else _count_releasing_gil(text)
+
+
+async def count_prompt_off_loop(messages: tuple[ChatMessage, ...]) -> int:
+    """``count_prompt_tokens`` without holding the event loop: a long prompt is counted on a worker thread, with
+    the GIL released, so ``/health`` and the other requests go on being answered meanwhile."""
+    if sum(len(m.content) for m in messages) <= INLINE_COUNT_MAX_CHARS:
+        return count_prompt_tokens(messages, _count)
+    return await asyncio.to_thread(count_prompt_tokens, messages, _count)
+
+
+_PROMPT_HAS = {"messages": "the messages have", "prompt": "the prompt has"}
+
+
+async def check_lengths(
+    messages: tuple[ChatMessage, ...],
+    body: GenerationParams,
+    model: ModelDeployment,
+    max_chars_per_token: float,
+    prompt_param: str = "messages",
+) -> tuple[int, int]:
     """(prompt tokens, max_tokens to request) within the model's context, or OpenAIError naming the limit.
 
     Like vLLM: a prompt must leave room for one output token; prompt + max_tokens must fit the context; an open
-    max_tokens means "up to the end of the context".
+    max_tokens means "up to the end of the context"; min_tokens may not exceed the cap. A prompt with more
+    characters than the context could hold at ``max_chars_per_token`` is refused before it is counted: its length
+    alone says it cannot fit. ``prompt_param`` names the field the prompt came from (``messages`` or ``prompt``).
     """
     context = model.architecture.max_position_embeddings
-    prompt_tokens = count_prompt_tokens(body.chat_messages(), _count_cached)
+    has = _PROMPT_HAS[prompt_param]
+    chars = sum(len(m.content) for m in messages)
+    if chars > context * max_chars_per_token:
+        raise OpenAIError(
+            400,
+            f"This model's maximum context length is {context} tokens; {has} {chars} characters, more than "
+            f"{context} tokens can hold (at most {max_chars_per_token:g} characters a token). Please shorten the "
+            f"{prompt_param}.",
+            param=prompt_param,
+            code="context_length_exceeded",
+        )
+    prompt_tokens = await count_prompt_off_loop(messages)
     if prompt_tokens >= context:
         raise OpenAIError(
             400,
-            f"This model's maximum context length is {context} tokens; the messages have {prompt_tokens} tokens, "
-            "which leaves no room for output. Please shorten the messages.",
-            param="messages",
+            f"This model's maximum context length is {context} tokens; {has} {prompt_tokens} tokens, which leaves "
+            f"no room for output. Please shorten the {prompt_param}.",
+            param=prompt_param,
             code="context_length_exceeded",
         )
     requested = body.requested_max_tokens
-    if requested is None:
-        return prompt_tokens, context - prompt_tokens
-    if prompt_tokens + requested > context:
+    if requested is not None and prompt_tokens + requested > context:
         raise OpenAIError(
             400,
             f"This model's maximum context length is {context} tokens. However, you requested "
-            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the messages, {requested} in the completion); "
-            f"{body.max_tokens_param} may be at most {context - prompt_tokens} here.",
+            f"{prompt_tokens + requested} tokens ({prompt_tokens} in the {prompt_param}, {requested} in the "
+            f"completion); {body.max_tokens_param} may be at most {context - prompt_tokens} here.",
             param=body.max_tokens_param,
             code="context_length_exceeded",
         )
-    return prompt_tokens, requested
+    max_tokens = context - prompt_tokens if requested is None else requested
+    if body.min_tokens > max_tokens:
+        raise OpenAIError(
+            400,
+            f"min_tokens ({body.min_tokens}) may not exceed the output cap ({max_tokens} tokens here).",
+            param="min_tokens",
+            code="invalid_value",
+        )
+    return prompt_tokens, max_tokens
 
 
 def _engine_error(e: Exception) -> OpenAIError:
@@ -146,56 +217,53 @@ def _engine_error(e: Exception) -> OpenAIError:
     return OpenAIError(503, f"the model replica failed: {type(cause).__name__}: {cause}", code="replica_failed")
 
 
-_END_OF_STREAM = object()
+def _remote_each(method, requests: list[GenerationRequest]) -> list:
+    """``method.remote(r)`` for each request (``method``: a deployment handle's method).
+
+    Several calls made while serving one HTTP request are each made in a fresh context: Ray Serve's request router
+    (2.60) indexes pending requests by the caller's internal request id, which every call inherits from the HTTP
+    request, so two concurrent calls collide and the second is never routed (it hangs). In an empty context Serve
+    gives each call an id of its own; the cost is that Serve no longer cancels them with the HTTP request, so the
+    callers cancel them themselves (``_result``, ``sse.events``). A single call keeps the request's context.
+    """
+    if len(requests) == 1:
+        return [method.remote(requests[0])]
+    return [contextvars.Context().run(method.remote, r) for r in requests]
 
 
-async def _pump(chunks, queue: asyncio.Queue) -> None:
-    """Move the replica's chunks into ``queue``; then the end marker, or the exception that ended the stream."""
+async def _all_or_none(awaitables) -> list:
+    """Await them concurrently; if one fails, cancel the others (their replica requests are aborted) and raise."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
     try:
-        async for chunk in chunks:
-            queue.put_nowait(chunk)
-    except asyncio.CancelledError:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
         raise
-    except Exception as e:
-        queue.put_nowait(e)
-        return
-    queue.put_nowait(_END_OF_STREAM)
 
 
-class SSEWriter:
-    """Turns a replica's ``StreamChunk``s into OpenAI's chunk events: the role in the first delta, the
-    ``finish_reason`` (and the engine's timings) in its own last event, then the usage when asked for."""
+class ReplicaGuard:
+    """``http_guard.guard`` with the settings of the replica it runs in, in front of every route.
 
-    def __init__(self, completion_id: str, model: str, include_usage: bool) -> None:
-        self.completion_id = completion_id
-        self.model = model
-        self.include_usage = include_usage
-        self.created = now_unix_s()
-        self._role_sent = False
+    Registered on ``api`` at import, because serve.ingress freezes a copy of the app before the replica (and its
+    settings) exists; the settings are looked up on the replica at the first request. Lifespan events pass
+    straight through (they come before the replica is ready to be asked).
+    """
 
-    def _event(self, choices: list[ChunkChoice], **extra) -> str:
-        return ChatCompletionChunk(
-            id=self.completion_id, created=self.created, model=self.model, choices=choices, **extra
-        ).sse()
+    def __init__(self, app) -> None:
+        self.app = app
+        self._guarded = None
 
-    def chunk(self, chunk: StreamChunk) -> str:
-        parts = []
-        if chunk.text or (chunk.finished and not self._role_sent):
-            role = None if self._role_sent else "assistant"
-            parts.append(self._event([ChunkChoice(delta=Delta(role=role, content=chunk.text))]))
-            self._role_sent = True
-        if chunk.finished and chunk.result is not None:
-            result = chunk.result
-            finish = ChunkChoice(delta=Delta(), finish_reason=openai_finish_reason(result.finish_reason))
-            parts.append(self._event([finish], sysaware=EngineTimings.of(result)))
-            if self.include_usage:
-                parts.append(self._event([], usage=Usage.of(result)))
-        return "".join(parts)
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if self._guarded is None:
+            self._guarded = guard(self.app, serve.get_replica_context().servable_object.settings)
+        await self._guarded(scope, receive, send)
 
-    def error(self, message: str) -> str:
-        # The 200 status is already sent: OpenAI-compatible servers report a late failure as an error event.
-        info = ErrorInfo(message=message, type="internal_error", param=None, code=None)
-        return f"data: {json.dumps({'error': info.model_dump()})}\n\n"
+
+api.add_middleware(ReplicaGuard)
 
 
 # Everything the Ingress methods use must be defined above it: serve.ingress pickles the routes by value at
@@ -206,9 +274,16 @@ class SSEWriter:
 class Ingress:
     """The FastAPI app as a Serve deployment; ``models`` maps each served model name to its deployment's handle.
     ``time_scale`` (engine seconds per wall second of the twin replicas) is only reported, so clients that time
-    requests on the wall clock can convert to engine time."""
+    requests on the wall clock can convert to engine time. ``settings``: API keys and size limits (none: no keys,
+    the default limits)."""
 
-    def __init__(self, pool: PoolConfig | dict, models: Mapping, time_scale: float = 1.0) -> None:
+    def __init__(
+        self,
+        pool: PoolConfig | dict,
+        models: Mapping,
+        time_scale: float = 1.0,
+        settings: IngressSettings | None = None,
+    ) -> None:
         from sysaware.serving.telemetry import get_or_create_telemetry
 
         self.pool = pool if isinstance(pool, PoolConfig) else PoolConfig.model_validate(pool)
@@ -220,6 +295,7 @@ class Ingress:
         self.metrics = PoolMetrics()
         self.created = now_unix_s()
         self.time_scale = time_scale
+        self.settings = settings or IngressSettings()
 
     # ---- OpenAI API ---------------------------------------------------------------------------------------------
 
@@ -240,19 +316,42 @@ class Ingress:
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
         model = self._model(body.model)
-        _, max_tokens = check_lengths(body, model)
+        messages = body.chat_messages()
+        prompt_tokens, max_tokens = await check_lengths(messages, body, model, self.settings.max_chars_per_token)
         completion_id = new_completion_id()
-        request = body.to_generation_request(body.request_id or completion_id, max_tokens)
-        handle = self.handles[model.name]
+        request = body.generation_request(body.request_id or completion_id, messages, max_tokens)
         if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await self._stream(handle, request, completion_id, include_usage)
-        try:
-            result: GenerationResult = await handle.generate.remote(request)
-        except Exception as e:
-            raise _engine_error(e) from None
-        self.metrics.observe(result)
+            writer = ChatSSEWriter(
+                completion_id, model.name, [prompt_tokens], body.include_usage, body.continuous_usage
+            )
+            return await self._stream(model, [request], writer)
+        result = await self._result(self.handles[model.name].generate.remote(request))
         return JSONResponse(ChatCompletion.of(result, completion_id).model_dump(mode="json"))
+
+    @api.post("/v1/completions", response_model=None)
+    async def completions(self, body: CompletionRequest) -> Response:
+        """Text completions: each prompt is one request (one user message) to the model, one choice each."""
+        model = self._model(body.model)
+        completion_id = new_text_completion_id()
+        prompts = body.prompts()
+        request_id = body.request_id or completion_id
+        requests, prompt_tokens = [], []
+        for i, prompt in enumerate(prompts):
+            messages = (ChatMessage("user", prompt),)
+            tokens, max_tokens = await check_lengths(
+                messages, body, model, self.settings.max_chars_per_token, prompt_param="prompt"
+            )
+            rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
+            requests.append(body.generation_request(rid, messages, max_tokens))
+            prompt_tokens.append(tokens)
+        if body.stream:
+            writer = CompletionSSEWriter(
+                completion_id, model.name, prompt_tokens, body.include_usage, body.continuous_usage
+            )
+            return await self._stream(model, requests, writer)
+        responses = _remote_each(self.handles[model.name].generate, requests)
+        results = await _all_or_none(self._result(r) for r in responses)
+        return JSONResponse(Completion.of(results, completion_id).model_dump(mode="json"))
 
     def _model(self, name: str) -> ModelDeployment:
         try:
@@ -263,57 +362,38 @@ class Ingress:
                 404, f"The model {name!r} does not exist. Known models: {known}.", param="model", code="model_not_found"
             ) from None
 
-    async def _stream(
-        self, handle, request: GenerationRequest, completion_id: str, include_usage: bool
-    ) -> StreamingResponse:
-        """Server-sent events. The first chunk is awaited before answering, so a request the engine refuses is
-        still a plain 400; a client that goes away cancels the replica's generator (the engine frees its KV)."""
-        chunks = handle.options(stream=True).generate_stream.remote(request)
+    async def _result(self, response) -> GenerationResult:
+        """The result of a replica's ``generate`` call; cancelled with its caller (the replica aborts it)."""
         try:
-            first = await chunks.__anext__()
+            result: GenerationResult = await response
+        except asyncio.CancelledError:
+            response.cancel()
+            raise
         except Exception as e:
             raise _engine_error(e) from None
-        writer = SSEWriter(completion_id, request.model, include_usage)
-        return StreamingResponse(
-            self._events(first, chunks, writer),
-            media_type="text/event-stream",
-            headers={"x-request-id": request.request_id},
-        )
+        self.metrics.observe(result)
+        return result
 
-    async def _events(self, first: StreamChunk, chunks, writer: SSEWriter) -> AsyncIterator[str]:
-        """The SSE body. A pump task reads the replica's chunks into a queue; each write sends every chunk queued
-        since the previous write. Idle, that is one chunk per write, sent at once; under load, when writes lag,
-        the hop to Serve's proxy carries fewer, larger messages instead of falling further behind."""
-        queue: asyncio.Queue = asyncio.Queue()
-        queue.put_nowait(first)
-        pump = asyncio.get_running_loop().create_task(_pump(chunks, queue))
-        finished = False
+    async def _stream(
+        self, model: ModelDeployment, requests: list[GenerationRequest], writer: SSEWriter
+    ) -> StreamingResponse:
+        """Server-sent events, one replica stream per request (choice). The first chunks are awaited before
+        answering, so a request the engine refuses is still a plain 400; a client that goes away cancels the
+        replicas' generators (the engines free their KV)."""
+        streams = _remote_each(self.handles[model.name].options(stream=True).generate_stream, requests)
         try:
-            while not finished:
-                batch = [await queue.get()]
-                while not queue.empty():
-                    batch.append(queue.get_nowait())
-                parts = []
-                for item in batch:
-                    if item is _END_OF_STREAM:
-                        finished = True
-                    elif isinstance(item, BaseException):
-                        logger.error("stream %s failed: %r", writer.completion_id, item)
-                        parts.append(writer.error(f"the engine failed while streaming: {item!r}"))
-                        finished = True
-                    else:
-                        parts.append(writer.chunk(item))
-                        if item.finished and item.result is not None:
-                            self.metrics.observe(item.result)
-                            finished = True
-                    if finished:
-                        break
-                yield "".join(parts)
-        finally:
-            pump.cancel()
-            if not finished:
-                chunks.cancel()  # the client went away: the replica aborts the request
-        yield SSE_DONE
+            firsts = await _all_or_none(s.__anext__() for s in streams)
+        except BaseException as e:  # a refusal, or the client went away before the first chunk
+            for stream in streams:
+                stream.cancel()
+            if isinstance(e, Exception):
+                raise _engine_error(e) from None
+            raise
+        return StreamingResponse(
+            events(firsts, streams, writer, self.metrics.observe),
+            media_type="text/event-stream",
+            headers={"x-request-id": requests[0].request_id},
+        )
 
     # ---- pool state ---------------------------------------------------------------------------------------------
 

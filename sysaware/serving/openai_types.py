@@ -1,9 +1,11 @@
-"""The OpenAI chat-completions wire format, as pydantic models: what the ingress accepts and returns.
+"""The OpenAI chat- and text-completions wire format, as pydantic models: what the ingress accepts and returns.
 
-Only what sysaware serves is modelled (text chat, one choice); fields a real client may send but we do not act on
-(``stop``, ``user``, ``top_p``, ...) are accepted and ignored, as vLLM does, so the official ``openai`` client works
-unchanged. sysaware's own per-request fields (``priority``, ``request_id``) are optional extras a client passes
-with ``extra_body``; real vLLM ignores (or, for ``priority``, honours) them, so one request works against both.
+Only what sysaware serves is modelled (text chat, text prompts, one choice per prompt); fields a real client may send
+but we do not act on (``stop``, ``user``, ``top_p``, ...) are accepted and ignored, as vLLM does, so the official
+``openai`` client works unchanged. vLLM's own sampling extras that load generators rely on (``ignore_eos``,
+``min_tokens``, ``stream_options.continuous_usage_stats``) are honoured. sysaware's own per-request fields
+(``priority``, ``request_id``) are optional extras a client passes with ``extra_body``; real vLLM ignores (or, for
+``priority``, honours) them, so one request works against both.
 
 Validation happens here, at the HTTP edge, with messages that name the field; limits that depend on the model
 (context length) are checked by the ingress, which knows the pool.
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -49,17 +52,17 @@ class ChatMessageIn(_Lenient):
 
 class StreamOptions(_Lenient):
     include_usage: bool = Field(default=False, description="Send a last chunk with the usage and no choices.")
+    continuous_usage_stats: bool = Field(
+        default=False,
+        description="vLLM's: with include_usage, every chunk also carries the usage so far (output tokens so far).",
+    )
 
 
-class ChatCompletionRequest(_Lenient):
-    """POST /v1/chat/completions body."""
+class GenerationParams(_Lenient):
+    """What chat and text completions share: the model, the output cap, sampling and streaming, vLLM's extras."""
 
     model: str = Field(description="Served model name; picks the deployment.")
-    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation, oldest first.")
     max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS_CEILING, description="Output cap, tokens.")
-    max_completion_tokens: int | None = Field(
-        default=None, ge=1, le=MAX_TOKENS_CEILING, description="OpenAI's newer name for max_tokens; wins if both."
-    )
     temperature: float | None = Field(default=None, ge=0.0, le=2.0, description="Accepted; the twin is seeded.")
     seed: int | None = Field(default=None, description="Same seed, same messages -> same answer.")
     stream: bool = Field(default=False, description="Server-sent events, ending with 'data: [DONE]'.")
@@ -67,6 +70,11 @@ class ChatCompletionRequest(_Lenient):
     n: int = Field(default=1, description="Number of choices; only 1 is served.")
     stop: str | list[str] | None = Field(default=None, description="Accepted and ignored.")
     user: str | None = Field(default=None, description="Accepted and ignored.")
+    # vLLM's sampling extras (extra_body), as load generators send them.
+    ignore_eos: bool = Field(default=False, description="Never end the answer early: generate exactly the cap.")
+    min_tokens: int = Field(
+        default=0, ge=0, le=MAX_TOKENS_CEILING, description="The answer may not end before this many tokens."
+    )
     # sysaware extensions (extra_body); vLLM's server also reads `priority` under --scheduling-policy priority.
     priority: float = Field(default=0.0, description="Lower is served first under priority scheduling (a deadline, s).")
     request_id: str | None = Field(default=None, description="Caller's id for tracing; one is made up if absent.")
@@ -79,10 +87,52 @@ class ChatCompletionRequest(_Lenient):
         return n
 
     @model_validator(mode="after")
-    def _seed_range(self) -> "ChatCompletionRequest":
+    def _seed_range(self) -> "GenerationParams":
         if self.seed is not None and not (-(2**63) <= self.seed < 2**63):
             raise ValueError("seed must fit in a signed 64-bit integer")
         return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The output cap the client asked for, None when it left it open."""
+        return self.max_tokens
+
+    @property
+    def max_tokens_param(self) -> str:
+        return "max_tokens"
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """Usage on every chunk: vLLM's continuous_usage_stats, which (as on vLLM) needs include_usage too."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
+
+    def generation_request(
+        self, request_id: str, messages: tuple[ChatMessage, ...], max_tokens: int
+    ) -> GenerationRequest:
+        return GenerationRequest(
+            request_id=request_id,
+            model=self.model,
+            messages=messages,
+            max_tokens=max_tokens,
+            temperature=0.0 if self.temperature is None else self.temperature,
+            seed=0 if self.seed is None else self.seed,
+            priority=self.priority,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+        )
+
+
+class ChatCompletionRequest(GenerationParams):
+    """POST /v1/chat/completions body."""
+
+    messages: list[ChatMessageIn] = Field(min_length=1, description="The conversation, oldest first.")
+    max_completion_tokens: int | None = Field(
+        default=None, ge=1, le=MAX_TOKENS_CEILING, description="OpenAI's newer name for max_tokens; wins if both."
+    )
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -96,16 +146,51 @@ class ChatCompletionRequest(_Lenient):
     def chat_messages(self) -> tuple[ChatMessage, ...]:
         return tuple(ChatMessage(m.role, m.text()) for m in self.messages)
 
-    def to_generation_request(self, request_id: str, max_tokens: int) -> GenerationRequest:
-        return GenerationRequest(
-            request_id=request_id,
-            model=self.model,
-            messages=self.chat_messages(),
-            max_tokens=max_tokens,
-            temperature=0.0 if self.temperature is None else self.temperature,
-            seed=0 if self.seed is None else self.seed,
-            priority=self.priority,
-        )
+
+class CompletionRequest(GenerationParams):
+    """POST /v1/completions body (the legacy text completions that load generators use by default).
+
+    A prompt is served as one user message of the chat model, so its ``prompt_tokens`` include the twin's chat
+    template (4 tokens). A list of prompts is a batch: one choice per prompt, in order. Token-id prompts and
+    ``echo`` are refused: the twin has text, not the served model's tokenizer.
+    """
+
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        description="The text to continue, or a list of texts (one choice each)."
+    )
+    max_tokens: int | None = Field(
+        default=16, ge=1, le=MAX_TOKENS_CEILING, description="Output cap, tokens; 16 by default, as OpenAI and vLLM."
+    )
+    echo: bool = Field(default=False, description="Not supported: true is refused.")
+    best_of: int | None = Field(default=None, description="Only 1 (or absent) is served.")
+    suffix: str | None = Field(default=None, description="Accepted and ignored.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _text_prompts(cls, prompt: str | list) -> str | list[str]:
+        if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError("at least one prompt is required")
+            if not all(isinstance(p, str) for p in prompt):
+                raise ValueError("token-id prompts are not supported: send the prompt as text")
+        return prompt
+
+    @field_validator("echo")
+    @classmethod
+    def _no_echo(cls, echo: bool) -> bool:
+        if echo:
+            raise ValueError("echo is not supported: the response never repeats the prompt; send echo=false")
+        return echo
+
+    @field_validator("best_of")
+    @classmethod
+    def _one_candidate(cls, best_of: int | None) -> int | None:
+        if best_of not in (None, 1):
+            raise ValueError(f"only best_of=1 is supported, got {best_of}")
+        return best_of
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 # ---- responses ------------------------------------------------------------------------------------------------
@@ -113,6 +198,10 @@ class ChatCompletionRequest(_Lenient):
 
 def new_completion_id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def new_text_completion_id() -> str:
+    return f"cmpl-{uuid.uuid4().hex}"
 
 
 def now_unix_s() -> int:
@@ -126,11 +215,21 @@ class Usage(BaseModel):
 
     @classmethod
     def of(cls, result: GenerationResult) -> "Usage":
+        return cls.so_far(result.prompt_tokens, result.output_tokens)
+
+    @classmethod
+    def so_far(cls, prompt_tokens: int, completion_tokens: int) -> "Usage":
         return cls(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.output_tokens,
-            total_tokens=result.prompt_tokens + result.output_tokens,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
         )
+
+    @classmethod
+    def total(cls, results: Iterable[GenerationResult]) -> "Usage":
+        """Several choices' usage summed (a batch of prompts), as vLLM reports it."""
+        results = list(results)
+        return cls.so_far(sum(r.prompt_tokens for r in results), sum(r.output_tokens for r in results))
 
 
 class EngineTimings(BaseModel):
@@ -226,16 +325,76 @@ class ChatCompletionChunk(BaseModel):
         """This chunk as one server-sent event, as OpenAI sends it: ``finish_reason`` always present (null until
         the end), empty delta fields and absent extras left out."""
         data = self.model_dump(mode="json")
-        for key in ("usage", "sysaware"):
-            if data[key] is None:
-                del data[key]
         for choice in data["choices"]:
             choice["delta"] = {k: v for k, v in choice["delta"].items() if v is not None}
             del choice["logprobs"]
-        return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+        return _sse(data)
+
+
+def _sse(data: dict) -> str:
+    """``data`` as one server-sent event, without the top-level extras that are absent (usage, sysaware)."""
+    for key in ("usage", "sysaware"):
+        if data.get(key, 0) is None:
+            del data[key]
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None  # null until the choice's last streamed event
+    sysaware: EngineTimings | None = None  # this choice's engine timings (one request per prompt)
+
+
+class Completion(BaseModel):
+    """A text completion: one choice per prompt, the usage summed over them."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+
+    @classmethod
+    def of(cls, results: list[GenerationResult], completion_id: str) -> "Completion":
+        return cls(
+            id=completion_id,
+            created=now_unix_s(),
+            model=results[0].model,
+            choices=[
+                CompletionChoice(
+                    index=i,
+                    text=r.text,
+                    finish_reason=openai_finish_reason(r.finish_reason),
+                    sysaware=EngineTimings.of(r),
+                )
+                for i, r in enumerate(results)
+            ],
+            usage=Usage.total(results),
+        )
+
+
+class CompletionChunk(BaseModel):
+    """One server-sent event of a streamed text completion (same ``object`` as the whole one, as OpenAI sends)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+    def sse(self) -> str:
+        data = self.model_dump(mode="json")
+        for choice in data["choices"]:
+            if choice["sysaware"] is None:
+                del choice["sysaware"]
+        return _sse(data)
 
 
 class ModelCard(BaseModel):
@@ -264,3 +423,9 @@ class ErrorInfo(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorInfo
+
+    @classmethod
+    def of(cls, status: int, message: str, param: str | None = None, code: str | None = None) -> ErrorResponse:
+        """The body of a refusal with HTTP ``status``: a client error (4xx) or the server's (5xx)."""
+        kind = "invalid_request_error" if status < 500 else "internal_error"
+        return cls(error=ErrorInfo(message=message, type=kind, param=param, code=code))

@@ -32,6 +32,7 @@ from typing import Callable
 from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
 from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
+from sysaware.engines.twin.perf.length_floor import at_least, length_floor
 from sysaware.engines.twin.protocols import BatchShape, Responder, StepTimeModel
 from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
@@ -211,11 +212,8 @@ class TwinEngineCore:
                 f"tokens (max_model_len) with room for one output token"
             )
 
-        response = self.responder.respond(req)
-        # The answer's own length, unless the request forces one (ignore_eos: exactly max_tokens; min_tokens: no
-        # stop before it), as vLLM's sampling parameters do.
-        natural = req.max_tokens if req.ignore_eos else max(response.output_tokens, min(req.min_tokens, req.max_tokens))
-        target = min(natural, req.max_tokens)
+        response = at_least(self.responder.respond(req), length_floor(req))  # ignore_eos / min_tokens
+        target = min(response.output_tokens, req.max_tokens)
         if max_len is not None:
             target = min(target, max_len - prompt_tokens)
 
@@ -235,7 +233,7 @@ class TwinEngineCore:
             next(self._arrival_seq),  # arrival_seq
             prompt_tokens,  # num_prompt_tokens
             target,  # num_target_tokens
-            target < response.output_tokens or req.ignore_eos,  # capped (ignore_eos always ends by length)
+            target < response.output_tokens,  # capped
             response.text,  # response_text
             response.output_tokens,  # response_tokens
             req.priority,  # priority
