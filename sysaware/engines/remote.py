@@ -34,6 +34,7 @@ from sysaware.engines.types import (
     GenerationResult,
     ReplicaStats,
     StreamChunk,
+    vllm_priority,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,11 +42,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_SCRAPE_PERIOD_S = 0.5
 STALE_AFTER_FAILURES = 20  # consecutive failed scrapes before check_health reports the server gone
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": FinishReason.ABORT}
-
-
-def priority_int(priority: float) -> int:
-    """vLLM's ``priority`` is an int (lower first); ours is seconds (a deadline): milliseconds keep the order."""
-    return int(round(priority * 1000.0))
 
 
 @dataclass(frozen=True)
@@ -176,7 +172,7 @@ class RemoteEngine:
         if request.min_tokens:
             body["min_tokens"] = request.min_tokens
         if self.send_priority:
-            body["priority"] = priority_int(request.priority)
+            body["priority"] = vllm_priority(request.priority)
         return body
 
     # ---- requests ---------------------------------------------------------------------------------------------

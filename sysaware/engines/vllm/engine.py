@@ -26,7 +26,14 @@ from typing import Any
 
 from sysaware.config import ModelDeployment, SchedulingPolicy
 from sysaware.engines.clock import EngineClock
-from sysaware.engines.types import FinishReason, GenerationRequest, GenerationResult, ReplicaStats, StreamChunk
+from sysaware.engines.types import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    ReplicaStats,
+    StreamChunk,
+    vllm_priority,
+)
 from sysaware.engines.vllm.stats import StepRecorder
 
 logger = logging.getLogger(__name__)
@@ -108,11 +115,6 @@ def logger_class(recorder: StepRecorder):
             recorder.configure(self.cache_config.num_gpu_blocks, self.cache_config.block_size)
 
     return SysawareStatLogger
-
-
-def priority_int(priority: float) -> int:
-    """vLLM's priority is an int, lower first; ours is seconds (a deadline): milliseconds keep the order."""
-    return int(round(priority * 1000.0))
 
 
 class VllmEngine:
@@ -206,7 +208,7 @@ class VllmEngine:
             {"prompt_token_ids": prompt_ids},
             params,
             request.request_id,
-            priority=priority_int(request.priority) if self.send_priority else 0,
+            priority=vllm_priority(request.priority) if self.send_priority else 0,
         )
         try:
             async for out in stream:

@@ -43,7 +43,8 @@ def _replay(model: ModelDeployment, trace: list[TraceRequest], seed: int, warmup
     from vllm.engine.arg_utils import EngineArgs
     from vllm.v1.engine.llm_engine import LLMEngine
 
-    from sysaware.engines.vllm.engine import apply_engine_env, engine_args_for, priority_int
+    from sysaware.engines.types import vllm_priority
+    from sysaware.engines.vllm.engine import apply_engine_env, engine_args_for
 
     args = engine_args_for(model, **arg_overrides)
     apply_engine_env(model)
@@ -93,7 +94,7 @@ def _replay(model: ModelDeployment, trace: list[TraceRequest], seed: int, warmup
                 r = pending[i]
                 # vLLM's scheduler knows the request by an internal id (ours plus a suffix): map it back.
                 internal = engine.add_request(r.request_id, prompt(r.prompt_tokens), params(r.output_tokens),
-                                              priority=priority_int(r.priority) if send_priority else 0)
+                                              priority=vllm_priority(r.priority) if send_priority else 0)
                 ours[internal if isinstance(internal, str) else r.request_id] = r.request_id
                 # The request was sent at its trace time; the engine sees it at the next step boundary, as a
                 # server's engine does (the wait for the step in progress is part of its TTFT, in vLLM and the twin).
