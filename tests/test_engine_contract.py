@@ -173,13 +173,17 @@ def test_stats_fields_and_units(eut: EngineUnderTest):
 
 def test_stats_show_running_requests_and_their_kv_blocks(eut: EngineUnderTest):
     async def main():
-        # Four long requests, consumed as they stream: the engine stays busy for seconds (a remote server's
+        # Eight long requests, consumed as they stream: the engine stays busy for seconds (a remote server's
         # stats are scraped, so one short request could end between two scrapes).
-        streams = [eut.engine.generate_stream(eut.request(max_tokens=eut.long_output_tokens)) for _ in range(4)]
+        streams = [eut.engine.generate_stream(eut.request(max_tokens=eut.long_output_tokens)) for _ in range(8)]
         firsts = [await anext(s) for s in streams]
         drains = [asyncio.ensure_future(_collect(s)) for s in streams]
         busy = await eut.wait_stats(lambda s: s.num_requests_running >= 1 and s.kv_cache_usage_perc > 0
                                     and s.step_ms > 0)
+        if not busy.num_requests_running:  # say what the engine saw, to tell a slow scraper from a wrong one
+            print(f"busy never seen; drains done: {[d.done() for d in drains]}; "
+                  f"scrapes: {getattr(eut.engine, 'scrapes_total', '-')}, "
+                  f"failed: {getattr(eut.engine, 'scrape_failures_total', '-')}")
         for d in drains:
             d.cancel()
         await asyncio.gather(*drains, return_exceptions=True)

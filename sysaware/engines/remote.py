@@ -132,6 +132,9 @@ class RemoteEngine:
         self.clock = clock or EngineClock(1.0)
         self.send_priority = model.twin.scheduling_policy is SchedulingPolicy.PRIORITY
         self._client = None
+        self._scrape_client = None
+        self.scrapes_total = 0  # successful scrapes
+        self.scrape_failures_total = 0
         self._scraper: asyncio.Task | None = None
         self._last: Scrape | None = None
         self._previous: Scrape | None = None
@@ -253,12 +256,25 @@ class RemoteEngine:
 
     # ---- stats ------------------------------------------------------------------------------------------------
 
+    def _scrape_http(self):
+        """A client of its own for /metrics, without keep-alive: a pooled connection the server closed while the
+        scraper slept (uvicorn drops idle ones after 5 s) would fail the next scrape."""
+        if self._scrape_client is None:
+            import httpx
+
+            self._scrape_client = httpx.AsyncClient(
+                base_url=self.base_url, timeout=httpx.Timeout(10.0, connect=5.0),
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
+        return self._scrape_client
+
     async def scrape_once(self) -> Scrape:
-        response = await self._http().get("/metrics", timeout=5.0)
+        response = await self._scrape_http().get("/metrics")
         response.raise_for_status()
         scrape = parse_metrics(response.text, self.served_name, time.monotonic())
         self._previous, self._last = self._last, scrape
         self._failures = 0
+        self.scrapes_total += 1
         return scrape
 
     async def _scrape_forever(self) -> None:
@@ -269,6 +285,7 @@ class RemoteEngine:
                 raise
             except Exception as e:  # the server restarts or is slow: keep the last scrape, which ages
                 self._failures += 1
+                self.scrape_failures_total += 1
                 self._last_error = e
                 if self._failures in (1, 10) or self._failures % 100 == 0:
                     logger.warning("%s: scraping %s/metrics failed (%d in a row): %r", self.replica_id,
@@ -326,9 +343,10 @@ class RemoteEngine:
                 await self._scraper
             except (asyncio.CancelledError, Exception):
                 pass
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        for client in (self._client, self._scrape_client):
+            if client is not None:
+                await client.aclose()
+        self._client = self._scrape_client = None
 
 
 def _http_error(status: int, body: str, request_id: str) -> Exception:
