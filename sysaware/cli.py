@@ -524,7 +524,8 @@ def evaluate_cmd(
     sim: bool = typer.Option(False, "--sim", help="On the simulated cluster (virtual time); the only driver so far."),
     pool: Path = PoolOption,
     policies: str = typer.Option(
-        "random,fixed,best_single,static_qmp,least_queue,greedy,oracle", help="Executors, comma-separated."
+        "random,fixed,best_single,static_qmp,least_queue,greedy,oracle",
+        help="Executors, comma-separated; 'rl' is the trained policy shipped for the pool.",
     ),
     levels: str = typer.Option("1,10,50", help="Background closed-loop clients per model, comma-separated."),
     scenarios: str | None = typer.Option(
@@ -556,6 +557,7 @@ def evaluate_cmd(
     tasks = 40 if tasks is None else tasks
     from tqdm import tqdm
 
+    import sysaware.policy  # noqa: F401  (registers the trained policy as "rl")
     from sysaware.data.profile import PoolProfile, ProfileError
     from sysaware.orchestration.executors import EXECUTORS
     from sysaware.orchestration.planners import PLANNERS
@@ -604,6 +606,7 @@ def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, prof
 
     from tqdm import tqdm
 
+    import sysaware.policy  # noqa: F401  (registers the trained policy as "rl")
     from sysaware.orchestration.executors import EXECUTORS
     from sysaware.orchestration.scenarios import ScenarioError, load_scenarios, select
     from sysaware.pipelines.eval_report import summarise as summarise_cells, write_report
@@ -645,10 +648,41 @@ def _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, prof
         table.add_column(header, justify="right")
     for r in summary.itertuples(index=False):
         diff = "" if r.goodput_diff != r.goodput_diff else f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
-        table.add_row(r.scenario, r.executor, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
+        name = r.policy if r.executor in (r.policy, "") else f"{r.policy}: {r.executor}"
+        table.add_row(r.scenario, name, f"{100 * r.goodput:.1f} [{100 * r.goodput_low:.1f}, {100 * r.goodput_high:.1f}]",
                       f"{100 * r.pass_at_1:.1f}", f"{100 * r.slo_attainment:.1f}", diff)
     console.print(table)
     console.print(f"report: {report}")
+
+
+@app.command("train-policy")
+def train_policy_cmd(
+    config: Path = typer.Option(Path("rllib_configs/default.yaml"), help="Experiment YAML (rllib_configs/)."),
+    run_dir: Path | None = typer.Option(None, help="Where metrics, checkpoints and the policy go (default runs/train-policy-<time>)."),
+    resume: Path | None = typer.Option(None, help="A checkpoint folder (<run>/checkpoint) to continue from."),
+    iterations: int | None = typer.Option(None, min=1, help="Stop after this many iterations in all (default: the config's)."),
+    wall_minutes: float | None = typer.Option(None, min=0.1, help="Stop after this many wall minutes (default: the config's)."),
+    seed: int | None = typer.Option(None, help="Override the config's seed."),
+) -> None:
+    """Multi-agent PPO (RLlib) for the planner and executor with the Lagrangian lambda update; metrics.csv,
+    TensorBoard (tb/), curves.png, checkpoint/ (resumable) and policy/ (what `evaluate --policies rl` loads)."""
+    from sysaware.policy.train import load_config, train
+    from sysaware.runs import new_run_dir
+
+    cfg = load_config(config)
+    if seed is not None:
+        cfg["seed"] = seed
+    out = run_dir if resume is not None and run_dir is not None else new_run_dir("train-policy", run_dir)
+
+    def progress(row: dict) -> None:
+        console.print(
+            f"iter {row['iteration']:>4}  {row['wall_s']:>7.0f} s  requests {row['requests']:>4}  "
+            f"goodput {row['goodput']:.3f}  pass {row['pass_rate']:.3f}  violations {row['violation_rate']:.3f}  "
+            f"lambda {row['lambda_used']:.3f} -> {row['lambda']:.3f}"
+        )
+
+    outcome = train(cfg, out, resume=resume, iterations=iterations, wall_minutes=wall_minutes, progress=progress)
+    console.print(f"policy in {outcome.policy_dir}; metrics in {out / 'metrics.csv'}; curves in {out / 'curves.png'}")
 
 
 @app.command("dataset-report")

@@ -85,8 +85,9 @@ def markdown_table(summary: pd.DataFrame, scenario: str) -> str:
             f"{100 * r.goodput_diff:+.1f} [{100 * r.goodput_diff_low:+.1f}, {100 * r.goodput_diff_high:+.1f}]"
             + (" *" if (r.goodput_diff_low > 0 or r.goodput_diff_high < 0) else "")
         )
+        name = r.policy if r.executor in (r.policy, "") else f"{r.policy}: {r.executor}"
         lines.append(
-            f"| {r.executor} | {_pct(r.goodput, r.goodput_low, r.goodput_high)} | "
+            f"| {name} | {_pct(r.goodput, r.goodput_low, r.goodput_high)} | "
             f"{_pct(r.pass_at_1, r.pass_at_1_low, r.pass_at_1_high)} | "
             f"{_pct(r.slo_attainment, r.slo_attainment_low, r.slo_attainment_high)} | "
             f"{r.e2e_p50_s:.2f} / {r.e2e_p95_s:.2f} / {r.e2e_p99_s:.2f} | {r.mean_output_tokens:.0f} | {diff} |"

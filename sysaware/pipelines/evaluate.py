@@ -24,6 +24,7 @@ from sysaware.data.profile import PoolProfile
 from sysaware.orchestration.budget import DEFAULT_SLACK, ProfileBudget, plan_slo_s
 from sysaware.orchestration.context import Plan, PolicyResources
 from sysaware.orchestration.executors import make_executor
+import sysaware.policy  # noqa: F401  (registers the trained policy as executor/planner "rl")
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import make_planner
 from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver

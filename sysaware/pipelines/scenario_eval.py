@@ -99,6 +99,15 @@ def plan_stream(scenario: Scenario, settings: ScenarioEvalSettings) -> list[Requ
     return out
 
 
+def _policy_artifact(scenario: Scenario, policy: str) -> str | None:
+    """The trained policy's fingerprint (a new checkpoint must not reuse the cells of the old one)."""
+    if policy.split("@")[0] != "rl":
+        return None
+    from sysaware.policy.serve import policy_fingerprint, shipped_policy_dir
+
+    return policy_fingerprint(shipped_policy_dir(scenario.pool_config.name))
+
+
 def cell_key(scenario: Scenario, policy: str, requests: Sequence[Request], settings: ScenarioEvalSettings) -> str:
     from sysaware import __version__
 
@@ -111,6 +120,7 @@ def cell_key(scenario: Scenario, policy: str, requests: Sequence[Request], setti
             "seed": settings.seed,
             "profile": settings.profile,
             "requests": [asdict(r) for r in requests],
+            **({"artifact": a} if (a := _policy_artifact(scenario, policy)) else {}),
         },
         sort_keys=True,
     )
@@ -119,6 +129,7 @@ def cell_key(scenario: Scenario, policy: str, requests: Sequence[Request], setti
 
 def run_cell(scenario: Scenario, policy: str, requests: Sequence[Request], settings: ScenarioEvalSettings) -> CellResult:
     """Simulate one (scenario, policy) cell: every request of the stream under the scenario's background."""
+    import sysaware.policy  # noqa: F401  (registers the trained policy "rl" in this worker)
     from sysaware.orchestration.executors import make_executor
     from sysaware.orchestration.sim_driver import SimSettings, SimulatedDriver
     from sysaware.orchestration.topology import Topology
