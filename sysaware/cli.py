@@ -99,11 +99,62 @@ def regrade(out: Path | None = typer.Option(None, help="CSV to write (default: t
 
 
 @app.command()
-def calibrate() -> None:
-    """Refit the twin's step-time efficiency factors to the vendored Vidur profiles."""
-    from sysaware.engines.calibration import main
+def calibrate(
+    vllm: Path | None = typer.Option(
+        None, "--vllm", help="A pool whose model runs on vLLM here (e.g. configs/pool_tiny_cpu.yaml): replay the "
+        "calibration trace on it and fit the model's measured step-time profile (resources/step_profiles.json)."
+    ),
+    model: str | None = typer.Option(None, help="--vllm: the pool's model (default: its first)."),
+    step_log: Path | None = typer.Option(None, help="--vllm: refit from a recorded calibration_vllm_log.json (no engine run)."),
+    run_dir: Path | None = typer.Option(None, help="--vllm: where the engine's step log goes (default runs/calibrate-<time>)."),
+) -> None:
+    """Refit the twin's step-time efficiency factors to the vendored Vidur profiles; with --vllm, fit a step-time
+    profile to a vLLM engine's own measured steps instead (the `cpu` entry of the tiny CPU pool)."""
+    if vllm is None:
+        from sysaware.engines.calibration import main
 
-    main()
+        main()
+        return
+    from sysaware.engines.twin_check import calibrate_on_vllm
+    from sysaware.runs import new_run_dir
+
+    cfg = _load_pool(vllm)
+    name = model or cfg.models[0].name
+    out = new_run_dir("calibrate", run_dir)
+    profile, log = calibrate_on_vllm(cfg, name, out, step_log=step_log)
+    console.print(
+        f"{profile.key}: {profile.num_steps} steps; step = {profile.overhead_s * 1e3:.3f} ms + "
+        f"{profile.prefill_token_s * 1e6:.2f} us/prefill token + {profile.prefill_pair_s * 1e9:.3f} ns/pair + "
+        f"{profile.decode_seq_s * 1e6:.2f} us/decode seq + {profile.context_token_s * 1e9:.3f} ns/context token; "
+        f"|error| median {profile.median_rel_error:.1%}, P90 {profile.p90_rel_error:.1%}; step log in {out}"
+    )
+
+
+@app.command("twin-check")
+def twin_check_cmd(
+    pool: Path = typer.Option(Path("configs/pool_tiny_cpu.yaml"), "--pool", help="A pool whose model runs on vLLM here."),
+    model: str | None = typer.Option(None, help="The pool's model (default: its first)."),
+    loads: str = typer.Option("light,heavy", help="Traces to replay: light, heavy (comma-separated)."),
+    seed: int = typer.Option(1),
+    noise_floor: bool = typer.Option(False, help="Also replay each trace on vLLM a second time: vLLM against itself."),
+    vllm_logs: Path | None = typer.Option(None, help="An earlier check's folder: reuse its recorded vLLM runs (recheck the twin only)."),
+    run_dir: Path | None = typer.Option(None, help="Output folder (default runs/twin-check-<time>)."),
+) -> None:
+    """Replay one trace on vLLM and on its twin (same scheduler limits, the step-time profile fitted by
+    `calibrate --vllm`); report scheduling agreement and per-request TTFT/TPOT/queue-time error per load."""
+    from sysaware.engines.twin_check import markdown_table, twin_check, verdicts
+    from sysaware.runs import new_run_dir
+
+    cfg = _load_pool(pool)
+    out = new_run_dir("twin-check", run_dir)
+    try:
+        rows = twin_check(cfg, model or cfg.models[0].name, out, tuple(x.strip() for x in loads.split(",") if x.strip()),
+                          seed=seed, noise_floor=noise_floor, vllm_logs=vllm_logs)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    print(markdown_table(rows))
+    console.print(f"written to {out}")
 
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -106,6 +107,38 @@ class TwinSettings(_Strict):
     activation_reserve_gib: float = Field(default=2.0, ge=0, description="Memory kept for activations/CUDA graphs, GiB")
     scheduling_policy: SchedulingPolicy = SchedulingPolicy.FCFS
     ema_alpha: float = Field(default=0.2, gt=0, le=1, description="Weight of the newest TTFT in ema_ttft_ms")
+    reserve_full_sequence: bool = Field(
+        default=True,
+        description="vLLM --scheduler-reserve-full-isl (on by default since vLLM 0.1x): a waiting or preempted request "
+        "is admitted only when the KV cache holds its whole sequence so far, not only its first prefill chunk.",
+    )
+
+
+class EngineSettings(_Strict):
+    """How a real engine (backend vllm or remote) runs the model. The scheduler limits are the twin's settings
+    (``twin``: max_num_seqs, max_num_batched_tokens, block_size, scheduling_policy, gpu_memory_utilization), so
+    the twin and the engine it imitates read the same numbers."""
+
+    model_path: str | None = Field(
+        default=None,
+        description="What vLLM loads: a local folder or a Hugging Face id (default: hf_id). 'builtin:tiny-llama' "
+        "is the 2-layer model built in code (engines/vllm/tiny_model.py), for CPU runs with load_format dummy.",
+    )
+    load_format: str = Field(default="auto", description="vLLM --load-format; 'dummy' = random weights, no files.")
+    dtype: str = Field(default="auto", description="vLLM --dtype")
+    max_model_len: int | None = Field(default=None, gt=0, description="vLLM --max-model-len (default: the model's).")
+    num_gpu_blocks: int | None = Field(
+        default=None, gt=0, description="vLLM --num-gpu-blocks-override: KV blocks, instead of the profiled count."
+    )
+    kv_cache_memory_bytes: int | None = Field(default=None, gt=0, description="vLLM --kv-cache-memory-bytes")
+    enforce_eager: bool = Field(default=False, description="vLLM --enforce-eager (no CUDA graphs)")
+    extra_args: dict[str, Any] = Field(default_factory=dict, description="Any other vLLM EngineArgs, by name.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for the engine's processes, set before it starts (e.g. VLLM_CPU_OMP_THREADS_BIND).",
+    )
+    served_name: str | None = Field(default=None, description="remote: the model's name on the server (default: name).")
+    scrape_period_s: float = Field(default=0.5, gt=0, description="remote: how often /metrics is scraped, s.")
 
 
 class ModelDeployment(_Strict):
@@ -124,6 +157,7 @@ class ModelDeployment(_Strict):
     backend: Backend = Backend.TWIN
     endpoint: str | None = Field(default=None, description="Base URL, for backend=remote.")
     twin: TwinSettings = TwinSettings()
+    engine: EngineSettings = EngineSettings()
 
     @model_validator(mode="after")
     def _check(self) -> "ModelDeployment":

@@ -7,6 +7,7 @@ configs/pool_twin.yaml, sped up by TIME_SCALE so a request takes tens of millise
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from functools import lru_cache
 
@@ -210,12 +211,15 @@ def test_bad_requests_raise_the_cores_value_error_and_the_engine_keeps_serving()
     asyncio.run(main())
 
 
-def test_build_engine_picks_the_twin_and_names_the_backends_still_missing():
+def test_build_engine_picks_the_twin_and_says_how_to_get_vllm(monkeypatch):
     pool = two_model_pool()
     model = pool.models[0]
     engine = build_engine(model, pool, "replica-7", time_scale=5.0)
     assert isinstance(engine, LiveTwinEngine)
     assert (engine.core.model, engine.core.replica_id, engine.time_scale) == (model.name, "replica-7", 5.0)
     vllm = model.model_copy(update={"backend": Backend.VLLM})
-    with pytest.raises(NotImplementedError, match="backend 'vllm' is not implemented yet"):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # the base install: no vLLM
+    with pytest.raises(RuntimeError, match="backend 'vllm' needs vLLM"):
         build_engine(vllm, pool, "replica-8")
+    with pytest.raises(ValueError, match="time_scale"):  # a real engine runs at the wall clock's pace
+        build_engine(vllm, pool, "replica-9", time_scale=5.0)

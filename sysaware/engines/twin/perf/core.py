@@ -33,7 +33,7 @@ from sysaware.config import ModelDeployment, PoolConfig, TwinSettings
 from sysaware.engines.tokens import PROMPT_COUNT_CACHE_SIZE, count_prompt_tokens, count_tokens
 from sysaware.engines.twin.perf.kv_cache import BlockPool, num_gpu_blocks_for
 from sysaware.engines.twin.perf.length_floor import at_least, length_floor
-from sysaware.engines.twin.protocols import Responder, Response, StepTimeModel
+from sysaware.engines.twin.protocols import BatchShape, Responder, Response, StepTimeModel
 from sysaware.engines.twin.perf.request import StepTimeline, TwinRequest
 from sysaware.engines.twin.perf.scheduler import DecodeRun, Scheduler
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats
@@ -138,6 +138,7 @@ class TwinEngineCore:
         self._run_timing: _LastRun | None = None
         self._step_before_call_s = 0.0  # the iteration before the latest step() call, s (what stats() expects next)
         self._first_step_tokens = 0  # tokens scheduled in the latest call's first iteration, when not a decode run
+        self.last_shape: BatchShape | None = None  # the shape of the latest call's first iteration (twin-check)
 
     @classmethod
     def for_deployment(
@@ -156,11 +157,14 @@ class TwinEngineCore:
         """
         gpu = pool.gpu_of(model)
         if step_time is None:
-            from sysaware.engines.twin.perf.step_time import RooflineStepTime
+            from sysaware.engines.twin.perf.measured_step_time import step_time_for
 
-            step_time = RooflineStepTime.for_deployment(model, pool)
+            step_time = step_time_for(model, pool)  # a profile measured on the engine itself, else the roofline
         settings = model.twin
-        num_blocks = num_gpu_blocks_for(
+        # The engine's KV block count when the pool file fixes it (vLLM's num_gpu_blocks_override), less the one
+        # block vLLM v1 keeps as its null block; else sized from memory as vLLM profiles it.
+        fixed = model.engine.num_gpu_blocks
+        num_blocks = fixed - 1 if fixed else num_gpu_blocks_for(
             memory_gib=gpu.memory_gib,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             weight_bytes_per_gpu=step_time.weight_bytes_per_gpu(),
@@ -282,7 +286,8 @@ class TwinEngineCore:
             self.last_outcome = StepOutcome(0.0, events, 0, now)
             return self.last_outcome
 
-        t_end = now + self.step_time.step_time_s(out.shape)
+        shape = self.last_shape = out.shape
+        t_end = now + self.step_time.step_time_s(shape)
         self.timeline.append(t_end)
         num_sampled, first_tokens, finished = scheduler.update_from_output(out, t_end)
         self.generation_tokens_total += num_sampled
@@ -308,6 +313,7 @@ class TwinEngineCore:
         batch = scheduler.batch
         num_steps = scheduler.steady_run_steps()
         num_seqs = batch.num_seqs
+        self.last_shape = BatchShape(0, 0, num_seqs, batch.context_tokens())  # the run's first step
         if self._decode_run_list_s is not None:
             durations = self._decode_run_list_s(num_seqs, batch.context_tokens(), num_steps)
         else:

@@ -8,7 +8,8 @@ preemption are one rule. Order of one step:
    When the blocks are not there, preempt by recompute (FCFS: the newest running request; priority: the least
    urgent), until the request fits or it preempted itself.
 2. Then waiting requests, in queue order (FCFS, or (priority, arrival) under priority), up to ``max_num_seqs``, as
-   long as budget and blocks last. Skipped entirely in a step that preempted (vLLM does the same, so that a freed
+   long as budget and blocks last; a request is admitted only when the free blocks hold its whole sequence so far
+   (vLLM's ``scheduler_reserve_full_isl``, on by default), though it takes only its first chunk's blocks. Skipped entirely in a step that preempted (vLLM does the same, so that a freed
    block goes to the preempted request rather than to a newcomer). Under priority, a waiting request that does not
    fit may preempt running requests of strictly lower priority (vLLM v0's ``_schedule_priority_preemption``;
    v0 compares (priority, arrival), so an older request of equal priority preempts too: we do not, so that
@@ -270,6 +271,7 @@ class Scheduler:
         self.max_num_seqs = settings.max_num_seqs
         self.max_num_batched_tokens = settings.max_num_batched_tokens
         self.is_priority = settings.scheduling_policy == SchedulingPolicy.PRIORITY
+        self.reserve_full_sequence = settings.reserve_full_sequence
         self.pool = pool
         self.waiting: FCFSQueue | PriorityQueue = PriorityQueue() if self.is_priority else FCFSQueue()
         self.running: list[TwinRequest] = []
@@ -420,8 +422,12 @@ class Scheduler:
             if num_new > budget:
                 num_new = budget
             need = -(-num_new // block_size)
-            if need > pool.num_free_blocks:
-                short = need - pool.num_free_blocks
+            # vLLM's admission gate (scheduler_reserve_full_isl): the whole sequence so far must fit, else a request
+            # admitted on its first chunk preempts the others chunk after chunk (twin-check: 68 preemptions
+            # against vLLM's 7 on the same trace without it).
+            gate = -(-req.num_tokens // block_size) if self.reserve_full_sequence else need
+            if gate > pool.num_free_blocks:
+                short = gate - pool.num_free_blocks
                 refund = self._preempt_less_urgent(req, out, blocks_short=short) if self.is_priority else None
                 if refund is None:
                     break
@@ -521,7 +527,8 @@ class Scheduler:
         if not len(waiting):
             return True
         head = waiting.peek()
-        if budget > 0 and n < self.max_num_seqs and self.pool.blocks_needed(min(head.num_tokens, budget)) <= free:
+        admit_tokens = head.num_tokens if self.reserve_full_sequence else min(head.num_tokens, budget)
+        if budget > 0 and n < self.max_num_seqs and self.pool.blocks_needed(admit_tokens) <= free:
             return False  # the head of the queue would be admitted
         # The head is blocked; under priority it could still preempt a less urgent request to get in.
         return not self.is_priority or all(r.priority <= head.priority for r in self.running)
