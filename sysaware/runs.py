@@ -16,3 +16,12 @@ def new_run_dir(job: str, run_dir: str | Path | None = None) -> Path:
     path = Path(run_dir) if run_dir else runs_root() / f"{job}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_dir() -> Path:
+    """Where derived, rebuildable files are kept (the exported encoder, background answer streams):
+    $SYSAWARE_CACHE_DIR, else ~/.cache/sysaware. One home for every layer that caches."""
+    env = os.environ.get("SYSAWARE_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sysaware"

@@ -40,12 +40,7 @@ def onnx_available() -> bool:
     return True
 
 
-def cache_dir() -> Path:
-    """Where derived files (the exported encoder) are kept: $SYSAWARE_CACHE_DIR, else ~/.cache/sysaware."""
-    env = os.environ.get("SYSAWARE_CACHE_DIR")
-    if env:
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sysaware"
+from sysaware.runs import cache_dir  # noqa: E402  (one home; re-exported for callers of this module)
 
 
 def onnx_model_path() -> Path:

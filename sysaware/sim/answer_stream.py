@@ -36,11 +36,11 @@ _open_streams: dict[Path, "AnswerStream"] = {}
 
 
 def streams_dir() -> Path:
-    """$SYSAWARE_ANSWER_STREAMS_DIR, else ``answer-streams`` under the user cache (``embeddings.cache_dir``)."""
+    """$SYSAWARE_ANSWER_STREAMS_DIR, else ``answer-streams`` under the user cache (``runs.cache_dir``)."""
     env = os.environ.get("SYSAWARE_ANSWER_STREAMS_DIR")
     if env:
         return Path(env)
-    from sysaware.estimators.embeddings import cache_dir
+    from sysaware.runs import cache_dir
 
     return cache_dir() / "answer-streams"
 
