@@ -67,10 +67,12 @@ def idle_latency_s(strategy: Strategy) -> float:
 
 
 def test_every_baseline_is_registered_and_answers_with_a_candidate():
-    assert set(EXECUTORS) == {"random", "fixed", "best_single", "static_qmp", "least_queue", "greedy", "oracle"}
+    # `rl` joins the registry when sysaware.policy is imported (by another test in this worker, or not): it needs a
+    # checkpoint and is tested in test_policy.py.
+    assert set(EXECUTORS) - {"rl"} == {"random", "fixed", "best_single", "static_qmp", "least_queue", "greedy", "oracle"}
     ctx = context()
     for name in EXECUTORS:
-        if name == "oracle":
+        if name in ("oracle", "rl"):
             continue
         executor = make_executor(name, resources())
         assert executor.act(ctx) in ctx.candidates and executor.decisions == 1
@@ -251,7 +253,7 @@ def test_queueing_estimate():
 
 
 def test_planners():
-    assert set(PLANNERS) == {"fixed", "random"}
+    assert set(PLANNERS) - {"rl"} == {"fixed", "random"}  # rl: registered by sysaware.policy when imported
     task = get_task(11)
     plan = make_planner("fixed", topology="debate").plan(task, None, 12.0)
     assert plan.topology == default_topology(TopologyKind.DEBATE) and plan.slo_s == 12.0
