@@ -81,7 +81,7 @@ OPEN_FILES_LIMIT = 64
 DISK_QUOTA_MB = 64  # size of the run directory's tmpfs
 PROCESS_LIMIT = 16  # RLIMIT_NPROC inside a run: processes and threads of the sandbox user, the runner included
 SANDBOX_UID = SANDBOX_GID = 65534  # nobody / nogroup
-RUN_DIR = "/tmp"  # inside the sandbox: the tmpfs, cwd, HOME and TMPDIR
+RUN_DIR = "/sandbox"  # inside the sandbox: the tmpfs, cwd, HOME and TMPDIR (not /tmp: a checkout and its .venv may live there)
 _KILL_GRACE_S = 0.5  # after the child exits, how long stragglers may keep the pipes open
 _REAP_WAIT_S = 5.0  # how long to wait for a killed sandbox's init to be gone
 
