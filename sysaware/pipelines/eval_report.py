@@ -95,6 +95,31 @@ def markdown_table(summary: pd.DataFrame, scenario: str) -> str:
     return "\n".join(lines)
 
 
+def _per_scenario(plt, scenarios: Sequence[str], draw):
+    """A grid of panels, one per scenario (five to a row), each titled and filled by ``draw(ax, scenario)``; the
+    first panel carries the legend."""
+    cols = min(len(scenarios), 5)
+    nrows = int(np.ceil(len(scenarios) / cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.0 * nrows), squeeze=False)
+    for k, scenario in enumerate(scenarios):
+        ax = axes[k // cols][k % cols]
+        draw(ax, scenario)
+        ax.set_title(scenario, fontsize=9)
+    for k in range(len(scenarios), nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(fontsize=6)
+    return fig
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_all(summary: pd.DataFrame, runs: pd.DataFrame, steps: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
 
@@ -118,36 +143,21 @@ def plot_all(summary: pd.DataFrame, runs: pd.DataFrame, steps: pd.DataFrame, out
     ax.set_ylabel("goodput: pass and within SLO (%)")
     ax.legend(fontsize=7, ncol=4)
     ax.set_title("Goodput per scenario (95% bootstrap CI)")
-    fig.tight_layout()
-    paths.append(out / "goodput.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "goodput.png"))
 
     # 2. pass@1 vs SLO attainment, one panel per scenario.
-    cols = min(len(scenarios), 5)
-    nrows = int(np.ceil(len(scenarios) / cols))
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.0 * nrows), squeeze=False)
-    for k, scenario in enumerate(scenarios):
-        ax = axes[k // cols][k % cols]
+    def pass_vs_slo(ax, scenario: str) -> None:
         for policy in policies:
             r = summary[(summary.scenario == scenario) & (summary.policy == policy)]
             if len(r):
                 ax.scatter(r.slo_attainment * 100, r.pass_at_1 * 100, label=policy, s=20)
-        ax.set_title(scenario, fontsize=9)
         ax.set_xlabel("SLO met %", fontsize=8)
         ax.set_ylabel("pass@1 %", fontsize=8)
-    for k in range(len(scenarios), nrows * cols):
-        axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    paths.append(out / "pass_vs_slo.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+
+    paths.append(_save(_per_scenario(plt, scenarios, pass_vs_slo), out / "pass_vs_slo.png"))
 
     # 3. End-to-end latency CDFs (latency over SLO: 1.0 is the budget).
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.0 * nrows), squeeze=False)
-    for k, scenario in enumerate(scenarios):
-        ax = axes[k // cols][k % cols]
+    def latency_cdf(ax, scenario: str) -> None:
         for policy in policies:
             g = runs[(runs.scenario == scenario) & (runs.policy == policy)]
             x = np.sort((g.e2e_latency_s / g.slo_s).to_numpy(dtype=float))
@@ -155,15 +165,9 @@ def plot_all(summary: pd.DataFrame, runs: pd.DataFrame, steps: pd.DataFrame, out
                 ax.plot(x, np.arange(1, len(x) + 1) / len(x), label=policy, lw=1)
         ax.axvline(1.0, color="k", lw=0.5, ls="--")
         ax.set_xscale("log")
-        ax.set_title(scenario, fontsize=9)
         ax.set_xlabel("e2e latency / SLO", fontsize=8)
-    for k in range(len(scenarios), nrows * cols):
-        axes[k // cols][k % cols].axis("off")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    paths.append(out / "latency_cdf.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+
+    paths.append(_save(_per_scenario(plt, scenarios, latency_cdf), out / "latency_cdf.png"))
 
     # 4. The load-aware executors' strategy mix per scenario.
     mix = action_mix(steps)
@@ -183,10 +187,7 @@ def plot_all(summary: pd.DataFrame, runs: pd.DataFrame, steps: pd.DataFrame, out
             ax.set_title(policy, fontsize=9)
         axes[0][0].set_ylabel("share of steps")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(out / "strategy_mix.png")
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, out / "strategy_mix.png"))
     return paths
 
 
