@@ -34,6 +34,8 @@ from sysaware.engines.types import (
     GenerationResult,
     ReplicaStats,
     StreamChunk,
+    check_served,
+    last_result,
     vllm_priority,
 )
 
@@ -181,19 +183,12 @@ class RemoteEngine:
     # ---- requests ---------------------------------------------------------------------------------------------
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        result = None
-        async for chunk in self.generate_stream(request):
-            result = chunk.result
-        assert result is not None
-        return result
+        return await last_result(self.generate_stream(request))
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
         """Server-sent events turned into chunks; leaving early (close, cancel) closes the stream: the server aborts."""
         self.check_health()
-        if request.model != self.model.name:
-            raise ValueError(
-                f"request {request.request_id!r} is for model {request.model!r} but this replica serves {self.model.name!r}"
-            )
+        check_served(request, self.model.name)
         self._ensure_scraper()
         client = self._http()
         arrival = self.clock.now()

@@ -197,6 +197,25 @@ class StreamChunk:
     result: GenerationResult | None = None  # the whole request's measurements; on the last chunk only
 
 
+async def last_result(chunks: AsyncIterator[StreamChunk]) -> GenerationResult:
+    """The whole result of a streamed generation (its last chunk carries it): ``generate`` for an engine whose
+    natural form is its stream."""
+    result = None
+    async for chunk in chunks:
+        result = chunk.result
+    if result is None:
+        raise RuntimeError("the stream ended without a finished chunk")
+    return result
+
+
+def check_served(request: GenerationRequest, served_model: str) -> None:
+    """A request for another model is a routing bug: refuse it, naming both."""
+    if request.model != served_model:
+        raise ValueError(
+            f"request {request.request_id!r} is for model {request.model!r} but this replica serves {served_model!r}"
+        )
+
+
 class Engine(Protocol):
     """The async surface every backend offers (the twin driven in wall-clock time, vLLM, a remote server).
 

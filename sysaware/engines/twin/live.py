@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 
 from sysaware.engines.twin.perf.core import EventKind, StepOutcome, TwinEngineCore
 from sysaware.engines.clock import EngineClock
-from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult, ReplicaStats, StreamChunk
+from sysaware.engines.types import (
+    ChatMessage,
+    GenerationRequest,
+    GenerationResult,
+    ReplicaStats,
+    StreamChunk,
+    check_served,
+)
 
 
 def emitted_text(text: str, response_tokens: int, num_tokens: int) -> str:
@@ -152,11 +159,7 @@ class LiveTwinEngine:
 
     def _admit(self, request: GenerationRequest, stream: bool) -> _Tracked:
         self.check_health()
-        if request.model != self.core.model:
-            raise ValueError(
-                f"request {request.request_id!r} is for model {request.model!r} but this replica serves "
-                f"{self.core.model!r}"
-            )
+        check_served(request, self.core.model)
         self._ensure_driver()
         now = self.now()
         self._catch_up(now)

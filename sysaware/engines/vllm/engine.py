@@ -32,6 +32,8 @@ from sysaware.engines.types import (
     GenerationResult,
     ReplicaStats,
     StreamChunk,
+    check_served,
+    last_result,
     vllm_priority,
 )
 from sysaware.engines.vllm.stats import StepRecorder
@@ -173,20 +175,12 @@ class VllmEngine:
         )
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        result = None
-        async for chunk in self.generate_stream(request):
-            result = chunk.result
-        assert result is not None
-        return result
+        return await last_result(self.generate_stream(request))
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
         """DELTA outputs as chunks; the last carries the result. Closing or cancelling aborts in the engine core."""
         self.check_health()
-        if request.model != self.model.name:
-            raise ValueError(
-                f"request {request.request_id!r} is for model {request.model!r} but this replica serves "
-                f"{self.model.name!r}"
-            )
+        check_served(request, self.model.name)
         if not request.messages:
             raise ValueError(f"request {request.request_id!r} has no messages")
         if request.max_tokens < 1:
