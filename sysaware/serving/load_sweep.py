@@ -209,6 +209,19 @@ async def wait_idle(client: httpx.AsyncClient, base_url: str, models: Sequence[s
     return False
 
 
+async def prime(client: httpx.AsyncClient, url: str, models: Sequence[str], seed: int) -> None:
+    """One request per model before the clock starts: a replica's first request pays one-off costs (answer tables,
+    tokenizer, settings looked up lazily), seconds on a loaded machine, which are not load and would empty a short
+    window."""
+    factory = MbppRequestFactory.for_split("train", prefix=f"prime-{int(time.time())}")  # the levels' ids untouched
+    rng = random.Random(f"prime/{seed}")
+    records = [ClientRecord(m, 0, f"prime-{m}", sent_s=0.0) for m in models]
+    await asyncio.gather(
+        *(stream_one(client, url, request_body(factory(r.model, rng)), r, time.monotonic()) for r in records),
+        return_exceptions=True,  # a failing replica shows up in the level itself, counted
+    )
+
+
 async def run_level(
     base_url: str,
     models: Sequence[str],
@@ -225,8 +238,9 @@ async def run_level(
     samples: list[dict] = []
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=30.0)) as client:
-        await wait_idle(client, base_url, models, settings.drain_timeout_s)
         url = f"{base_url}/chat/completions"
+        await prime(client, url, models, settings.seed)
+        await wait_idle(client, base_url, models, settings.drain_timeout_s)
         t0 = time.monotonic()
         tasks = []
         for model in models:
