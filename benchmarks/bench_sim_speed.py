@@ -22,6 +22,7 @@ every answer (SYSAWARE_ANSWER_STREAMS=0), as before the files.
     python benchmarks/bench_sim_speed.py                 # results drained, as the simulated driver does
     python benchmarks/bench_sim_speed.py --keep-results  # every result kept in the loads' ``completed`` lists
     python benchmarks/bench_sim_speed.py --concurrency 150 --no-streams
+    python benchmarks/bench_sim_speed.py --concurrency 50,150   # several N in one run, one block each
 """
 
 from __future__ import annotations
@@ -115,10 +116,15 @@ def main(concurrency: int = 50, cold_s: float = 120.0, warm_until_s: float = 600
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrency", type=int, default=50, help="closed-loop clients per model")
+    p.add_argument("--concurrency", default="50", help="closed-loop clients per model; several: 50,150")
     p.add_argument("--keep-results", action="store_true")
     p.add_argument("--no-streams", action="store_true", help="compose every background answer (no answer files)")
     args = p.parse_args()
     if args.no_streams:
         os.environ["SYSAWARE_ANSWER_STREAMS"] = "0"
-    main(concurrency=args.concurrency, keep_results=args.keep_results)
+    try:
+        levels = [int(n) for n in args.concurrency.split(",")]
+    except ValueError:
+        p.error(f"--concurrency: comma-separated integers, got {args.concurrency!r}")
+    for n in levels:
+        main(concurrency=n, keep_results=args.keep_results)

@@ -29,6 +29,7 @@ takes a place with ``reserve_order()`` and the submission passes it as ``order``
 
 from __future__ import annotations
 
+import copy
 import heapq
 import itertools
 from collections.abc import Callable
@@ -56,6 +57,19 @@ class Submission:
     on_first_token: FirstTokenCallback | None = None
     replica_index: int | None = None  # pin to one replica of the model; None = the router decides
     response: Response | None = None  # the answer, when the sender knows it already (None: the responder decides)
+
+    def __deepcopy__(self, memo: dict) -> "Submission":
+        # A fork (sim/forecast.py) shares the request (frozen: its prompt is most of a fork's copying otherwise) and
+        # the response (immutable); the callbacks are copied, so a fork's load or driver answers to the fork.
+        copied = Submission(
+            self.request,
+            copy.deepcopy(self.on_complete, memo),
+            copy.deepcopy(self.on_first_token, memo),
+            self.replica_index,
+            self.response,
+        )
+        memo[id(self)] = copied
+        return copied
 
 
 @dataclass(slots=True)

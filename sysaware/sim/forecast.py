@@ -91,9 +91,13 @@ class ForkForecaster:
                 memo[id(shared)] = shared
         for load in self.driver.loads.values():
             memo[id(load.completed)] = []
-            tasks = getattr(load.factory, "tasks", None)
-            if tasks is not None:
-                memo[id(tasks)] = tasks
+            # The factory is copied (its request counter moves on in the fork), its tasks and its memo of built
+            # prompts are not: a pure function's memo (thousands of message tuples at steady state, most of a fork's
+            # copying when it was copied) changes no result by being shared.
+            for name in ("tasks", "_messages"):
+                shared = getattr(load.factory, name, None)
+                if shared is not None:
+                    memo[id(shared)] = shared
         return memo
 
     def fork_model(self, model: str) -> SimulatedCluster:
@@ -138,7 +142,12 @@ class ForkForecaster:
             f"oracle-probe/{self.forks}/{probe.request_id}", probe.model, probe.messages, probe.max_tokens, probe.temperature, probe.seed
         )
         done: list[GenerationResult] = []
-        forked.submit(probe, on_complete=done.append)
+
+        def finished(result: GenerationResult) -> None:
+            done.append(result)
+            forked.pause()  # nothing after the probe's last token matters: stop there, not at the chunk's end
+
+        forked.submit(probe, on_complete=finished)
         deadline = math.inf if horizon_s is None else forked.now + horizon_s
         while not done and forked.now < deadline:
             forked.run(until=min(forked.now + self.chunk_s, deadline))

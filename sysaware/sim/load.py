@@ -93,8 +93,13 @@ class PoissonLoad:
     def _arrive(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        _submit_next(self, t, self.completed.append)
+        _submit_next(self, t, self._record)
         self.cluster.call_at(t + self._rng.expovariate(self.rate_per_s), self._arrive)
+
+    def _record(self, result: GenerationResult) -> None:
+        # A method, not ``self.completed.append``: deepcopy treats a builtin bound method as atomic, so a forked
+        # cluster's in-flight requests would append their results to this (the real) load's list.
+        self.completed.append(result)
 
 
 @dataclass
@@ -144,5 +149,8 @@ class PhasedPoissonLoad:
     def _arrive(self, t: float) -> None:
         if t >= self.stop_s:
             return
-        _submit_next(self, t, self.completed.append)
+        _submit_next(self, t, self._record)
         self._schedule(t)
+
+    def _record(self, result: GenerationResult) -> None:
+        self.completed.append(result)  # a method for forks' sake (see PoissonLoad._record)

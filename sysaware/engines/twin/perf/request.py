@@ -32,6 +32,7 @@ span, or one per preemption. ``result()`` slices the timeline once, at the end.
 
 from __future__ import annotations
 
+import copy
 import enum
 from typing import TYPE_CHECKING
 
@@ -192,6 +193,19 @@ class TwinRequest:
         self.running_seq = -1  # position in the running order (set on every admission; orders same-step events)
         self.batch: DecodeBatch | None = None  # the decode batch that advances it, if any
         self.batch_offset = 0  # while batched: num_computed_tokens - batch.iteration
+
+    def __deepcopy__(self, memo: dict) -> "TwinRequest":
+        # A forked simulation copies every in-flight request: only the span list and the batch change in place; every
+        # other field is an immutable value (ids, counts, times, the status, the answer's text), shared by reference.
+        # Several times cheaper than the generic copy of the slots, which a fork at N=150 makes hundreds of times.
+        copied = _new_request(TwinRequest)
+        memo[id(self)] = copied
+        for name in _SHARED_SLOTS:
+            setattr(copied, name, getattr(self, name))
+        copied.token_spans = self.token_spans.copy()  # ints
+        batch = self.batch
+        copied.batch = None if batch is None else copy.deepcopy(batch, memo)
+        return copied
 
     # ---- token counts (derived from the batch while batched) -------------------------------------------------
 
@@ -382,3 +396,8 @@ class TwinRequest:
             f"{self.num_tokens}, out={self.num_output_tokens}/{self.num_target_tokens}, blocks={self.num_blocks}"
             f"{', batched' if self.batch is not None else ''})"
         )
+
+
+_new_request = object.__new__
+# The slots a fork shares with the original (immutable values); the two mutable ones are copied in __deepcopy__.
+_SHARED_SLOTS = tuple(name for name in TwinRequest.__slots__ if name not in ("token_spans", "batch"))
