@@ -1,11 +1,15 @@
 """True latencies for the oracle, by forking the simulated cluster (simulation only).
 
 A fork is a deep copy of the cluster: every replica's scheduler, KV pool and in-flight requests, the event heap
-and the background clients with their random generators, so the copy's future is the real one's. Shared, not
-copied: the responders, step-time models, settings and the background's task list (read-only). The driver's own
-callbacks become no-ops in the copy (``DriverCallback.__deepcopy__``), so the fork carries the other workflows'
-calls already in flight but not the calls they would make later, nor workflows that have not arrived yet: the
-oracle knows the background exactly and the other workflows up to now.
+and the background clients with their random generators, so the copy's future is the real one's. Only what a
+simulation changes is copied: a request's token spans and batch (``TwinRequest.__deepcopy__``), a submission's
+callbacks (``Submission.__deepcopy__``); its prompt, answer and request are shared, as are the responders,
+step-time models, settings, the background's task list and the request factory's memo of built prompts (a pure
+function's memo; thousands of message tuples at steady state, most of a fork's copying when it was copied). The
+driver's own callbacks become no-ops in the copy (``DriverCallback.__deepcopy__``), so the fork carries the other
+workflows' calls already in flight but not the calls they would make later, nor workflows that have not arrived
+yet: the oracle knows the background exactly and the other workflows up to now. A fork stops at the probe's last
+token (its callback pauses the copy): nothing after it changes the forecast.
 
 One fork per model, not per candidate: every strategy's answer is decided by the responder (a pure function of
 the request), so its length is known up front; the fork runs only the longest candidate and reads each shorter
@@ -19,11 +23,12 @@ in a fork), so the answer is exactly the whole cluster's fork's, at a fraction o
 other models' replicas and clients are neither copied nor run. (``fork`` still copies the whole cluster.)
 
 Cost: at every decision, per model, a deep copy of that model's replicas and load plus simulating them until the
-longest candidate finishes or the horizon passes. ``forks`` and ``fork_wall_s``
-count it (the evaluation's cost.csv). Measured on the default pool, 40 workflows (139 decisions, 5 models), on a
-busy 2-core machine: 19 ms per fork at N=1 background client per model, 73 ms at N=50, 0.16 s at N=150, 0.24 s at
-N=300, i.e. 14 s, 51 s, 110 s and 213 s of forking against 0.2-15 s for simulating any other policy's whole run
-(whole-cluster forks; ``benchmarks/bench_eval_cell.py`` measures the per-model forks).
+longest candidate finishes or the horizon passes. ``forks`` and ``fork_wall_s`` count it (the evaluation's
+cost.csv). Measured on uniform-150 (default pool, N=150 per model, ~149 requests in flight per replica), 20
+workflows, 395 forks, on a busy 2-core machine: 175 s of forking (0.44 s a fork, nearly all ``copy.deepcopy``)
+before the copies shared prompts and requests and stopped at the probe's end, 34 s after (86 ms a fork, wall);
+copying one model's replica and load alone is ~4.5 ms CPU. ``benchmarks/bench_eval_cell.py`` prints the
+oracle/greedy cell ratio.
 """
 
 from __future__ import annotations
