@@ -50,9 +50,10 @@ class EngineUnderTest:
         """The engine's clock (every engine keeps one: ``EngineClock``), what ``ReplicaStats.timestamp_s`` reads."""
         return self.engine.clock.now()
 
-    async def wait_stats(self, until: Callable[[ReplicaStats], bool], timeout_s: float = 30.0,
+    async def wait_stats(self, until: Callable[[ReplicaStats], bool], timeout_s: float = 120.0,
                          since: float | None = None) -> ReplicaStats:
         """Poll stats until a snapshot taken at or after ``since`` (engine clock; default: now) satisfies ``until``.
+        The default wait is generous (120 s): on a loaded 2-core machine a vLLM step can take seconds.
         Engines report on their own schedule: remote's stats are a scrape, up to a period old, and a stale one must
         not pass for the state after what the test just did."""
         since = self.now() if since is None else since

@@ -22,6 +22,7 @@ from sysaware.engines.types import FinishReason, GenerationRequest, StreamChunk
 
 BACKENDS = ["twin"] + (["vllm", "remote"] if VLLM_TESTS else [])
 TWIN_TIME_SCALE = 20.0
+DELIVERY_S = 2.0  # how long a made token may take to reach the caller on a loaded machine
 
 
 def _twin(loop: asyncio.AbstractEventLoop) -> EngineUnderTest:
@@ -115,7 +116,10 @@ def test_generate_returns_a_whole_result(eut: EngineUnderTest):
     if result.first_scheduled_s is not None:
         assert result.arrival_s <= result.first_scheduled_s <= result.first_token_s
     assert result.ttft_s > 0 and result.tpot_s is not None and result.tpot_s >= 0
-    assert result.token_times_s[0] == pytest.approx(result.first_token_s, abs=0.05)
+    # The same first token, stamped where the engine made it and where the caller received it: the second is not
+    # earlier, and later by at most the delivery hop (vLLM: engine core process -> frontend; under a load of 15 on
+    # 2 cores it measured 0.42 s).
+    assert result.first_token_s - 1e-6 <= result.token_times_s[0] <= result.first_token_s + DELIVERY_S
 
 
 def test_stream_concatenates_to_the_non_streamed_text(eut: EngineUnderTest):

@@ -75,6 +75,50 @@ def test_remote_stats_carry_their_age_and_the_step_as_an_unknown_phase():
     assert (stats.num_gpu_blocks, stats.block_size, stats.requests_finished_total) == (128, 32, 7)
 
 
+def test_a_scrape_is_stamped_when_sent_so_a_slow_server_shows_its_age():
+    """A /metrics that takes 0.6 s to answer: the scrape's numbers are at least that old when they arrive."""
+    import asyncio
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            time.sleep(0.6)
+            body = METRICS.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+
+    async def main():
+        engine = RemoteEngine(vllm_model("remote", url), "r#0", url + "/v1")
+        engine._ensure_scraper = lambda: None  # one scrape, by hand
+        sent = time.monotonic()
+        scrape = await engine.scrape_once()
+        received = time.monotonic()
+        stats = await engine.stats()
+        await engine.close()
+        return sent, scrape, received, engine.clock.now() - stats.timestamp_s
+
+    try:
+        sent, scrape, received, age = asyncio.run(main())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received - sent >= 0.6
+    assert sent <= scrape.wall_s <= sent + 0.1  # the send time, not the receive time
+    assert age >= 0.55  # the reply's wait counts in the age
+
+
 def _sched(running, waiting, kv, details=None):
     return SimpleNamespace(num_running_reqs=running, num_waiting_reqs=waiting, num_skipped_waiting_reqs=0,
                            kv_cache_usage=kv, iteration_details=details)

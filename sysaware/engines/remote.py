@@ -3,8 +3,8 @@
     generate / generate_stream   POST {endpoint}/v1/chat/completions, always streamed (stream_options.include_usage),
                                  so TTFT and the token times are measured here, on the client's clock
     stats                        the latest scrape of GET {endpoint}/metrics (vLLM's Prometheus names), taken every
-                                 ``scrape_period_s`` by a background task; ``timestamp_s`` is when it was scraped,
-                                 so a reader sees its age
+                                 ``scrape_period_s`` by a background task; ``timestamp_s`` is when the scrape was
+                                 sent (the server's numbers are at least that old), so a reader sees an honest age
     abort                        closing the HTTP stream (vLLM aborts a request whose client disconnected)
 
 What a client cannot see is said as such: ``first_scheduled_s`` is None (the server's queue time is not on the
@@ -50,7 +50,7 @@ _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH, "abort": Fi
 class Scrape:
     """What one ``/metrics`` scrape said about one model, summed over its engines (label ``model_name``)."""
 
-    wall_s: float  # time.monotonic() when the response arrived
+    wall_s: float  # time.monotonic() when the request was sent: the numbers are no younger (a slow reply ages them)
     waiting: float
     running: float
     kv_usage: float  # max over engines, fraction
@@ -264,9 +264,12 @@ class RemoteEngine:
         return self._scrape_client
 
     async def scrape_once(self) -> Scrape:
+        # Stamped with the send time, not the receive time: on a loaded server the reply can take seconds, and the
+        # gauges in it were read somewhere in between; the send time is the bound a reader can rely on.
+        sent_s = time.monotonic()
         response = await self._scrape_http().get("/metrics")
         response.raise_for_status()
-        scrape = parse_metrics(response.text, self.served_name, time.monotonic())
+        scrape = parse_metrics(response.text, self.served_name, sent_s)
         self._previous, self._last = self._last, scrape
         self._failures = 0
         self.scrapes_total += 1
@@ -305,7 +308,7 @@ class RemoteEngine:
         return ReplicaStats(
             replica_id=self.replica_id,
             model=self.model.name,
-            timestamp_s=self.clock.now() - (time.monotonic() - last.wall_s),  # when scraped: the age shows
+            timestamp_s=self.clock.now() - (time.monotonic() - last.wall_s),  # when the scrape was sent: the age shows
             num_requests_waiting=int(last.waiting),
             num_requests_running=int(last.running),
             kv_cache_usage_perc=float(last.kv_usage),

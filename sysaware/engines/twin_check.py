@@ -357,11 +357,13 @@ def calibrate_on_vllm(pool: PoolConfig, model_name: str, out_dir: Path, seed: in
 
 def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[str, ...] = ("light", "heavy"),
                seed: int = 1, num_requests: int | None = None, profile=None,
-               noise_floor: bool = False, vllm_logs: Path | None = None) -> dict[str, dict]:
+               noise_floor: bool = False, vllm_logs: Path | None = None,
+               traces: dict[str, list[TraceRequest]] | None = None) -> dict[str, dict]:
     """Per load: the twin with the calibrated profile, the twin with a profile refitted on the run's own steps, and
     with ``noise_floor`` vLLM against a second vLLM run of the same trace (how far the engine agrees with itself on
     this machine: no twin can do better). ``vllm_logs``: a folder of an earlier check; its recorded vLLM replays are
-    used instead of running vLLM again (to recheck a changed twin against the same engine run)."""
+    used instead of running vLLM again (to recheck a changed twin against the same engine run). ``traces``: a
+    load's trace instead of ``make_trace``'s (a shorter one for CI)."""
     from sysaware.engines.twin.perf.measured_step_time import MeasuredStepTime, load_profiles
 
     if vllm_logs is None or noise_floor:
@@ -371,12 +373,16 @@ def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[st
     if profile is None:
         raise ValueError(f"no step-time profile for {model.gpu}/{model.name}: run `sysaware calibrate --vllm` first")
     out_dir.mkdir(parents=True, exist_ok=True)
+
+    def trace_for(load: str) -> list[TraceRequest]:
+        return (traces or {}).get(load) or make_trace(load, seed, num_requests)
+
     rows = {}
     for load in loads:
         if vllm_logs is not None:
             vllm_log = ReplayLog.from_json(json.loads((Path(vllm_logs) / f"{load}_vllm_log.json").read_text()))
         else:
-            vllm_log = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
+            vllm_log = replay_on_vllm(model, trace_for(load), seed=seed)
         (out_dir / f"{load}_vllm_log.json").write_text(json.dumps(vllm_log.to_json()))
         # The calibrated profile (fitted on another trace, at another time: out of sample), then one refitted on
         # this run's own steps, which takes the machine's load during this very run out of the comparison and
@@ -388,7 +394,7 @@ def twin_check(pool: PoolConfig, model_name: str, out_dir: Path, loads: tuple[st
             rows[name] = compare(vllm_log, twin_log)
             rows[name]["profile_median_rel_error"] = prof.median_rel_error
         if noise_floor:
-            rerun = replay_on_vllm(model, make_trace(load, seed, num_requests), seed=seed)
+            rerun = replay_on_vllm(model, trace_for(load), seed=seed)
             (out_dir / f"{load}_vllm_rerun_log.json").write_text(json.dumps(rerun.to_json()))
             rows[f"{load}/vllm-rerun"] = compare(vllm_log, rerun)
     (out_dir / "twin_check.json").write_text(json.dumps({"profile": asdict(profile), "rows": rows}, indent=2))
