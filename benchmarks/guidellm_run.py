@@ -73,12 +73,6 @@ def histogram_window(before: str, after: str, model: str) -> dict[str, tuple[flo
     return window
 
 
-def find_stats(report: dict) -> dict:
-    """guidellm's per-benchmark metrics (the first benchmark of the report)."""
-    benchmark = report["benchmarks"][0]
-    return benchmark["metrics"]
-
-
 def summarize(report_path: Path) -> dict:
     report = json.loads(report_path.read_text())
     benchmark = report["benchmarks"][0]
@@ -155,8 +149,14 @@ def main() -> int:
                 print((run.stdout + run.stderr)[-3000:])
                 failed = True
                 continue
-            s = summarize(report)
             server = histogram_window(before, after, model)
+            (args.out / f"{name}-server.json").write_text(json.dumps(server, indent=1))
+            try:
+                s = summarize(report)
+            except (KeyError, IndexError, TypeError) as e:  # a report layout this script does not know
+                print(f"{request_format}: cannot read {report}: {e!r}; server window: {server}")
+                failed = True
+                continue
             ok = s["errored"] == 0 and s["incomplete"] == 0 and s["output_tokens"] == [OUTPUT_TOKENS]
             failed |= not ok
             print(f"\n{request_format}: {s['successful']} ok, {s['errored']} errors, {s['incomplete']} incomplete, "
