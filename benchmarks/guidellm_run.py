@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -171,7 +172,7 @@ def main() -> int:
                 if key.startswith("sysaware:serving_overhead_seconds["):
                     print(f"  server overhead {key.split('[')[1].rstrip(']'):<17} mean {mean:.2f} ms ({count:.0f})")
     finally:
-        serve.terminate()
+        serve.send_signal(signal.SIGINT)  # Ctrl-C: `sysaware serve` deletes the app and shuts its Ray down
         try:
             serve.wait(timeout=60)
         except subprocess.TimeoutExpired:
