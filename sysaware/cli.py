@@ -206,6 +206,9 @@ def serve_pool(
     max_body_bytes: int = typer.Option(
         DEFAULT_MAX_BODY_BYTES, min=1, help="Largest request body, bytes; larger ones get 413 unparsed."
     ),
+    stream_interval: int = typer.Option(
+        1, min=1, help="Streams: first token at once, then one chunk per N tokens (vLLM's; 1 = one per engine step)."
+    ),
 ) -> None:
     """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
     import time
@@ -216,7 +219,9 @@ def serve_pool(
 
     cfg = _load_pool(pool)
     try:
-        settings = IngressSettings.from_sources(api_key_file, max_body_bytes=max_body_bytes)
+        settings = IngressSettings.from_sources(
+            api_key_file, max_body_bytes=max_body_bytes, stream_interval=stream_interval
+        )
         problem = exposure_problem(host, settings, allow_unauthenticated)
         if problem:
             raise ValueError(problem)

@@ -559,6 +559,7 @@ COMPLETION_BAD_INPUTS = [
     ({"prompt": []}, 400, "prompt", ["at least one prompt"]),
     ({"prompt": None}, 400, "prompt", ["required"]),
     ({"best_of": 3}, 400, "best_of", ["best_of=1"]),
+    ({"stream_interval": 0, "stream": True}, 400, "stream_interval", ["greater than or equal to 1"]),
     ({"min_tokens": 20, "max_tokens": 10}, 400, "min_tokens", ["min_tokens (20)", "10"]),
     ({"max_tokens": 5000}, 400, "max_tokens", ["4096"]),
     ({"prompt": "word " * 5000}, 400, "prompt", ["4096", "prompt"]),
@@ -601,3 +602,43 @@ def test_a_client_that_goes_away_frees_every_request_of_a_streamed_batch(live):
     after = wait_until_idle(live, live.other)
     assert after["requests_finished_total"] == before["requests_finished_total"]
     assert after["generation_tokens_total"] - before["generation_tokens_total"] < 2 * 400
+
+
+def stream_token_counts(live, n: int, **extra) -> list[int]:
+    """Output tokens so far at each text chunk of a streamed completion of exactly ``n`` tokens (ignore_eos)."""
+    stream = live.client.completions.create(
+        model=live.other, prompt=HELLO, max_tokens=n, stream=True,
+        stream_options={"include_usage": True, "continuous_usage_stats": True},
+        extra_body={"ignore_eos": True, **extra},
+    )  # fmt: skip
+    return [c.usage.completion_tokens for c in stream if c.choices and c.choices[0].text]
+
+
+def test_streams_send_one_chunk_per_engine_step_unless_stream_interval_coalesces(live):
+    """Like vLLM: a lone request emits a token per engine step, and by default each step is its own SSE chunk
+    (a client timing chunks measures the real inter-token latency); ``stream_interval`` k sends the first token at
+    once, then a chunk per k tokens."""
+    wait_until_idle(live, live.other)
+    n = 30
+    assert stream_token_counts(live, n) == list(range(1, n + 1))
+    assert stream_token_counts(live, n, stream_interval=8) == [1, 9, 17, 25, 30]
+
+
+def test_serving_overhead_per_hop_is_on_the_metrics_after_a_streamed_request(live):
+    def overhead_counts() -> dict[str, float]:
+        text = httpx.get(f"{live.root}/metrics").text
+        return {
+            s.labels["hop"]: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if s.name == "sysaware:serving_overhead_seconds_count" and s.labels.get("model_name") == live.other
+        }
+
+    before = overhead_counts()
+    list(live.client.chat.completions.create(
+        model=live.other, messages=[{"role": "user", "content": HELLO}], max_tokens=3, stream=True
+    ))  # fmt: skip
+    after = overhead_counts()
+    hops = {"ingress_request", "handle", "engine_loop", "stream_back", "ingress_response", "total"}
+    assert set(after) == hops
+    assert all(after[h] == before.get(h, 0) + 1 for h in hops), (before, after)

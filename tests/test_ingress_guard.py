@@ -202,3 +202,12 @@ def test_serve_builder_args_carry_the_settings_and_the_key_file_path_not_the_key
     assert [k.get_secret_value() for k in settings.api_keys] == [KEY]
     assert settings.max_body_bytes == 1000 and settings.open_paths == ("/health", "/v1/models")
     assert KEY not in args.model_dump_json()
+
+
+def test_stream_interval_travels_from_the_builder_args_and_below_one_is_refused_naming_it():
+    assert AppArgs.model_validate({"stream_interval": "4"}).ingress_settings().stream_interval == 4
+    assert AppArgs().ingress_settings().stream_interval == 1  # one chunk per engine step, as vLLM
+    with pytest.raises(ValidationError, match="stream_interval"):
+        AppArgs.model_validate({"stream_interval": "0"})
+    refused = CliRunner().invoke(cli, ["serve", "--stream-interval", "0"], env={API_KEYS_ENV: ""})
+    assert refused.exit_code == 2 and "--stream-interval" in refused.output

@@ -7,6 +7,7 @@ configs/pool_twin.yaml, sped up by TIME_SCALE so a request takes tens of millise
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from functools import lru_cache
@@ -19,7 +20,7 @@ from sysaware.engines.types import ChatMessage, FinishReason, GenerationRequest,
 from sysaware.engines.registry import build_engine
 from sysaware.engines.twin.factory import shared_responder
 from sysaware.engines.twin.live import LiveTwinEngine
-from sysaware.engines.types import StreamChunk
+from sysaware.engines.types import StreamChunk, coalesce
 from sysaware.tasks.mbpp import load_tasks
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 from twin_factories import drive
@@ -107,6 +108,34 @@ def test_stream_chunks_concatenate_to_the_non_streamed_text():
         last = chunks[-1].result
         assert last is not None and last.output_tokens == whole.output_tokens == counts[-1]
         assert all(c.result is None for c in chunks[:-1])
+        await engine.close()
+
+    asyncio.run(main())
+
+
+def test_a_stream_gets_one_chunk_per_engine_step_and_stream_interval_coalesces_them():
+    """vLLM streams one chunk per engine step: a lone request with ignore_eos emits one token a step, so its
+    stream has exactly max_tokens chunks (fast-forwarded runs are split back into steps), whatever the consumer's
+    pace. ``coalesce(k)`` (vLLM's stream_interval) sends the first at once, then one per k tokens: same text."""
+
+    async def main():
+        engine = create_engine(time_scale=5.0)
+        n = 40
+        request = create_request(1, request_id="steps", max_tokens=n, ignore_eos=True)
+        chunks = await collect(engine.generate_stream(request))
+        assert len(chunks) == n == chunks[-1].result.output_tokens
+        assert [c.num_tokens for c in chunks] == list(range(1, n + 1))
+        assert dict(chunks[0].stamps_s).keys() == {"engine_admit", "engine_first_token"}
+        assert all(not c.stamps_s for c in chunks[1:])
+        text = "".join(c.text for c in chunks)
+        for k in (3, 7):
+            again = create_request(1, request_id=f"steps-{k}", max_tokens=n, ignore_eos=True)
+            merged = await collect(coalesce(engine.generate_stream(again), k))
+            assert "".join(c.text for c in merged) == text
+            assert len(merged) == 1 + math.ceil((n - 1) / k)
+            assert merged[-1].finished and merged[0].num_tokens == 1 and merged[0].stamps_s
+        with pytest.raises(ValueError, match="stream_interval"):
+            await anext(coalesce(engine.generate_stream(create_request(1, request_id="bad")), 0))
         await engine.close()
 
     asyncio.run(main())

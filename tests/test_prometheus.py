@@ -115,3 +115,28 @@ def test_a_stale_replica_is_flagged_and_a_silent_pool_renders_empty_families():
     samples = parse(PoolMetrics().render(state.snapshot()))
     assert value(samples, "sysaware:replica_stale", model_name="a", replica="app#a#0") == 1
     assert parse(PoolMetrics().render(EMPTY)) == {}
+
+
+def test_serving_overhead_hops_from_the_stamps_render_as_one_histogram_per_hop():
+    from sysaware.serving.overhead import HOPS, hop_durations
+    from sysaware.serving.prometheus import METRIC_NAMES, OVERHEAD_METRIC
+
+    stamps = [("ingress_in", 100.000), ("dispatch", 100.001), ("replica_in", 100.004), ("engine_admit", 100.005),
+              ("engine_first_token", 100.025), ("replica_out", 100.026), ("ingress_first", 100.029),
+              ("ingress_sent", 100.030)]  # fmt: skip
+    hops = hop_durations(stamps, engine_ttft_s=0.030, time_scale=2.0)  # 15 ms of wall time in the engine
+    assert set(hops) == set(HOPS)
+    expected = {"ingress_request": 0.001, "handle": 0.003, "engine_loop": 0.006, "stream_back": 0.004,
+                "ingress_response": 0.001, "total": 0.015}  # fmt: skip
+    assert hops == pytest.approx(expected, abs=1e-9)
+    assert sum(v for k, v in hops.items() if k != "total") == pytest.approx(hops["total"], abs=1e-9)
+    # An engine that does not stamp (vLLM, remote): the hops around it only.
+    assert set(hop_durations([s for s in stamps if not s[0].startswith("engine")], 0.03)) == {
+        "ingress_request", "handle", "ingress_response", "total"}  # fmt: skip
+    metrics = PoolMetrics()
+    metrics.observe_overhead("a", hops)
+    samples = parse(metrics.render(EMPTY))
+    assert OVERHEAD_METRIC in METRIC_NAMES
+    counts = {s.labels["hop"]: s.value for s in samples[f"{OVERHEAD_METRIC}_count"] if s.labels["model_name"] == "a"}
+    assert counts == {hop: 1.0 for hop in HOPS}
+    assert value(samples, f"{OVERHEAD_METRIC}_sum", model_name="a", hop="total") == pytest.approx(0.015)

@@ -195,6 +195,32 @@ class StreamChunk:
     num_tokens: int  # output tokens emitted so far, tokens
     finished: bool = False
     result: GenerationResult | None = None  # the whole request's measurements; on the last chunk only
+    # (hop, time.time()) stamps each hop added on its way to the client (engine admission, first token, replica
+    # in and out): the serving overhead per hop (serving/overhead.py). On a stream's first chunk only.
+    stamps_s: tuple[tuple[str, float], ...] = ()
+
+
+async def coalesce(chunks: AsyncIterator[StreamChunk], interval: int) -> AsyncIterator[StreamChunk]:
+    """vLLM's ``stream_interval``: the first chunk at once (TTFT is not delayed), then one chunk per ``interval``
+    output tokens, and the last one whenever it comes; texts are concatenated, stamps kept. ``interval`` 1 passes
+    the engine's chunks (one per engine step) through unchanged."""
+    if interval < 1:
+        raise ValueError(f"stream_interval must be at least 1, got {interval}")
+    if interval == 1:
+        async for chunk in chunks:
+            yield chunk
+        return
+    sent_tokens = 0
+    pending: list[StreamChunk] = []
+    first = True
+    async for chunk in chunks:
+        pending.append(chunk)
+        if first or chunk.finished or chunk.num_tokens - sent_tokens >= interval:
+            first = False
+            sent_tokens = chunk.num_tokens
+            stamps = tuple(s for c in pending for s in c.stamps_s)
+            yield StreamChunk("".join(c.text for c in pending), chunk.num_tokens, chunk.finished, chunk.result, stamps)
+            pending = []
 
 
 async def last_result(chunks: AsyncIterator[StreamChunk]) -> GenerationResult:

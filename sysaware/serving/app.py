@@ -68,10 +68,21 @@ class AppArgs(BaseModel):
     open_paths: list[str] = Field(
         default=list(DEFAULT_OPEN_PATHS), description="Paths served without a key (comma-separated)."
     )
+    stream_interval: int = Field(
+        default=1, ge=1, description="Streamed chunks: one per engine step (1), or per this many tokens (vLLM's)."
+    )
+    same_loop: bool = Field(
+        default=True,
+        description="Run the deployments' code and routers on Serve's own event loop (replica.SAME_LOOP_ENV): "
+        "milliseconds less serving overhead per hop.",
+    )
 
     def ingress_settings(self) -> IngressSettings:
         return IngressSettings.from_sources(
-            self.api_key_file, max_body_bytes=self.max_body_bytes, open_paths=tuple(self.open_paths)
+            self.api_key_file,
+            max_body_bytes=self.max_body_bytes,
+            open_paths=tuple(self.open_paths),
+            stream_interval=self.stream_interval,
         )
 
     @field_validator("pool")
@@ -114,12 +125,14 @@ def build_app(
     health_check_period_s: float = 1.0,
     ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
     settings: IngressSettings | None = None,
+    same_loop: bool = True,
 ) -> Application:
     """The pool application: a deployment per model (named after it) and the ingress bound to their handles.
     ``settings``: the ingress's API keys and limits; None is no keys (for a loopback-only server) and the default
-    limits."""
+    limits. ``same_loop``: the deployments' user code and routers run on Serve's own loop (``SAME_LOOP_ENV``;
+    False is Ray Serve's default, separate threads and loops)."""
     from sysaware.serving.ingress import Ingress
-    from sysaware.serving.replica import deployment_for
+    from sysaware.serving.replica import actor_options, deployment_for
 
     if time_scale <= 0:
         raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -130,12 +143,14 @@ def build_app(
 
     pool_dict = config.model_dump(mode="json")  # plain data crosses to the replicas, which re-validate it
     handles = {
-        m.name: deployment_for(m, health_check_period_s=health_check_period_s).bind(pool_dict, m.name, time_scale)
+        m.name: deployment_for(m, health_check_period_s=health_check_period_s, same_loop=same_loop).bind(
+            pool_dict, m.name, time_scale
+        )
         for m in config.models
     }
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=actor_options(same_loop),
         max_ongoing_requests=ingress_max_ongoing_requests,
     )
     return ingress.bind(pool_dict, handles, time_scale, settings)
@@ -153,6 +168,7 @@ def build(args: AppArgs) -> Application:
         health_check_period_s=args.health_check_period_s,
         ingress_max_ongoing_requests=args.ingress_max_ongoing_requests,
         settings=args.ingress_settings(),
+        same_loop=args.same_loop,
     )
 
 

@@ -21,6 +21,7 @@ same OpenAI body.
 import asyncio
 import contextvars
 import logging
+import time
 from collections.abc import Mapping
 from functools import lru_cache
 
@@ -36,6 +37,7 @@ from sysaware.engines.tokens import count_prompt_tokens, count_tokens_batch
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
 from sysaware.serving.http_guard import guard
 from sysaware.serving.ingress_settings import IngressSettings
+from sysaware.serving.overhead import hop_durations
 from sysaware.serving.openai_types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -217,8 +219,8 @@ def _engine_error(e: Exception) -> OpenAIError:
     return OpenAIError(503, f"the model replica failed: {type(cause).__name__}: {cause}", code="replica_failed")
 
 
-def _remote_each(method, requests: list[GenerationRequest]) -> list:
-    """``method.remote(r)`` for each request (``method``: a deployment handle's method).
+def _remote_each(method, requests: list[GenerationRequest], *args) -> list:
+    """``method.remote(r, *args)`` for each request (``method``: a deployment handle's method).
 
     Several calls made while serving one HTTP request are each made in a fresh context: Ray Serve's request router
     (2.60) indexes pending requests by the caller's internal request id, which every call inherits from the HTTP
@@ -227,8 +229,8 @@ def _remote_each(method, requests: list[GenerationRequest]) -> list:
     callers cancel them themselves (``_result``, ``sse.events``). A single call keeps the request's context.
     """
     if len(requests) == 1:
-        return [method.remote(requests[0])]
-    return [contextvars.Context().run(method.remote, r) for r in requests]
+        return [method.remote(requests[0], *args)]
+    return [contextvars.Context().run(method.remote, r, *args) for r in requests]
 
 
 async def _all_or_none(awaitables) -> list:
@@ -315,6 +317,7 @@ class Ingress:
 
     @api.post("/v1/chat/completions", response_model=None)
     async def chat_completions(self, body: ChatCompletionRequest) -> Response:
+        ingress_in = time.time()
         model = self._model(body.model)
         messages = body.chat_messages()
         prompt_tokens, max_tokens = await check_lengths(messages, body, model, self.settings.max_chars_per_token)
@@ -324,13 +327,14 @@ class Ingress:
             writer = ChatSSEWriter(
                 completion_id, model.name, [prompt_tokens], body.include_usage, body.continuous_usage
             )
-            return await self._stream(model, [request], writer)
+            return await self._stream(model, [request], writer, body, ingress_in)
         result = await self._result(self.handles[model.name].generate.remote(request))
         return JSONResponse(ChatCompletion.of(result, completion_id).model_dump(mode="json"))
 
     @api.post("/v1/completions", response_model=None)
     async def completions(self, body: CompletionRequest) -> Response:
         """Text completions: each prompt is one request (one user message) to the model, one choice each."""
+        ingress_in = time.time()
         model = self._model(body.model)
         completion_id = new_text_completion_id()
         prompts = body.prompts()
@@ -348,7 +352,7 @@ class Ingress:
             writer = CompletionSSEWriter(
                 completion_id, model.name, prompt_tokens, body.include_usage, body.continuous_usage
             )
-            return await self._stream(model, requests, writer)
+            return await self._stream(model, requests, writer, body, ingress_in)
         responses = _remote_each(self.handles[model.name].generate, requests)
         results = await _all_or_none(self._result(r) for r in responses)
         return JSONResponse(Completion.of(results, completion_id).model_dump(mode="json"))
@@ -375,12 +379,21 @@ class Ingress:
         return result
 
     async def _stream(
-        self, model: ModelDeployment, requests: list[GenerationRequest], writer: SSEWriter
+        self,
+        model: ModelDeployment,
+        requests: list[GenerationRequest],
+        writer: SSEWriter,
+        body: GenerationParams,
+        ingress_in: float,
     ) -> StreamingResponse:
-        """Server-sent events, one replica stream per request (choice). The first chunks are awaited before
+        """Server-sent events, one replica stream per request (choice), one chunk per engine step or per
+        ``stream_interval`` tokens (the request's, else the server's). The first chunks are awaited before
         answering, so a request the engine refuses is still a plain 400; a client that goes away cancels the
-        replicas' generators (the engines free their KV)."""
-        streams = _remote_each(self.handles[model.name].options(stream=True).generate_stream, requests)
+        replicas' generators (the engines free their KV). Each choice's first chunk brings the hops' wall stamps:
+        with the ingress's own they give ``sysaware:serving_overhead_seconds`` once the request finishes."""
+        interval = body.stream_interval or self.settings.stream_interval
+        dispatch = time.time()
+        streams = _remote_each(self.handles[model.name].options(stream=True).generate_stream, requests, interval)
         try:
             firsts = await _all_or_none(s.__anext__() for s in streams)
         except BaseException as e:  # a refusal, or the client went away before the first chunk
@@ -389,8 +402,17 @@ class Ingress:
             if isinstance(e, Exception):
                 raise _engine_error(e) from None
             raise
+        ingress_first = time.time()
+        stamps = [
+            [("ingress_in", ingress_in), ("dispatch", dispatch), *first.stamps_s, ("ingress_first", ingress_first)]
+            for first in firsts
+        ]
+
+        def on_overhead(result: GenerationResult, hop_stamps: tuple) -> None:
+            self.metrics.observe_overhead(model.name, hop_durations(hop_stamps, result.ttft_s, self.time_scale))
+
         return StreamingResponse(
-            events(firsts, streams, writer, self.metrics.observe),
+            events(firsts, streams, writer, self.metrics.observe, stamps, on_overhead),
             media_type="text/event-stream",
             headers={"x-request-id": requests[0].request_id},
         )

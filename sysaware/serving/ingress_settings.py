@@ -54,6 +54,13 @@ class IngressSettings(BaseModel):
         description="A prompt longer than context x this many characters is refused (400) before it is tokenised.",
     )
 
+    stream_interval: int = Field(
+        default=1,
+        ge=1,
+        description="vLLM's stream_interval: streams send the first token at once, then one chunk per this many "
+        "tokens (1: one chunk per engine step, as vLLM by default). A request's own stream_interval wins.",
+    )
+
     @field_validator("api_keys")
     @classmethod
     def _usable_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:

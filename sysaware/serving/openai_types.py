@@ -77,6 +77,13 @@ class GenerationParams(_Lenient):
     )
     # sysaware extensions (extra_body); vLLM's server also reads `priority` under --scheduling-policy priority.
     priority: float = Field(default=0.0, description="Lower is served first under priority scheduling (a deadline, s).")
+    stream_interval: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TOKENS_CEILING,
+        description="Streamed: one chunk per this many output tokens after the first (vLLM's --stream-interval); "
+        "absent: the server's setting (1: one chunk per engine step).",
+    )
     request_id: str | None = Field(default=None, description="Caller's id for tracing; one is made up if absent.")
 
     @field_validator("n")

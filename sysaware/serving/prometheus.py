@@ -12,7 +12,7 @@ buckets are vLLM's (``vllm/v1/metrics/loggers.py``), in seconds of engine time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from operator import attrgetter
 
 import numpy as np
@@ -49,12 +49,30 @@ COUNTERS = (
 )
 
 
+# Serving overhead per hop (serving/overhead.py): milliseconds to a second, wall seconds.
+OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+                      0.5, 1.0)  # fmt: skip
+OVERHEAD_METRIC = "sysaware:serving_overhead_seconds"
+OVERHEAD_LABELS = ("model_name", "hop")
+
+# Every family /metrics exports (Prometheus names, before the _total/_bucket suffixes), for dashboards to check.
+METRIC_NAMES = (
+    *(name for name, _, _ in GAUGES),
+    *(name for name, _, _ in COUNTERS),
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:e2e_request_latency_seconds",
+    OVERHEAD_METRIC,
+)
+
+
 class BucketedHistogram:
     """A Prometheus histogram per label set, filled many values at a time (a request's inter-token gaps are
     hundreds of values; numpy bins them in one call instead of one locked ``observe`` each)."""
 
-    def __init__(self, bounds_s: Sequence[float]) -> None:
+    def __init__(self, bounds_s: Sequence[float], labels: tuple[str, ...] = LABELS) -> None:
         self.bounds = np.asarray(bounds_s, dtype=float)
+        self.labels = labels
         self._counts: dict[tuple[str, ...], np.ndarray] = {}  # per label values: count per bucket, +Inf last
         self._sums: dict[tuple[str, ...], float] = {}
 
@@ -68,7 +86,7 @@ class BucketedHistogram:
         self._sums[labels] = self._sums.get(labels, 0.0) + float(values.sum())
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(name, documentation, labels=LABELS)
+        family = HistogramMetricFamily(name, documentation, labels=self.labels)
         for labels, counts in sorted(self._counts.items()):
             cumulative = np.cumsum(counts)
             buckets = [(_le(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1])]
@@ -92,6 +110,7 @@ class PoolMetrics(Collector):
         self.ttft = BucketedHistogram(TTFT_BUCKETS_S)
         self.inter_token = BucketedHistogram(ITL_BUCKETS_S)
         self.e2e = BucketedHistogram(E2E_BUCKETS_S)
+        self.overhead = BucketedHistogram(OVERHEAD_BUCKETS_S, OVERHEAD_LABELS)
         self._replicas: list[ReplicaView] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -106,6 +125,11 @@ class PoolMetrics(Collector):
         if len(result.token_times_s) > 1:
             self.inter_token.observe_many(labels, np.diff(np.asarray(result.token_times_s, dtype=float)))
         self.e2e.observe_many(labels, [result.e2e_s])
+
+    def observe_overhead(self, model: str, hops: Mapping[str, float]) -> None:
+        """Record one streamed request's serving overhead per hop (wall seconds; ``overhead.hop_durations``)."""
+        for hop, seconds in hops.items():
+            self.overhead.observe_many((model, hop), [seconds])
 
     def render(self, snapshot: TelemetrySnapshot) -> bytes:
         self._replicas = list(snapshot.replicas.values())
@@ -130,3 +154,8 @@ class PoolMetrics(Collector):
             "vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds."
         )
         yield self.e2e.family("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.")
+        yield self.overhead.family(
+            OVERHEAD_METRIC,
+            "Serving overhead of streamed requests before their first token, per hop, wall seconds (client TTFT "
+            "minus engine TTFT, less what the client and Serve's proxy add).",
+        )

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
-from sysaware.engines.types import GenerationResult
+from sysaware.engines.types import FinishReason, GenerationResult
 from sysaware.engines.types import StreamChunk
 from sysaware.serving.openai_types import (
     SSE_DONE,
@@ -151,12 +152,16 @@ async def events(
     streams: Sequence,
     writer: SSEWriter,
     on_result: Callable[[GenerationResult], None],
+    stamps: Sequence[list[tuple[str, float]]] | None = None,
+    on_overhead: Callable[[GenerationResult, tuple[tuple[str, float], ...]], None] | None = None,
 ) -> AsyncIterator[str]:
     """The SSE body of choices ``i`` = ``streams[i]`` (whose first chunk, ``firsts[i]``, was already awaited).
 
     A pump task per stream reads its chunks into one queue; each write sends every chunk queued since the previous
     write. Idle, that is one chunk per write, sent at once; under load, when writes lag, the hop to Serve's proxy
-    carries fewer, larger messages instead of falling further behind. ``on_result`` sees each finished request. A
+    carries fewer, larger messages instead of falling further behind. ``on_result`` sees each finished request;
+    ``on_overhead`` (with ``stamps``, each choice's hop stamps) sees it with its stamps, the time the first event
+    left (``ingress_sent``) added, unless it was aborted. A
     failed stream ends the body with an error event; a client that goes away cancels the replicas' generators
     still open (the engines free their KV).
     """
@@ -166,6 +171,8 @@ async def events(
     loop = asyncio.get_running_loop()
     pumps = [loop.create_task(_pump(index, chunks, queue)) for index, chunks in enumerate(streams)]
     open_choices = set(range(len(streams)))
+    first_write = True
+    finished: list[tuple[int, GenerationResult]] = []
     try:
         while open_choices:
             batch = [await queue.get()]
@@ -189,7 +196,18 @@ async def events(
                     parts.append(writer.chunk(index, item))
                     if item.finished and item.result is not None:
                         on_result(item.result)
+                        finished.append((index, item.result))
                         open_choices.discard(index)
+            if first_write and stamps is not None:
+                first_write = False
+                sent = time.time()  # the first events are about to leave for Serve's proxy
+                for choice_stamps in stamps:
+                    choice_stamps.append(("ingress_sent", sent))
+            if on_overhead is not None and stamps is not None:
+                for index, result in finished:
+                    if result.finish_reason is not FinishReason.ABORT:
+                        on_overhead(result, tuple(stamps[index]))
+            finished.clear()
             yield "".join(parts)
     finally:
         for pump in pumps:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -68,6 +69,10 @@ class _Tracked:
     response_tokens: int  # its length, tokens
     progress: asyncio.Event | None = None  # streams only: set whenever num_tokens grows or the request finishes
     num_tokens: int = 0  # output tokens emitted by the end of the latest delivered step
+    # Streams only: num_tokens after each delivered engine step that emitted tokens, not yet streamed (one chunk each).
+    steps: deque[int] = field(default_factory=deque)
+    admitted_wall_s: float = 0.0  # time.time() when the engine took the request (serving-overhead stamps)
+    first_token_wall_s: float | None = None  # time.time() when its first token was handed out
 
 
 @dataclass
@@ -75,6 +80,8 @@ class _StepInFlight:
     start_s: float  # engine clock
     end_s: float  # engine clock; moves earlier when an arrival truncates the run
     is_run: bool  # a fast-forwarded decode run, which an arrival may cut
+    delivered: int = 0  # steps of the run whose tokens were already handed to the streams (before its end)
+    bases: dict[str, int] = field(default_factory=dict)  # streams' num_tokens when the run started
 
 
 @dataclass
@@ -134,30 +141,44 @@ class LiveTwinEngine:
             raise
 
     async def generate_stream(self, request: GenerationRequest) -> AsyncIterator[StreamChunk]:
-        """Serve ``request`` as chunks: one per delivered step that emitted tokens, then a last one with the result.
-
-        A consumer that stops early (closes the generator, or is cancelled) aborts the request.
+        """Serve ``request`` as chunks: one per engine step that emitted tokens for it (as vLLM streams, even when
+        the core fast-forwarded a run of steps, and even when the consumer fell behind), the last one carrying the
+        result. The first chunk carries wall-clock stamps (engine admission, first token) for the serving-overhead
+        metric. A consumer that stops early (closes the generator, or is cancelled) aborts the request.
         """
         tracked = self._admit(request, stream=True)
         assert tracked.progress is not None
         sent_tokens, sent_chars = 0, 0
         try:
-            while not tracked.done.done():
+            while True:
+                while tracked.steps:
+                    sent_tokens = tracked.steps.popleft()
+                    prefix = emitted_text(tracked.response_text, tracked.response_tokens, sent_tokens)
+                    delta, sent_chars = prefix[sent_chars:], len(prefix)
+                    yield StreamChunk(text=delta, num_tokens=sent_tokens, stamps_s=self._stamps(tracked))
+                if tracked.done.done():
+                    break
                 await tracked.progress.wait()
                 tracked.progress.clear()
-                if tracked.done.done() or tracked.num_tokens <= sent_tokens:
-                    continue
-                sent_tokens = tracked.num_tokens
-                prefix = emitted_text(tracked.response_text, tracked.response_tokens, sent_tokens)
-                delta, sent_chars = prefix[sent_chars:], len(prefix)
-                yield StreamChunk(text=delta, num_tokens=sent_tokens)
             result: GenerationResult = tracked.done.result()
-            yield StreamChunk(result.text[sent_chars:], result.output_tokens, finished=True, result=result)
+            stamps = self._stamps(tracked)
+            yield StreamChunk(result.text[sent_chars:], result.output_tokens, True, result, stamps)
         finally:
             if not tracked.done.done():
                 self._abort(request.request_id)
 
+    @staticmethod
+    def _stamps(tracked: _Tracked) -> tuple[tuple[str, float], ...]:
+        """The engine's serving-overhead stamps (wall clock), on a stream's first chunk only."""
+        if not tracked.admitted_wall_s:
+            return ()
+        first = tracked.first_token_wall_s or time.time()
+        stamps = (("engine_admit", tracked.admitted_wall_s), ("engine_first_token", first))
+        tracked.admitted_wall_s = 0.0  # stamped once
+        return stamps
+
     def _admit(self, request: GenerationRequest, stream: bool) -> _Tracked:
+        wall_in = time.time()
         self.check_health()
         check_served(request, self.core.model)
         self._ensure_driver()
@@ -180,6 +201,7 @@ class LiveTwinEngine:
             response_tokens=twin_request.response_tokens,
             progress=asyncio.Event() if stream else None,
         )
+        tracked.admitted_wall_s = wall_in if stream else 0.0
         self._tracked[request.request_id] = tracked
         assert self._wake is not None
         self._wake.set()
@@ -233,7 +255,49 @@ class LiveTwinEngine:
         outcome = self.core.step(start, horizon if until is None else min(until, horizon))
         self.driver_stats.steps += 1
         # The core's own end time (it adds step durations one by one), not start + duration: bit-identical to sim.
-        self._step = _StepInFlight(start, outcome.end_s, outcome.num_iterations > 1)
+        step = self._step = _StepInFlight(start, outcome.end_s, outcome.num_iterations > 1)
+        if step.is_run:
+            step.bases = {t.request_id: t.num_tokens for t in self._tracked.values() if t.progress is not None}
+
+    def _next_step_end(self, step: _StepInFlight) -> tuple[float, bool]:
+        """(engine time of the next end to wake up at, whether it is a step inside the run): inside a run, each step
+        end while a stream is waiting for tokens, so chunks leave at the times a real engine would send them."""
+        if step.is_run and step.bases:
+            ends = self.core.run_step_ends_s()
+            if step.delivered < len(ends) - 1:
+                return ends[step.delivered], True
+        return step.end_s, False
+
+    def _deliver_run_steps(self, step: _StepInFlight, upto: int) -> None:
+        """Hand the streams the tokens of the run's steps up to ``upto`` (exclusive of the run's last step, which
+        ``_finish_step`` delivers with its events): a request in the run gains one token a step."""
+        if not step.bases or step.delivered >= upto:
+            return
+        outcome = self.core.last_outcome
+        finished = {e.request_id: e.result.output_tokens for e in (outcome.events if outcome else ())
+                    if e.kind is EventKind.FINISHED and e.result is not None}
+        requests = self.core.requests
+        now_wall = time.time()
+        for k in range(step.delivered + 1, upto + 1):
+            for rid, base in step.bases.items():
+                tracked = self._tracked.get(rid)
+                if tracked is None:
+                    continue
+                twin_request = requests.get(rid)
+                final = twin_request.num_output_tokens if twin_request is not None else finished.get(rid, base)
+                count = min(final, base + k)
+                if count > tracked.num_tokens:
+                    self._emit(tracked, count, now_wall)
+        step.delivered = upto
+
+    @staticmethod
+    def _emit(tracked: _Tracked, count: int, wall_s: float) -> None:
+        if tracked.first_token_wall_s is None:
+            tracked.first_token_wall_s = wall_s
+        tracked.num_tokens = count
+        tracked.steps.append(count)
+        assert tracked.progress is not None
+        tracked.progress.set()
 
     def _finish_step(self) -> None:
         """The step in flight has ended (on the engine clock): hand its events out."""
@@ -241,6 +305,7 @@ class LiveTwinEngine:
         assert step is not None
         outcome = self.core.last_outcome  # a truncation replaced it with the shorter run
         assert outcome is not None
+        self._deliver_run_steps(step, len(self.core.run_step_ends_s()) - 1)
         self._clock_s = step.end_s
         self._step = None
         self.driver_stats.iterations += outcome.num_iterations
@@ -286,7 +351,11 @@ class LiveTwinEngine:
                         wake.clear()
                         await wake.wait()
                     continue
-                delay = self._wall_deadline(step.end_s) - time.monotonic()
+                end_s, inside_run = self._next_step_end(step)
+                delay = self._wall_deadline(end_s) - time.monotonic()
+                if delay <= 0 and inside_run:
+                    self._deliver_run_steps(step, step.delivered + 1)
+                    continue
                 if delay > 0:
                     wake.clear()
                     try:
@@ -323,15 +392,17 @@ class LiveTwinEngine:
             if not tracked.done.done():
                 tracked.done.set_result(event.result)
             if tracked.progress is not None:
+                if tracked.first_token_wall_s is None:
+                    tracked.first_token_wall_s = time.time()
                 tracked.progress.set()
         requests = self.core.requests
+        now_wall = time.time()
         for tracked in self._tracked.values():
             if tracked.progress is None:
                 continue
             twin_request = requests.get(tracked.request_id)
             if twin_request is not None and twin_request.num_output_tokens > tracked.num_tokens:
-                tracked.num_tokens = twin_request.num_output_tokens
-                tracked.progress.set()
+                self._emit(tracked, twin_request.num_output_tokens, now_wall)
 
     async def close(self) -> None:
         """Stop the driver; requests still in flight are aborted (their callers see CancelledError)."""

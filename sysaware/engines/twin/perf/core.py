@@ -371,6 +371,18 @@ class TwinEngineCore:
         )
         return t_end
 
+    def run_step_ends_s(self) -> list[float]:
+        """End time (engine clock) of every iteration the latest ``step()`` ran, after any ``truncate``: one for a
+        single iteration, one per step of a fast-forwarded run, none when it only preempted. A live driver uses it
+        to hand out tokens step by step (one stream chunk per engine step, as vLLM streams)."""
+        outcome = self.last_outcome
+        if outcome is None or outcome.num_iterations == 0 or outcome.end_s is None:
+            return []
+        last = self._run_timing
+        if last is None or last.times_s[-1] != outcome.end_s:
+            return [outcome.end_s]
+        return ([last.run_start_s] if last.prefix_iterations else []) + list(last.times_s)
+
     def _finished_events(self, finished: list[TwinRequest], t_end: float, events: list[EngineEvent]) -> None:
         requests, replica_id, timeline = self.requests, self.replica_id, self.timeline
         for req in finished:
