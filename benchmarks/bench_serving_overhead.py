@@ -11,7 +11,7 @@ completions of a fixed length (ignore_eos), over raw httpx so the client adds as
                     the rest of the gap, ``unstamped``, is the client, Serve's proxy and its hop to the ingress)
 
 twice in ONE run: with Ray Serve's defaults (user code on its own thread, routers on their own loop), then with
-``replica.SAME_LOOP_ENV`` (what sysaware deploys), redeploying in between. Medians come with a 95% bootstrap CI.
+``replica.SAME_LOOP_ENV`` (opt-in: `same_loop=true`), redeploying in between. Medians come with a 95% bootstrap CI.
 
     flock /tmp/sysaware-ray.lock python benchmarks/bench_serving_overhead.py [requests=60] [port=18310]
 

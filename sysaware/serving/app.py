@@ -72,9 +72,9 @@ class AppArgs(BaseModel):
         default=1, ge=1, description="Streamed chunks: one per engine step (1), or per this many tokens (vLLM's)."
     )
     same_loop: bool = Field(
-        default=True,
-        description="Run the deployments' code and routers on Serve's own event loop (replica.SAME_LOOP_ENV): "
-        "milliseconds less serving overhead per hop.",
+        default=False,
+        description="Run the deployments' code and routers on Serve's own event loop (replica.SAME_LOOP_ENV). Off: "
+        "measured within noise on 2 cores (bench_serving_overhead.py), and blocking code would then stall Serve.",
     )
 
     def ingress_settings(self) -> IngressSettings:
@@ -125,7 +125,7 @@ def build_app(
     health_check_period_s: float = 1.0,
     ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
     settings: IngressSettings | None = None,
-    same_loop: bool = True,
+    same_loop: bool = False,
 ) -> Application:
     """The pool application: a deployment per model (named after it) and the ingress bound to their handles.
     ``settings``: the ingress's API keys and limits; None is no keys (for a loopback-only server) and the default

@@ -36,7 +36,7 @@ ROUTING_STATS_PERIOD_S = 0.1  # how often Serve's controller polls record_routin
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
 
-def actor_options(same_loop: bool = True) -> dict[str, Any]:
+def actor_options(same_loop: bool = False) -> dict[str, Any]:
     """Serve actor options of the pool's deployments (ingress and replicas): no CPU reserved (the twin's compute
     is simulated) and, with ``same_loop``, ``SAME_LOOP_ENV``."""
     options: dict[str, Any] = {"num_cpus": 0}
@@ -232,7 +232,7 @@ def deployment_for(
     max_ongoing_requests: int | None = None,
     health_check_period_s: float = 1.0,
     router_kwargs: dict[str, Any] | None = None,
-    same_loop: bool = True,
+    same_loop: bool = False,
     **options: Any,
 ):
     """The Serve deployment of ``model``: one LLMReplica per pool replica, routed by predicted latency.
