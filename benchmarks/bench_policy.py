@@ -2,7 +2,7 @@
 
 1. environment decisions per wall second per env runner: SysawareEnv stepped with uniformly random masked actions
    (no policy cost) on one scenario, planner and executor decisions both counted;
-2. the trained executor's decision cost (observation encoding with the latency estimators + RLModule inference,
+2. the trained executor's decision cost (observation encoding with the latency estimators + the numpy scorer head,
    no Algorithm) on the step contexts of a contended run: p50 / p99 ms.
 
     python benchmarks/bench_policy.py [--scenario uniform-150] [--episodes 3] [--checkpoint DIR]
@@ -77,7 +77,7 @@ def main() -> None:
     rate, n, wall = env_rate(args.scenario, args.episodes, args.embed)
     print(f"env {args.scenario}: {n} decisions in {wall:.1f} s = {rate:.1f} decisions/s per env runner (target >= 200)")
     p50, p99, k = decision_cost(args.scenario, args.checkpoint, args.embed)
-    print(f"rl executor decision cost (encoding + estimators + RLModule): p50 {p50:.3f} ms, p99 {p99:.3f} ms over {k} decisions (target p99 <= 2 ms)")
+    print(f"rl executor decision cost (encoding + estimators + numpy scorer head): p50 {p50:.3f} ms, p99 {p99:.3f} ms over {k} decisions (target p99 <= 2 ms)")
 
 
 if __name__ == "__main__":

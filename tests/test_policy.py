@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from sysaware.orchestration.context import Action
-from sysaware.policy.reward import LagrangeMultiplier, RewardConfig, final_reward, step_overrun
+from sysaware.policy.reward import LagrangeMultiplier, RewardConfig, final_reward, quality_advantage, step_overrun, step_reward
 from sysaware.tasks.prompts import Strategy
 
 
@@ -46,6 +46,30 @@ def test_reward_terms():
     assert final_reward(cfg, 3.0, passed=True, violated=False) == 1.0
     assert final_reward(cfg, 3.0, passed=True, violated=True) == pytest.approx(-2.0)
     assert final_reward(cfg, 0.0, passed=False, violated=True) == 0.0
+
+
+def test_quality_shaping_is_the_advantage_over_the_valid_candidates_mean():
+    q = np.array([0.30, 0.50, 0.70, 0.90], np.float32)
+    mask = np.array([1, 1, 1, 0], np.float32)  # the 0.90 cell is masked: it does not raise the mean
+    assert quality_advantage(q, mask, 2) == pytest.approx(0.70 - 0.50)
+    assert quality_advantage(q, mask, 0) == pytest.approx(0.30 - 0.50)
+    assert quality_advantage(q, np.zeros(4, np.float32), 0) == 0.0
+    # shaping weight 1.0, no lambda on it: 1.0 x 0.2; the overrun term is priced by lambda alone
+    assert step_reward(RewardConfig(quality_shaping=1.0), 3.0, 0.0, 0.2) == pytest.approx(0.2)
+    assert step_reward(RewardConfig(quality_shaping=1.0, step_penalty=0.5), 2.0, 0.1, 0.0) == pytest.approx(-0.1)
+
+
+def test_lambda_of_the_shipped_configs_is_capped_at_3():
+    """lambda reached 6.8 with cap 10 and drowned the quality signal: the configs cap it at 3, step 0.5."""
+    from sysaware.policy.train import load_config
+
+    for name in ("default", "fixed_planner", "no_estimates"):
+        lag = load_config(f"rllib_configs/{name}.yaml")["lagrange"]
+        assert (lag["lr"], lag["max"]) == (0.5, 3.0), name
+        lam = LagrangeMultiplier(lag["init"], lag["lr"], lag["delta"], lag["max"])
+        for _ in range(20):
+            lam.update(violations=100, requests=100)
+        assert lam.value == 3.0
 
 
 # --- encoders and the environment -----------------------------------------------------------------------------------
@@ -149,6 +173,94 @@ def test_masked_module_never_samples_a_masked_action():
         actions = TorchCategorical(logits=logits).sample().numpy()
         assert mask[np.arange(n), actions].all()
         assert mask[np.arange(n), logits.argmax(-1).numpy()].all()
+
+
+def _scorer(num_candidates=15, ctx_dim=6, row_dim=14, hidden=(16, 16)):
+    import gymnasium as gym
+
+    from sysaware.policy.modules import CandidateScorerModule
+    from sysaware.policy.spaces import _masked_space
+
+    return CandidateScorerModule(
+        observation_space=_masked_space(ctx_dim + num_candidates * row_dim, num_candidates),
+        action_space=gym.spaces.Discrete(num_candidates),
+        model_config={"hidden": list(hidden), "ctx_dim": ctx_dim, "row_dim": row_dim, "num_candidates": num_candidates},
+    )
+
+
+def _random_masked_batch(n, dim, k, rng):
+    import torch
+
+    mask = (rng.random((n, k)) < 0.3).astype(np.float32)
+    mask[np.arange(n), rng.integers(0, k, n)] = 1.0
+    return torch.from_numpy((rng.standard_normal((n, dim)) * 3).astype(np.float32)), mask
+
+
+def test_candidate_scorer_never_samples_or_picks_a_masked_action():
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.models.torch.torch_distributions import TorchCategorical
+
+    module = _scorer()
+    rng = np.random.default_rng(0)
+    x, mask = _random_masked_batch(4000, 6 + 15 * 14, 15, rng)
+    batch = {Columns.OBS: {"observations": x, "action_mask": torch.from_numpy(mask)}}
+    for forward in (module.forward_exploration, module.forward_inference, module.forward_train):
+        logits = forward(batch)[Columns.ACTION_DIST_INPUTS]
+        actions = TorchCategorical(logits=logits).sample().numpy()
+        assert mask[np.arange(4000), actions].all()
+        assert mask[np.arange(4000), logits.argmax(-1).numpy()].all()
+    values = module.compute_values(batch)
+    assert values.shape == (4000,) and torch.isfinite(values).all()
+
+
+def test_numpy_head_equals_the_module_forward_inference():
+    """Serving's numpy head (modules.NumpyScorer) picks what the RLModule's forward_inference picks."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from sysaware.policy.modules import NumpyScorer
+
+    module = _scorer(hidden=(64, 64))
+    with torch.no_grad():  # weights away from the near-zero init so the logits actually differ between rows
+        module.logit.weight.mul_(100.0)
+    head = NumpyScorer.from_module(module)
+    rng = np.random.default_rng(1)
+    x, mask = _random_masked_batch(500, 6 + 15 * 14, 15, rng)
+    with torch.no_grad():
+        logits = module.forward_inference({Columns.OBS: {"observations": x, "action_mask": torch.from_numpy(mask)}})[Columns.ACTION_DIST_INPUTS]
+    expected = logits.argmax(-1).numpy()
+    got = np.array([head.act({"observations": x[i].numpy(), "action_mask": mask[i]}) for i in range(500)])
+    assert (got == expected).all()
+    raw = head.logits(x[0, :6].numpy(), x[0, 6:].numpy().reshape(15, 14))
+    assert np.allclose(raw[mask[0] > 0], logits[0].numpy()[mask[0] > 0], atol=1e-4)
+
+
+def _first_decision_point(scenario: str):
+    from sysaware.orchestration.session import DecisionPoint
+    from sysaware.policy.env import SysawareEnv
+
+    env = SysawareEnv({"scenarios": [scenario], "requests_per_episode": 2, "embed": "hash", "planner": "io"})
+    env.reset(seed=0)
+    _, point = env._current
+    assert isinstance(point, DecisionPoint)
+    return env, point
+
+
+@pytest.mark.parametrize("scenario", ["uniform-150", "lab-a100"])
+def test_shipped_policy_loads_and_decides_on_a_real_decision_point(scenario):
+    """The shipped checkpoint (sysaware/resources/policy/twin-h100x8) serves its own pool and, through its
+    model-agnostic rows, lab-a100x4 (which ships none)."""
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.serve import shipped_policy_dir
+
+    env, point = _first_decision_point(scenario)
+    assert shipped_policy_dir(env.pool.name).name == "twin-h100x8"
+    executor = make_executor("rl", env.resources, embed="hash")
+    action = executor.choose(point.context)
+    assert action in point.candidates
+    env.world.decide(point, action)  # the driver accepts it
 
 
 # --- training, checkpoint, serving (Ray) ----------------------------------------------------------------------------

@@ -13,8 +13,9 @@ caused it and the request's outcome reaches the planner at the end. Episodes end
 request answered and graded; never truncated, so no agent is left with an action hanging), with one last
 observation and ``terminated`` for every agent that acted.
 
-Rewards (reward.py): the executor gets, per step, -lambda x step_penalty x overrun (+ optional profile-quality
-shaping when it decides), and at the end Q_sem - lambda x 1[SLO missed]; the planner gets the same end reward.
+Rewards (reward.py): the executor gets, per step, -lambda x step_penalty x overrun and, when it decides, the
+profile-quality shaping quality_shaping x (q(chosen) - mean q of the valid candidates), and at the end
+Q_sem - lambda x 1[SLO missed]; the planner gets the same end reward.
 lambda is set from outside (``set_lambda``: the Lagrange callback in train.py pushes it to every env runner).
 """
 
@@ -31,7 +32,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.session import DecisionPoint
-from sysaware.policy.reward import RewardConfig, final_reward, step_overrun, step_reward
+from sysaware.policy.reward import RewardConfig, final_reward, quality_advantage, step_overrun, step_reward
 from sysaware.policy.spaces import Encoder, EncoderSpec, TOPOLOGY_MENU, hash_embed, menu_topology
 from sysaware.policy.world import Arrival, Budgets, SimWorld, WorldScenario, load_world_scenarios, resources_for, task_pool
 from sysaware.tasks.mbpp import Split
@@ -163,7 +164,7 @@ class SysawareEnv(MultiAgentEnv):
             if self.reward_cfg.quality_shaping:
                 q = self.encoder.quality_row(point.context.role_id)
                 mask = self.encoder.executor_mask(point.candidates)
-                self._rewards[agent] += step_reward(self.reward_cfg, 0.0, 0.0, float(q[a] - q[mask > 0].mean()))
+                self._rewards[agent] += step_reward(self.reward_cfg, 0.0, 0.0, quality_advantage(q, mask, a))
         obs, done = self._advance()
         # Every agent that gets an observation gets a reward entry (0.0 when nothing is due: RLlib requires one for an
         # agent that acted and observes again in the same step); others get theirs only when something is due.

@@ -12,8 +12,10 @@ latency is learned, not hand-set.
 
 Per-step reward (executor), R_t = Q_sem - lambda x P_latency(L_sys, b_t):
 - Q_sem: the ground truth, once, at the request's end: 1 if the answer passes the task's hidden asserts in the
-  sandbox, else 0. Optional per-step shaping ``quality_shaping x (q(m, rho, role) - mean_q(role))`` with q from
-  the measured pool profile (PolicyResources), never from the simulator's parameters.
+  sandbox, else 0. Dense per-step shaping ``quality_shaping x (q(chosen) - mean q over the step's valid
+  candidates)`` (``quality_advantage``) with q from the measured pool profile (PolicyResources), never from the
+  simulator's parameters: zero-mean over a uniform choice, so it steers toward the profile's better cells without
+  changing what the sandbox verdict pays.
 - P_latency, per step: the call's overrun of its per-step share of the remaining budget, as a fraction of the SLO,
   max(0, L_step - b_t / steps_left) / SLO (the "approaches or exceeds the remaining budget" penalty, measured, not
   estimated: L_step is the call's own end-to-end latency); at the end: 1 if the request missed its SLO.
@@ -25,6 +27,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 @dataclass
@@ -60,7 +64,7 @@ class LagrangeMultiplier:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    quality_shaping: float = 0.0  # weight of the profile's quality of the chosen cell, per step
+    quality_shaping: float = 1.0  # weight of the profile's quality advantage of the chosen cell, per step
     step_penalty: float = 0.5  # weight of the per-step overrun penalty (times lambda)
     violation_penalty: float = 1.0  # weight of the end-of-request SLO miss (times lambda)
 
@@ -77,3 +81,9 @@ def step_reward(cfg: RewardConfig, lam: float, overrun: float, quality_gain: flo
 
 def final_reward(cfg: RewardConfig, lam: float, passed: bool, violated: bool) -> float:
     return float(passed) - lam * cfg.violation_penalty * float(violated)
+
+
+def quality_advantage(q: np.ndarray, mask: np.ndarray, chosen: int) -> float:
+    """q(chosen) - mean q over the valid candidates (mask > 0): the per-step shaping term, in quality units."""
+    valid = q[mask > 0]
+    return float(q[chosen] - valid.mean()) if valid.size else 0.0

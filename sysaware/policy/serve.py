@@ -1,5 +1,11 @@
 """The trained policy without the Algorithm: an executor and a planner that load the RLModules from a checkpoint
-(``RLModule.from_checkpoint``) and act with ``forward_inference``, greedily (argmax of the masked logits).
+(``RLModule.from_checkpoint``) and act greedily (argmax of the masked logits).
+
+The executor does not call torch per decision: its ``CandidateScorerModule``'s trunk and logit layer are copied
+into a numpy head (modules.py's ``NumpyScorer``) when the checkpoint is loaded (tests/test_policy.py checks that its
+argmax equals ``forward_inference``'s). Its rows are model-agnostic, so the head scores any pool's candidates: the
+checkpoint shipped for the default pool serves another pool (lab-a100x4) when none is shipped for it
+(``shipped_policy_dir``); the planner's observation names the models, so it does not transfer.
 
 Checkpoint layouts accepted (``policy_paths``):
 - a policy directory as ``train.py`` exports it and as shipped (``sysaware/resources/policy/<pool>/``):
@@ -29,14 +35,16 @@ from sysaware.resources import RESOURCES
 from sysaware.tasks.mbpp import MbppTask
 
 SHIPPED = RESOURCES / "policy"
+DEFAULT_POOL = "twin-h100x8"  # the pool the shipped policy was trained on; its executor serves other pools too
 DEFAULT_SLACK = 1.5
 
 
 def shipped_policy_dir(pool_name: str) -> Path:
-    path = SHIPPED / pool_name
-    if not (path / "encoder.json").exists():
-        raise FileNotFoundError(f"no policy shipped for pool {pool_name!r} under {SHIPPED}; train one (sysaware train-policy) and pass --checkpoint")
-    return path
+    """The policy shipped for ``pool_name``, else the default pool's (its executor's rows are model-agnostic)."""
+    for path in (SHIPPED / pool_name, SHIPPED / DEFAULT_POOL):
+        if (path / "encoder.json").exists():
+            return path
+    raise FileNotFoundError(f"no policy shipped for pool {pool_name!r} under {SHIPPED}; train one (sysaware train-policy) and pass --checkpoint")
 
 
 def policy_fingerprint(checkpoint: str | Path) -> str:
@@ -74,9 +82,11 @@ def load_module(path: str):
 class _Inference:
     """A module and its encoder: masked observation -> greedy action index."""
 
-    def __init__(self, checkpoint: str | Path, module_id: str, resources: PolicyResources) -> None:
+    def __init__(self, checkpoint: str | Path, module_id: str, resources: PolicyResources, portable: bool = False) -> None:
         module_path, encoder_path = policy_paths(checkpoint, module_id)
         self.spec = EncoderSpec.load(encoder_path)
+        if portable and list(self.spec.models) != resources.models:  # executor rows: another pool's candidates
+            self.spec = self.spec.for_models(resources.models)
         self.module = load_module(str(module_path.resolve()))
         self.encoder = Encoder.build(self.spec, resources, embed=None)
         self.checkpoint = Path(checkpoint)
@@ -102,14 +112,22 @@ class RLExecutor(Executor):
 
     def __init__(self, resources: PolicyResources, seed: int = 0, checkpoint: str | Path | None = None, embed: str = "minilm") -> None:
         super().__init__(resources, seed)
-        self.inference = _Inference(_checkpoint_or_shipped(checkpoint, resources), "executor", resources)
+        from sysaware.policy.modules import CandidateScorerModule, NumpyScorer
+
+        self.inference = _Inference(_checkpoint_or_shipped(checkpoint, resources), "executor", resources, portable=True)
         if embed == "hash":
             self.inference.encoder.sketch._embed = hash_embed
+        module = self.inference.module
+        if not isinstance(module, CandidateScorerModule):
+            raise ValueError(f"{self.inference.checkpoint}: the executor is a {type(module).__name__}, not a CandidateScorerModule (an old checkpoint: retrain)")
+        self.head = NumpyScorer.from_module(module)
 
     def choose(self, ctx: StepContext) -> Action:
         inf = self.inference
-        obs = inf.encoder.executor_obs(ctx)
-        action = inf.spec.action_of(inf.act(obs))
+        enc = inf.encoder
+        rows, mask = enc.executor_rows(ctx)
+        logits = self.head.logits(np.clip(enc.executor_context(ctx), -10, 10), np.clip(rows, -10, 10))
+        action = inf.spec.action_of(int(np.argmax(np.where(mask > 0, logits, -np.inf))))
         if action not in ctx.candidates:  # the mask makes this impossible; fail loudly if it ever is not
             raise RuntimeError(f"rl chose masked action {action}")
         return action
@@ -134,7 +152,13 @@ class RLPlanner(Planner):
             raise ValueError("the rl planner needs the pool's PolicyResources (make_planner('rl', resources=...))")
         from sysaware.policy.world import Budgets
 
-        self.inference = _Inference(_checkpoint_or_shipped(checkpoint, resources), "planner", resources)
+        path = _checkpoint_or_shipped(checkpoint, resources)
+        try:
+            self.inference = _Inference(path, "planner", resources)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{e}: this policy has no trained planner (trained with a fixed planner); use a baseline planner") from None
+        except ValueError as e:  # encoder models are not the pool's: the planner's observation does not transfer
+            raise ValueError(f"the rl planner of {path} does not apply to pool {resources.pool.name!r}: {e}") from None
         if embed == "hash":
             self.inference.encoder.sketch._embed = hash_embed
         self.budgets = Budgets(resources)

@@ -1,15 +1,23 @@
 """Observation and action encoders of the two agents: the one home for them, shared by the training environment
 (env.py) and by inference (serve.py), so a checkpoint sees at serving time exactly the features it was trained on.
 
-Executor, every agent step: S_rl = [h_sem (+) b_t (+) v_estimates]
-- h_sem: the task's MiniLM embedding (384-d, offline, cached per task) through a fixed, seeded random projection to
-  ``task_dims`` (a Johnson-Lindenstrauss sketch: no training, identical everywhere the seed is), the current role
-  (one-hot), the role history reduced to counts (steps already answered per role) and the steps done / left;
-- b_t: the remaining budget SLO - T_elapsed as fractions of the SLO (b_t / SLO, the per-step share b_t / steps
-  left / SLO) and in seconds (log1p);
-- v_estimates: for every candidate (model, strategy), from the latency estimator (estimators/latency.py):
-  log(T_hat / share) and log(T_hat_P90 / share), whether the P90 fits the share, and the measured quality of the
-  cell for this role (the pool profile: static knowledge, never the simulator's parameters).
+Executor, every agent step: S_rl = [h_sem (+) b_t (+) v_estimates], laid out as a CONTEXT block broadcast to
+every candidate plus one ROW per candidate (model, strategy), scored by one shared MLP (modules.py's
+``CandidateScorerModule``):
+
+    observations = [ context (ctx_dim) | row(cand 0) | row(cand 1) | ... ]   (num_actions rows of row_dim)
+
+- context: h_sem = the task's MiniLM embedding (384-d, offline, cached per task) through a fixed, seeded random
+  projection to ``task_dims`` (a Johnson-Lindenstrauss sketch: no training, identical everywhere the seed is); the
+  role (one-hot); steps done / left; b_t = SLO - T_elapsed as b_t / SLO, the per-step share / SLO, log1p(b_t s)
+  and b_t > 0;
+- row of candidate (m, rho), all model-agnostic (no model id: a row means the same on any pool): the profile's
+  quality q(m, rho, role) raw, centred on the mean over the step's valid candidates and as the gap to the best of
+  them (the measured PoolProfile: static knowledge, never the simulator's parameters); v_estimates from the latency
+  estimator (estimators/latency.py): log T_hat (s), log(T_hat / share), T_hat / b_t, log(P90 / share), P90 fits
+  the share, P90 fits b_t; the model's queue (log1p requests in system per replica) and KV use; rho one-hot.
+  With ``use_estimates`` off (the "h_sem + b_t only" ablation) the T_hat columns are zeros. Rows of masked
+  candidates are zeros.
 Action: an index into models x strategies (pool order, then Strategy order); the mask allows the step's candidates.
 
 Planner, once per request: the task sketch, a system summary per model (log1p requests in system per replica, KV
@@ -38,6 +46,13 @@ from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import ROLES, Strategy
 
 EMBED_DIM = 384
+# Columns of one candidate row (the executor's observation): see the module docstring.
+ROW_COLUMNS: tuple[str, ...] = (
+    "q", "q_centred", "q_gap", "log_t_hat", "log_t_hat_over_share", "t_hat_over_b", "log_p90_over_share",
+    "p90_fits_share", "p90_fits_b", "queue", "kv", *(f"strategy:{s.value}" for s in Strategy),
+)
+ROW_DIM = len(ROW_COLUMNS)
+QUALITY_SCALE = 5.0  # centred / gap columns x this: profile quality spreads are a few points
 STRATEGIES: tuple[Strategy, ...] = tuple(Strategy)
 ROLE_IDS: tuple[str, ...] = tuple(sorted(ROLES))
 
@@ -68,7 +83,7 @@ def menu_topology(name: str) -> Topology:
 class EncoderSpec:
     models: tuple[str, ...]
     menu: tuple[str, ...] = tuple(n for n, _ in TOPOLOGY_MENU)
-    task_dims: int = 16
+    task_dims: int = 8
     projection_seed: int = 0
     use_estimates: bool = True  # the executor's v_estimates block (off: the "h_sem + b_t only" ablation)
     estimator: str = "queueing"  # estimators/latency.py name behind v_estimates
@@ -82,11 +97,22 @@ class EncoderSpec:
         return len(self.models) * len(STRATEGIES)
 
     @property
+    def executor_ctx_dim(self) -> int:
+        return self.task_dims + len(ROLE_IDS) + 2 + 4
+
+    @property
+    def executor_row_dim(self) -> int:
+        return ROW_DIM
+
+    @property
     def executor_dim(self) -> int:
-        d = self.task_dims + len(ROLE_IDS) * 2 + 2 + 4
-        if self.use_estimates:
-            d += self.num_actions * 4
-        return d
+        return self.executor_ctx_dim + self.num_actions * ROW_DIM
+
+    def for_models(self, models: Sequence[str]) -> "EncoderSpec":
+        """The same encoding on another pool's model list (rows are model-agnostic; the planner's are not)."""
+        from dataclasses import replace
+
+        return replace(self, models=tuple(models))
 
     @property
     def planner_dim(self) -> int:
@@ -217,49 +243,84 @@ class Encoder:
                 mask[self.spec.action_index(a)] = 1.0
         return mask
 
+    def _action_tables(self) -> tuple[dict[Action, int], np.ndarray, np.ndarray]:
+        """(action -> index, model index of each action, strategy one-hot of each action), computed once."""
+        if not hasattr(self, "_tables"):
+            spec = self.spec
+            index = {a: i for i, a in enumerate(spec.actions)}
+            model_of = np.repeat(np.arange(len(spec.models)), len(STRATEGIES))
+            onehot = np.tile(np.eye(len(STRATEGIES), dtype=np.float32), (len(spec.models), 1))
+            self._tables = (index, model_of, onehot)
+        return self._tables
+
     def executor_obs(self, ctx: StepContext) -> dict[str, np.ndarray]:
-        spec = self.spec
+        """The flat masked observation ``[context | rows]`` (module docstring)."""
+        context = self.executor_context(ctx)
+        rows, mask = self.executor_rows(ctx)
+        obs = np.concatenate([context, rows.reshape(-1)])
+        return {"observations": np.clip(obs, -10, 10).astype(np.float32), "action_mask": mask}
+
+    def executor_context(self, ctx: StepContext) -> np.ndarray:
         role = np.zeros(len(ROLE_IDS), np.float32)
         role[ROLE_IDS.index(ctx.role_id)] = 1.0
-        done = np.zeros(len(ROLE_IDS), np.float32)
-        for rec in ctx.history:
-            done[ROLE_IDS.index(rec.role_id)] += 0.25
         slo = max(ctx.slo_s, 1e-3)
         b = ctx.remaining_budget_s
         share = ctx.budget_share_s
-        parts = [
-            self.sketch(ctx.task),
+        return np.concatenate([
+            self.sketch(ctx.task)[: self.spec.task_dims],
             role,
-            done,
             np.array([len(ctx.history) / 4.0, ctx.steps_left / 4.0], np.float32),
-            np.array(
-                [np.clip(b / slo, -2, 2), np.clip(share / slo, -2, 2), math.log1p(max(b, 0.0)) / 3.0, float(b > 0)],
-                np.float32,
-            ),
-        ]
-        mask = self.executor_mask(ctx.candidates)
+            np.array([np.clip(b / slo, -2, 2), np.clip(share / slo, -2, 2), math.log1p(max(b, 0.0)) / 3.0, float(b > 0)], np.float32),
+        ]).astype(np.float32)
+
+    def executor_rows(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
+        """(rows (num_actions, ROW_DIM), mask (num_actions,)): one row per candidate, vectorised over candidates."""
+        spec = self.spec
+        index, model_of, onehot = self._action_tables()
+        rows = np.zeros((spec.num_actions, ROW_DIM), np.float32)
+        mask = np.zeros(spec.num_actions, np.float32)
+        idx = np.array([index[a] for a in ctx.candidates if a in index], np.int64)
+        if idx.size == 0:
+            return rows, mask
+        mask[idx] = 1.0
+        # profile quality: raw, centred on the valid candidates' mean, gap to their best
+        q = self.quality_row(ctx.role_id)[idx]
+        rows[idx, 0] = q
+        rows[idx, 1] = np.clip((q - q.mean()) * QUALITY_SCALE, -3, 3)
+        rows[idx, 2] = np.clip((q - q.max()) * QUALITY_SCALE, -3, 3)
+        # v_estimates: T_hat and P90 against the per-step share and b_t
         if spec.use_estimates:
-            parts.append(self.estimate_block(ctx, max(share, 0.05)))
-        obs = np.concatenate(parts).astype(np.float32)
-        return {"observations": np.clip(obs, -10, 10), "action_mask": mask}
+            from sysaware.orchestration.executors import step_query
 
-    def estimate_block(self, ctx: StepContext, share_s: float) -> np.ndarray:
-        from sysaware.orchestration.executors import step_query
+            ests = self.latency_estimator().estimate(step_query(ctx))
+            keep = [a in index for a in ctx.candidates]
+            t = np.array([e.t_hat_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
+            p90 = np.array([e.t_hat_p90_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
+            share = max(ctx.budget_share_s, 0.05)
+            b = max(ctx.remaining_budget_s, 0.05)
+            t, p90 = np.maximum(t, 1e-3), np.maximum(p90, 1e-3)
+            rows[idx, 3] = np.log(t)
+            rows[idx, 4] = np.clip(np.log(t / share), -5, 5)
+            rows[idx, 5] = np.clip(t / b, 0, 4)
+            rows[idx, 6] = np.clip(np.log(p90 / share), -5, 5)
+            rows[idx, 7] = p90 <= ctx.budget_share_s
+            rows[idx, 8] = p90 <= ctx.remaining_budget_s
+        # the model's queue and KV (telemetry), and the strategy
+        queue, kv = self._model_load(ctx)
+        rows[idx, 9] = queue[model_of[idx]]
+        rows[idx, 10] = kv[model_of[idx]]
+        rows[idx, 11:] = onehot[idx]
+        return rows, mask
 
-        n = self.spec.num_actions
-        mean = np.zeros(n, np.float32)
-        p90 = np.zeros(n, np.float32)
-        fits = np.zeros(n, np.float32)
-        estimates = self.latency_estimator().estimate(step_query(ctx))
-        for a, e in zip(ctx.candidates, estimates):
-            if a.model not in self.spec.models:
-                continue
-            i = self.spec.action_index(a)
-            mean[i] = _log_ratio(e.t_hat_ms / 1e3, share_s)
-            p90[i] = _log_ratio(e.t_hat_p90_ms / 1e3, share_s)
-            fits[i] = float(e.t_hat_p90_ms / 1e3 <= share_s)
-        q = self.quality_row(ctx.role_id) * 2.0 - 1.0
-        return np.concatenate([mean, p90, fits, q])
+    def _model_load(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
+        queue = np.zeros(len(self.spec.models), np.float32)
+        kv = np.zeros(len(self.spec.models), np.float32)
+        for i, m in enumerate(self.spec.models):
+            load = ctx.snapshot.models.get(m)
+            if load is not None:
+                queue[i] = math.log1p(load.in_system_per_replica) / 3.0
+                kv[i] = load.kv_cache_usage_perc
+        return queue, kv
 
     # --- planner ---------------------------------------------------------------------------------------------------
     def planner_obs(self, task: MbppTask, snapshot: SystemSnapshot, slack: float, slo_of: Callable[[Topology], float]) -> dict[str, np.ndarray]:

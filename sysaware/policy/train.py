@@ -83,15 +83,19 @@ def build_algo_config(cfg: dict, lam: float):
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from sysaware.policy.env import EXECUTOR, PLANNER, SysawareEnv, policy_mapping_fn
-    from sysaware.policy.modules import MaskedMLPModule
+    from sysaware.policy.modules import CandidateScorerModule, MaskedMLPModule
 
     env_config = {**cfg["env"], "lambda": lam, "seed": cfg["seed"]}
     probe = SysawareEnv(env_config)  # spaces (and a check that the config builds)
     hidden = cfg["model"].get("hidden", [64, 64])
     modules = {
         EXECUTOR: RLModuleSpec(
-            module_class=MaskedMLPModule, observation_space=probe._spaces[EXECUTOR][0],
-            action_space=probe._spaces[EXECUTOR][1], model_config={"hidden": hidden},
+            module_class=CandidateScorerModule, observation_space=probe._spaces[EXECUTOR][0],
+            action_space=probe._spaces[EXECUTOR][1],
+            model_config={
+                "hidden": hidden, "ctx_dim": probe.enc_spec.executor_ctx_dim, "row_dim": probe.enc_spec.executor_row_dim,
+                "num_candidates": probe.enc_spec.num_actions,
+            },
         )
     }
     if probe.use_planner:
@@ -171,14 +175,14 @@ def train(
     import ray
     from tensorboardX import SummaryWriter
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).resolve()  # RLlib's checkpoints take absolute paths (pyarrow's filesystem)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     lag = cfg["lagrange"]
     lam = LagrangeMultiplier(lag.get("init", 1.0), lag.get("lr", 2.0), lag.get("delta", 0.01), lag.get("max", 20.0), history=[])
     start_iter, prev_wall = 0, 0.0
     if resume is not None:
-        resume = Path(resume)
+        resume = Path(resume).resolve()
         state = json.loads((resume / "progress.json").read_text())
         start_iter, prev_wall = state["iteration"], state["wall_s"]
         lam = LagrangeMultiplier.load(resume / "lagrange.json")
