@@ -206,6 +206,9 @@ def serve_pool(
     max_body_bytes: int = typer.Option(
         DEFAULT_MAX_BODY_BYTES, min=1, help="Largest request body, bytes; larger ones get 413 unparsed."
     ),
+    solve: bool = typer.Option(True, "--solve/--no-solve", help="Deploy the orchestrator: POST /v1/solve."),
+    solve_policy: str = typer.Option("rl", help="/v1/solve's default executor: rl (trained) or a baseline."),
+    solve_admission: str = typer.Option("degrade", help="/v1/solve admission control: degrade, refuse or off."),
 ) -> None:
     """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
     import time
@@ -220,7 +223,10 @@ def serve_pool(
         problem = exposure_problem(host, settings, allow_unauthenticated)
         if problem:
             raise ValueError(problem)
-        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings)
+        from sysaware.serving.orchestrator import SolveSettings
+
+        solve_settings = SolveSettings(policy=solve_policy, admission=solve_admission) if solve else None
+        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings, solve=solve_settings)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -232,6 +238,8 @@ def serve_pool(
         url = deploy(application, port=port, host=host)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+        if solve:
+            console.print(f"solve:       POST {url}/solve   (policy {solve_policy}, admission {solve_admission})")
         auth = f"on ({len(settings.api_keys)} keys)" if settings.auth_enabled else "off (no API keys)"
         console.print(f"auth:        {auth}; open paths: {', '.join(settings.open_paths)}")
         dashboard = _http_url(getattr(ctx, "dashboard_url", None))
