@@ -22,7 +22,7 @@ install: $(STAMP)
 # The live pool on a local Ray Serve: 1, 10 and 50 streaming clients per model, 60 s of wall time per level at a
 # time scale slow enough for 2 cores to keep up; prints the live tables beside the simulated one (~5 minutes).
 run: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/sysaware load-sweep --pool configs/pool_twin.yaml --levels 1,10,50 --level-wall-s 60
+	HF_HUB_OFFLINE=1 $(BIN)/sysaware solve-demo --pool configs/pool_twin.yaml
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
