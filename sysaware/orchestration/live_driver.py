@@ -23,6 +23,7 @@ onto this clock as it comes back: replicas keep their own engine clocks, which s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import logging
 import inspect
@@ -185,8 +186,17 @@ class LiveDriver:
         budget last; any other error (a refusal) is raised at once."""
         request = call.request(priority=self._deadlines.get(session.run_id, 0.0))
         for attempt in range(1, MAX_CALL_ATTEMPTS + 1):
+            # Each call in a fresh context: Ray Serve's router (2.60) keys pending requests by the caller's request
+            # id, which every call made while serving one request (a solve) inherits; two concurrent calls (a
+            # star's workers) would collide and the second would never be routed. So the driver cancels its own.
+            response = contextvars.Context().run(self.handles[call.model].generate.remote, request)
             try:
-                return await self.handles[call.model].generate.remote(request), attempt
+                return await response, attempt
+            except asyncio.CancelledError:
+                cancel = getattr(response, "cancel", None)
+                if cancel is not None:
+                    cancel()
+                raise
             except Exception as e:
                 budget_left = session.workflow.remaining_budget_s(self.now()) > 0
                 if not replica_died(e) or attempt == MAX_CALL_ATTEMPTS or not budget_left:

@@ -56,7 +56,8 @@ class SolveSettings(BaseModel):
     fallback_policy: str = Field(
         default="greedy", description="Executor used when the default cannot be built on this pool (logged, reported)."
     )
-    planner: str = Field(default="fixed", description="Planner: 'fixed' (a chain), 'random', or 'rl'.")
+    planner: str = Field(default="fixed", description="Planner: 'fixed' (one topology), 'random', or 'rl'.")
+    topology: str = Field(default="chain", description="The fixed planner's topology: io, chain, star, debate, reflection.")
     admission: AdmissionMode = Field(
         default=AdmissionMode.DEGRADE,
         description="When the planned workflow is predicted to miss its SLO: 'degrade' (run the fastest plan), "
@@ -137,8 +138,12 @@ class Orchestrator:
             budget=ProfileBudget(self.resources),
         )
         self.admission = AdmissionController(self.resources, self.settings.admission)
-        self.planner = make_planner(self.settings.planner, resources=self.resources) if self.settings.planner == "rl" \
-            else make_planner(self.settings.planner)
+        if self.settings.planner == "rl":
+            self.planner = make_planner("rl", resources=self.resources)
+        elif self.settings.planner == "fixed":
+            self.planner = make_planner("fixed", topology=self.settings.topology)
+        else:
+            self.planner = make_planner(self.settings.planner)
         self.predictor = QueueingLatencyEstimator(self.resources.idle.models, self.resources.lengths.tokens)
         self.metrics = SolveMetrics()
         self._executors: dict[str, Executor] = {}
