@@ -209,6 +209,9 @@ def serve_pool(
     stream_interval: int = typer.Option(
         1, min=1, help="Streams: first token at once, then one chunk per N tokens (vLLM's; 1 = one per engine step)."
     ),
+    solve: bool = typer.Option(True, "--solve/--no-solve", help="Deploy the orchestrator: POST /v1/solve."),
+    solve_policy: str = typer.Option("rl", help="/v1/solve's default executor: rl (trained) or a baseline."),
+    solve_admission: str = typer.Option("degrade", help="/v1/solve admission control: degrade, refuse or off."),
 ) -> None:
     """Deploy the pool on Ray Serve (starting Ray if none runs) and print the API and dashboard URLs."""
     import time
@@ -225,7 +228,10 @@ def serve_pool(
         problem = exposure_problem(host, settings, allow_unauthenticated)
         if problem:
             raise ValueError(problem)
-        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings)
+        from sysaware.serving.orchestrator import SolveSettings
+
+        solve_settings = SolveSettings(policy=solve_policy, admission=solve_admission) if solve else None
+        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings, solve=solve_settings)
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
@@ -237,6 +243,8 @@ def serve_pool(
         url = deploy(application, port=port, host=host)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
+        if solve:
+            console.print(f"solve:       POST {url}/solve   (policy {solve_policy}, admission {solve_admission})")
         auth = f"on ({len(settings.api_keys)} keys)" if settings.auth_enabled else "off (no API keys)"
         console.print(f"auth:        {auth}; open paths: {', '.join(settings.open_paths)}")
         dashboard = _http_url(getattr(ctx, "dashboard_url", None))
@@ -260,6 +268,96 @@ def serve_pool(
                 import ray
 
                 ray.shutdown()
+
+
+@app.command("solve-demo")
+def solve_demo_cmd(
+    pool: Path = PoolOption,
+    policies: str = typer.Option("rl,best_single", help="Executors to compare, comma-separated ('rl': the trained policy)."),
+    tasks: int = typer.Option(24, min=1, help="MBPP test-split tasks (a seeded sample of those with recorded answers)."),
+    clients: int = typer.Option(4, min=1, help="Concurrent /v1/solve clients per policy."),
+    background: int = typer.Option(300, min=0, help="Closed-loop background clients on the hot model."),
+    hot_model: str | None = typer.Option(None, help="The model under background load (default: best_single's)."),
+    planner: str = typer.Option("random", help="The orchestrator's planner (same plan per task for every policy)."),
+    admission: str = typer.Option("degrade", help="Admission control: degrade, refuse or off."),
+    time_scale: float = typer.Option(1.0, min=1e-3, help="Twin speed: engine seconds per wall second."),
+    warmup_s: float = typer.Option(10.0, min=0, help="Wall seconds of background load before the first solve."),
+    port: int = typer.Option(8000, help="HTTP port of Serve's proxy."),
+    seed: int = typer.Option(0),
+    run_dir: Path | None = typer.Option(None, help="Where the tables and the PNG go (default runs/solve-demo-<time>)."),
+) -> None:
+    """The main job: the pool and the orchestrator on the embedded twin, a contended scenario driven through
+    POST /v1/solve, the trained policy against the best load-blind baseline: a table, a PNG, the dashboard URL."""
+    import asyncio
+    import logging
+    import time
+
+    import ray
+    from ray import serve
+
+    from sysaware.orchestration.context import PolicyResources
+    from sysaware.pipelines.evaluate import evaluation_tasks
+    from sysaware.pipelines.solve_demo import DemoSettings, plot, run_demo, summarise
+    from sysaware.runs import new_run_dir
+    from sysaware.serving.app import APP_NAME, build_app, deploy
+    from sysaware.serving.orchestrator import SolveSettings
+    from sysaware.sim.backend import SimBackend
+    from sysaware.tasks.prompts import Strategy
+
+    started = time.perf_counter()
+    cfg = _load_pool(pool)
+    names = tuple(p.strip() for p in policies.split(",") if p.strip())
+    try:
+        resources = PolicyResources.default_for(cfg)
+        hot = hot_model or resources.quality.best_model(Strategy.CONCISE)
+        if hot not in resources.models:
+            raise ValueError(f"--hot-model {hot!r} is not in the pool; known: {resources.models}")
+        solve = SolveSettings(policy=names[0], planner=planner, admission=admission)
+    except ValueError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    settings = DemoSettings(names, tasks, clients, background, hot, warmup_s, seed)
+    out = new_run_dir("solve-demo", run_dir)
+    for name in ("ray", "ray.serve", "ray.serve._private"):  # Serve's per-request and disconnect notices
+        logging.getLogger(name).setLevel(logging.ERROR)
+    ctx = ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", logging_level="error",
+                   log_to_driver=False, configure_logging=True)
+    dashboard = _http_url(ctx.dashboard_url)
+    try:
+        console.print(f"deploying {cfg.name} ({len(cfg.models)} models) + the orchestrator, time_scale={time_scale} ...")
+        url = deploy(build_app(cfg, time_scale, solve=solve), port=port, log_level="ERROR")
+        handles = {m.name: serve.get_deployment_handle(m.name, app_name=APP_NAME) for m in cfg.models}
+        task_list = evaluation_tasks(SimBackend(cfg), tasks, seed)
+        console.print(f"ready after {time.perf_counter() - started:.0f} s; dashboard: [bold]{dashboard}[/bold]")
+        console.print(f"{background} background clients on {hot}; {len(task_list)} MBPP test tasks x {list(names)} "
+                      f"through POST {url}/solve, {clients} at a time")
+        done = {"n": 0}
+
+        def progress(o) -> None:
+            done["n"] += 1
+            if done["n"] % max(len(task_list) // 4, 1) == 0:
+                console.print(f"  {o.policy}: {done['n']} solves done", highlight=False)
+
+        runs, cost = asyncio.run(run_demo(url, handles, task_list, settings, hot, progress))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    summary = summarise(runs, seed)
+    runs.to_csv(out / "solves.csv", index=False)
+    summary.to_csv(out / "summary.csv", index=False)
+    title = f"{cfg.name}: {background} clients on {hot}, {len(task_list)} MBPP test tasks via /v1/solve"
+    png = plot(runs, summary, out / "solve_demo.png", title)
+    table = Table(title=title + " (default SLO: 1.5 x the plan's idle latency)")
+    for header in ("policy", "solves", "goodput [95% CI]", "SLO met", "pass", "e2e p50 s", "refused", "errors", "retries"):
+        table.add_column(header, justify="left" if header == "policy" else "right")
+    for r in summary.itertuples(index=False):
+        table.add_row(r.policy, str(r.solves), f"{r.goodput:.2f} [{r.goodput_low:.2f}, {r.goodput_high:.2f}]",
+                      f"{r.slo_attainment:.2f}", f"{r.pass_rate:.2f}", f"{r.e2e_p50_s:.1f}", str(r.refused),
+                      str(r.errors), str(r.retries))
+    console.print(table)
+    console.print(f"background: {cost['background_sent']} requests, {cost['background_errors']} errors; "
+                  f"wall {time.perf_counter() - started:.0f} s")
+    console.print(f"plot: {png}\ntables: {out}\nRay dashboard (while it ran): {dashboard}")
 
 
 @app.command("load-sweep")

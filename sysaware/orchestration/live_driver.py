@@ -7,7 +7,11 @@ differs:
   log it or return another action; the session checks the final action against the point's candidates. A
   transition's points are all decided before any of its effects is carried out, as in simulation;
 - a ModelCall is awaited on its model's DeploymentHandle (``generate``); calls that are ready together (a star's
-  workers, a debate round) are in flight together, and each branch moves on as soon as its own call returns;
+  workers, a debate round) are in flight together, and each branch moves on as soon as its own call returns. Each
+  call carries the run's deadline as its priority (unix seconds: the twin's deadline-first scheduling and vLLM's
+  ``priority`` serve the earliest deadline first when the pool is configured so). A call whose replica died (the
+  actor is gone or unavailable) is sent again, up to ``MAX_CALL_ATTEMPTS`` times in all while the run has budget
+  left: Serve routes the new attempt to a live replica of the same model;
 - a SandboxRun (a bug fixer's example feedback, the final grade) runs in a worker thread;
 - the executor's telemetry comes from the telemetry actor's snapshot, refreshed before every step of the session.
 
@@ -19,7 +23,9 @@ onto this clock as it comes back: replicas keep their own engine clocks, which s
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
+import logging
 import inspect
 import itertools
 import time
@@ -28,7 +34,7 @@ from typing import Any
 
 from sysaware.engines.types import GenerationResult, TelemetrySnapshot
 from sysaware.orchestration.budget import ProfileBudget, plan_slo_s
-from sysaware.orchestration.context import Action, all_actions
+from sysaware.orchestration.context import Action, Plan, all_actions
 from sysaware.orchestration.executors import Executor
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.planners import Planner
@@ -44,6 +50,14 @@ from sysaware.data.telemetry import ModelLoad, SystemSnapshot, TelemetryTracker
 from sysaware.orchestration.trace import RunTrace
 from sysaware.orchestration.workflow import ModelCall, Workflow
 from sysaware.tasks.mbpp import MbppTask
+
+logger = logging.getLogger(__name__)
+
+MAX_CALL_ATTEMPTS = 3  # tries per model call when its replica dies (the first and two retries)
+RETRY_BACKOFF_S = 0.2  # wall seconds before a retry (x the attempt number), time for Serve to drop the dead replica
+
+# What the driver calls after each model result of a run: (session, call, result on the driver's clock, attempts).
+StepHook = Callable[[WorkflowSession, ModelCall, GenerationResult, int], None]
 
 # Sees each decision with the agent's action; returns the action to take instead, or None to keep it (may be async).
 DecisionHook = Callable[[DecisionPoint, Action], "Action | None | Awaitable[Action | None]"]
@@ -76,6 +90,9 @@ class LiveDriver:
         self._snapshot = SystemSnapshot(0.0, {})
         self._t0_wall_s = time.monotonic()
         self._run_ids = itertools.count()
+        self._step_hooks: dict[str, StepHook] = {}  # run id -> its on_step hook
+        self._deadlines: dict[str, float] = {}  # run id -> deadline, unix s (the calls' priority)
+        self.retries = 0  # model calls sent again after their replica died
 
     @property
     def models(self) -> list[str]:
@@ -87,14 +104,25 @@ class LiveDriver:
 
     # --- one workflow ------------------------------------------------------------------------------------------
     async def run_workflow(
-        self, task: MbppTask, planner: Planner, executor: Executor | Agent, slo_s: float | None = None, seed: int = 0
+        self,
+        task: MbppTask,
+        planner: Planner,
+        executor: Executor | Agent,
+        slo_s: float | None = None,
+        seed: int = 0,
+        *,
+        on_step: StepHook | None = None,
+        keep_session: bool = True,
+        plan: Plan | None = None,
     ) -> RunTrace:
         """Plan ``task``, run its workflow on the pool within ``slo_s`` (engine s; None: the driver's default budget
         for the plan, ``plan_slo_s``, as in simulation), grade the answer. ``executor`` decides every step (an
-        Executor, or any Agent)."""
+        Executor, or any Agent). ``on_step`` sees every model result as it comes back (a server streams them);
+        ``keep_session=False`` forgets the session once the run is over (a server running many); ``plan``: one
+        already made (by an admission check), else the planner makes it."""
         agent = ExecutorAgent(executor) if isinstance(executor, Executor) else executor
         await self.refresh_snapshot()
-        plan = planner.plan(task, self._snapshot, slo_s)
+        plan = plan or planner.plan(task, self._snapshot, slo_s)
         run_id = f"live-{next(self._run_ids)}-t{task.task_id}-s{seed}"
         workflow = Workflow(run_id, task, plan.topology, plan_slo_s(task, plan, self.budget), seed=seed)
         session = WorkflowSession(
@@ -106,11 +134,20 @@ class LiveDriver:
             decider_name=agent.describe(),
         )
         self.sessions.append(session)
-        await self.refresh_snapshot()
-        await self._carry_out(session, agent, session.start(self.now()))
-        if not session.done:
-            raise RuntimeError(f"{run_id}: every effect was carried out but the workflow is {workflow.state.value}")
-        return session.trace()
+        self._deadlines[run_id] = time.time() + workflow.slo_s / self.time_scale
+        if on_step is not None:
+            self._step_hooks[run_id] = on_step
+        try:
+            await self.refresh_snapshot()
+            await self._carry_out(session, agent, session.start(self.now()))
+            if not session.done:
+                raise RuntimeError(f"{run_id}: every effect was carried out but the workflow is {workflow.state.value}")
+            return session.trace()
+        finally:
+            self._step_hooks.pop(run_id, None)
+            self._deadlines.pop(run_id, None)
+            if not keep_session:
+                self.sessions.remove(session)
 
     async def _carry_out(self, session: WorkflowSession, agent: Agent, effects: list[SessionEffect]) -> None:
         ready: list[DriverEffect] = []
@@ -129,10 +166,13 @@ class LiveDriver:
 
     async def _carry_out_one(self, session: WorkflowSession, agent: Agent, effect: DriverEffect) -> None:
         if isinstance(effect, ModelCall):
-            raw = await self.handles[effect.model].generate.remote(effect.request())
+            raw, attempts = await self._call(session, effect)
             now = self.now()
             result = on_clock(raw, now)
             self.tracker.record(result)
+            hook = self._step_hooks.get(session.run_id)
+            if hook is not None:
+                hook(session, effect, result, attempts)
             await self.refresh_snapshot()
             follow = session.on_model_result(effect, result, self.now())
         else:
@@ -140,6 +180,31 @@ class LiveDriver:
             await self.refresh_snapshot()
             follow = session.on_sandbox_result(effect, outcome, self.now())
         await self._carry_out(session, agent, follow)
+
+    async def _call(self, session: WorkflowSession, call: ModelCall) -> tuple[GenerationResult, int]:
+        """The call's result and the attempts it took: sent again when its replica died, while tries and the run's
+        budget last; any other error (a refusal) is raised at once."""
+        request = call.request(priority=self._deadlines.get(session.run_id, 0.0))
+        for attempt in range(1, MAX_CALL_ATTEMPTS + 1):
+            # Each call in a fresh context: Ray Serve's router (2.60) keys pending requests by the caller's request
+            # id, which every call made while serving one request (a solve) inherits; two concurrent calls (a
+            # star's workers) would collide and the second would never be routed. So the driver cancels its own.
+            response = contextvars.Context().run(self.handles[call.model].generate.remote, request)
+            try:
+                return await response, attempt
+            except asyncio.CancelledError:
+                cancel = getattr(response, "cancel", None)
+                if cancel is not None:
+                    cancel()
+                raise
+            except Exception as e:
+                budget_left = session.workflow.remaining_budget_s(self.now()) > 0
+                if not replica_died(e) or attempt == MAX_CALL_ATTEMPTS or not budget_left:
+                    raise
+                self.retries += 1
+                logger.warning("%s: replica of %s died (%s); retry %d", call.call_id, call.model, type(e).__name__, attempt)
+                await asyncio.sleep(RETRY_BACKOFF_S * attempt)
+        raise AssertionError("unreachable")
 
     # --- telemetry ---------------------------------------------------------------------------------------------
     async def refresh_snapshot(self) -> SystemSnapshot:
@@ -164,6 +229,18 @@ class LiveDriver:
         for model in self.handles:
             snapshot.models.setdefault(model, ModelLoad(model, 0, 0, 0, 0.0, 0.0, None, None))
         return snapshot
+
+
+def replica_died(e: BaseException) -> bool:
+    """Whether a handle call failed because its replica went away (retrying may reach a live one), as opposed to
+    the replica refusing the request."""
+    from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+    try:
+        from ray.serve.exceptions import DeploymentUnavailableError
+    except ImportError:  # older Serve
+        DeploymentUnavailableError = ()  # noqa: N806
+    return isinstance(e, (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError))
 
 
 async def _settle(value):

@@ -76,6 +76,16 @@ class AppArgs(BaseModel):
         description="Run the deployments' code and routers on Serve's own event loop (replica.SAME_LOOP_ENV). Off: "
         "measured within noise on 2 cores (bench_serving_overhead.py), and blocking code would then stall Serve.",
     )
+    solve: bool = Field(default=True, description="Deploy the orchestrator and serve POST /v1/solve.")
+    solve_policy: str = Field(default="rl", description="/v1/solve's default executor ('rl' or a baseline name).")
+    solve_admission: str = Field(
+        default="degrade", description="/v1/solve admission control: degrade, refuse or off (README, /v1/solve)."
+    )
+
+    def solve_settings(self):
+        from sysaware.serving.orchestrator import SolveSettings
+
+        return SolveSettings(policy=self.solve_policy, admission=self.solve_admission) if self.solve else None
 
     def ingress_settings(self) -> IngressSettings:
         return IngressSettings.from_sources(
@@ -126,11 +136,14 @@ def build_app(
     ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
     settings: IngressSettings | None = None,
     same_loop: bool = False,
+    solve: "SolveSettings | bool | None" = None,
 ) -> Application:
     """The pool application: a deployment per model (named after it) and the ingress bound to their handles.
     ``settings``: the ingress's API keys and limits; None is no keys (for a loopback-only server) and the default
     limits. ``same_loop``: the deployments' user code and routers run on Serve's own loop (``SAME_LOOP_ENV``;
-    False is Ray Serve's default, separate threads and loops)."""
+    False is Ray Serve's default, separate threads and loops). ``solve``: also deploy the orchestrator
+    (``POST /v1/solve``) with these settings (True: the defaults); off by default, so the plain OpenAI-compatible
+    pool starts without loading the policy."""
     from sysaware.serving.ingress import Ingress
     from sysaware.serving.replica import actor_options, deployment_for
 
@@ -153,7 +166,18 @@ def build_app(
         ray_actor_options=actor_options(same_loop),
         max_ongoing_requests=ingress_max_ongoing_requests,
     )
-    return ingress.bind(pool_dict, handles, time_scale, settings)
+    solver = None
+    if solve:
+        from sysaware.serving.orchestrator import ORCHESTRATOR_NAME, Orchestrator, SolveSettings
+
+        solve_settings = SolveSettings() if solve is True else solve
+        solver = serve.deployment(Orchestrator).options(
+            name=ORCHESTRATOR_NAME,
+            ray_actor_options={"num_cpus": 0},
+            max_ongoing_requests=ingress_max_ongoing_requests,
+            health_check_period_s=health_check_period_s,
+        ).bind(pool_dict, handles, time_scale, solve_settings.model_dump(mode="json"))
+    return ingress.bind(pool_dict, handles, time_scale, settings, solver=solver)
 
 
 def build(args: AppArgs) -> Application:
@@ -169,6 +193,7 @@ def build(args: AppArgs) -> Application:
         ingress_max_ongoing_requests=args.ingress_max_ongoing_requests,
         settings=args.ingress_settings(),
         same_loop=args.same_loop,
+        solve=args.solve_settings(),
     )
 
 

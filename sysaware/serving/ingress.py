@@ -6,6 +6,7 @@
     GET  /v1/telemetry          the telemetry actor's snapshot (per replica and per model)
     GET  /metrics               Prometheus text with vLLM's metric names
     GET  /health
+    POST /v1/solve              one programming problem through the orchestrator (solve.py), when it is deployed
 
 Before any route, ``http_guard`` checks the API key (401) and the body size (413) without reading the body; the
 settings (``IngressSettings``) come with the replica. Bad input never reaches a replica: the body is validated by
@@ -52,6 +53,7 @@ from sysaware.serving.openai_types import (
     now_unix_s,
 )
 from sysaware.serving.prometheus import PoolMetrics
+from sysaware.serving.solve import router as solve_router
 from sysaware.serving.sse import ChatSSEWriter, CompletionSSEWriter, SSEWriter, events
 from sysaware.serving.telemetry import snapshot_json
 
@@ -266,6 +268,7 @@ class ReplicaGuard:
 
 
 api.add_middleware(ReplicaGuard)
+api.include_router(solve_router)  # POST /v1/solve: answers 404 unless the ingress has an orchestrator (``solver``)
 
 
 # Everything the Ingress methods use must be defined above it: serve.ingress pickles the routes by value at
@@ -285,6 +288,7 @@ class Ingress:
         models: Mapping,
         time_scale: float = 1.0,
         settings: IngressSettings | None = None,
+        solver=None,  # the orchestrator deployment's handle (/v1/solve), or None
     ) -> None:
         from sysaware.serving.telemetry import get_or_create_telemetry
 
@@ -298,6 +302,7 @@ class Ingress:
         self.created = now_unix_s()
         self.time_scale = time_scale
         self.settings = settings or IngressSettings()
+        self.solver = solver
 
     # ---- OpenAI API ---------------------------------------------------------------------------------------------
 
