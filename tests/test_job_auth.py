@@ -69,9 +69,10 @@ def token_cluster():
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # `ray start --block` may sit out SIGTERM: its group goes at once
             os.killpg(head.pid, signal.SIGKILL)
+            head.wait(timeout=30)
 
 
 def status_of(url: str, token: str | None) -> int | None:
