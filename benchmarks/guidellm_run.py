@@ -7,7 +7,7 @@ REQUESTS requests at CONCURRENCY streams. Beside guidellm's own TTFT and ITL it 
 histograms (``vllm:time_to_first_token_seconds``, ``vllm:inter_token_latency_seconds``,
 ``sysaware:serving_overhead_seconds``) over the same window (scraped before and after).
 
-    flock /tmp/sysaware-ray.lock python benchmarks/guidellm_run.py [--guidellm /work/venv-guidellm/bin/guidellm]
+    flock /tmp/sysaware-ray.lock python benchmarks/guidellm_run.py [--guidellm .venv-guidellm/bin/guidellm]
         [--port 18320] [--requests 32] [--concurrency 4] [--out runs/guidellm]
 
 What must hold (printed, and the exit status): 0 errors and every request's output exactly OUTPUT_TOKENS tokens.
@@ -103,7 +103,7 @@ def summarize(report_path: Path) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--guidellm", default="/work/venv-guidellm/bin/guidellm")
+    parser.add_argument("--guidellm", default=".venv-guidellm/bin/guidellm")
     parser.add_argument("--port", type=int, default=18320)
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--concurrency", type=int, default=4)

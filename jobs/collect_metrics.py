@@ -6,8 +6,8 @@
 Every harvested prompt x strategy x model is probed under N background clients per model, on the simulated cluster
 (virtual time). The dataset is written as Parquet shards after every chunk of probes; kill the job at any point and
 submit it again with the same --run-dir to finish it (no probe lost, none twice). With --parallel each load level
-runs in its own Ray task (levels write separately named shards); without it the driver runs the levels itself and
-needs no Ray at all. Give absolute paths to find the files outside the job's working directory.
+runs in its own Ray task (collect_metrics_on_ray: the tasks return their rows, the driver writes them); without it
+the driver runs the levels itself and needs no Ray at all. Give absolute paths to find the files outside the job's working directory.
 """
 
 from __future__ import annotations
@@ -17,14 +17,9 @@ from pathlib import Path
 
 from sysaware.config import load_pool
 from sysaware.data import dataset_store as store
-from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, load_dataset
+from sysaware.pipelines.collect_metrics import MetricsSettings, collect_metrics, collect_metrics_on_ray, load_dataset
 from sysaware.runs import new_run_dir
 from sysaware.tasks.prompts import Strategy
-
-
-def _level_task(pool_path: str, prompts: str, run_dir: str, settings: MetricsSettings) -> int:
-    collect_metrics(load_pool(pool_path), prompts, run_dir, settings, progress=False)
-    return settings.levels[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,8 +57,6 @@ def settings_from(args: argparse.Namespace) -> MetricsSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from dataclasses import replace
-
     args = parse_args(argv)
     pool_path = str(Path(args.pool).resolve())
     pool = load_pool(pool_path)  # fail fast, with the field named
@@ -77,10 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         import ray
 
         ray.init(ignore_reinit_error=True)
-        task = ray.remote(num_cpus=1)(_level_task)
-        refs = [task.remote(pool_path, prompts, str(out), replace(settings, levels=(n,))) for n in settings.levels]
-        ray.get(refs)
-        collect_metrics(pool, prompts, out, settings, progress=False)  # nothing left: rewrites the manifest
+        collect_metrics_on_ray(pool, prompts, out, settings, progress=not args.no_progress)
     else:
         collect_metrics(pool, prompts, out, settings, progress=not args.no_progress)
     if args.csv:

@@ -17,6 +17,24 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="System-aware
 console = Console() if sys.stdout.isatty() else Console(width=160)
 
 PoolOption = typer.Option(DEFAULT_POOL, "--pool", help="Pool YAML (models, GPUs, replicas, backend).")
+AddressOption = typer.Option(
+    None, "--address", help="Run on an existing Ray cluster ('auto', or host:port of its head; with token auth set "
+    "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN). Default: a local cluster started for the command.",
+)
+
+
+def _connect_ray(address: str | None) -> None:
+    """Join the cluster at ``address`` before a pipeline starts, so its Ray tasks run on that cluster's workers (the
+    pipelines start a local cluster only when none is connected)."""
+    import ray
+
+    if address is None or ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, logging_level="warning")
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        console.print(f"[red]error:[/red] --address {address}: {e}")
+        raise typer.Exit(2) from None
 
 
 def _load_pool(path: Path) -> PoolConfig:
@@ -648,12 +666,14 @@ def evaluate_cmd(
     warmup_s: float = typer.Option(10.0, min=0, help="Virtual seconds of background load before the first workflow."),
     seed: int = typer.Option(0),
     run_dir: Path | None = typer.Option(None, help="Where the tables go (default runs/evaluate-<time>)."),
+    address: str | None = AddressOption,
 ) -> None:
     """Every policy x background load (--levels) or x contention scenario (--scenarios): goodput, pass@1, SLO
     attainment, e2e latency percentiles, tokens."""
     if not sim:
         console.print("[red]error:[/red] only --sim is available until the live pool driver lands")
         raise typer.Exit(2)
+    _connect_ray(address)
     if scenarios is not None:
         _evaluate_scenarios(policies, scenarios, scenario_file, tasks, planner, profile, seed, run_dir, use_ray)
         return
@@ -766,6 +786,7 @@ def train_policy_cmd(
     iterations: int | None = typer.Option(None, min=1, help="Stop after this many iterations in all (default: the config's)."),
     wall_minutes: float | None = typer.Option(None, min=0.1, help="Stop after this many wall minutes (default: the config's)."),
     seed: int | None = typer.Option(None, help="Override the config's seed."),
+    address: str | None = AddressOption,
 ) -> None:
     """Multi-agent PPO (RLlib) for the planner and executor with the Lagrangian lambda update; metrics.csv,
     TensorBoard (tb/), curves.png, checkpoint/ (resumable) and policy/ (what `evaluate --policies rl` loads)."""
@@ -775,6 +796,7 @@ def train_policy_cmd(
     cfg = load_config(config)
     if seed is not None:
         cfg["seed"] = seed
+    _connect_ray(address)  # env runners then spread over the cluster's workers
     out = run_dir if resume is not None and run_dir is not None else new_run_dir("train-policy", run_dir)
 
     def progress(row: dict) -> None:
@@ -824,6 +846,9 @@ def collect_metrics_cmd(
     backend: str = typer.Option("sim", help="sim: the simulated cluster (virtual time); live: the Ray Serve pool."),
     time_scale: float = typer.Option(1.0, min=1e-3, help="live: twin speed, engine seconds per wall second."),
     app_name: str | None = typer.Option(None, help="live: a running Serve application to probe (default: deploy the pool)."),
+    parallel: bool = typer.Option(False, "--parallel", help="sim: each load level in its own Ray task (on --address's "
+                                  "cluster, or a local one); the same dataset as the serial run."),
+    address: str | None = AddressOption,
 ) -> None:
     """Phase 2: every harvested prompt x strategy x model probed under background load on the simulated cluster or
     the live pool; the served replica's state at submission and the measured TTFT/TPOT/lengths, as Parquet shards +
@@ -849,7 +874,14 @@ def collect_metrics_cmd(
         out = new_run_dir("collect-metrics", run_dir)
         store.remove_stale_temp(out)
         before = len(store.existing_keys(out))
-        if backend == "sim":
+        if parallel and backend != "sim":
+            raise ValueError("--parallel fans out the simulated pool's levels; it needs --backend sim")
+        _connect_ray(address)
+        if backend == "sim" and parallel:
+            from sysaware.pipelines.collect_metrics import collect_metrics_on_ray
+
+            collect_metrics_on_ray(cfg, prompts, out, settings, write_csv=csv)
+        elif backend == "sim":
             collect_metrics(cfg, prompts, out, settings, write_csv=csv)
         elif backend == "live":
             from sysaware.pipelines.live_probes import live_backend_for

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -164,6 +164,102 @@ def collect_metrics(
     on_shard: Callable[[Path, int], None] | None = None,
 ) -> Path:
     """Send every probe the dataset under ``run_dir`` lacks and write it shard by shard; returns the dataset dir."""
+    rows, models, prompts_info = _inputs(pool, prompts_csv, run_dir, settings)
+    if backend is None:
+        backend = _sim_probe_backend(pool, rows, settings, sim)
+    manifest_settings = {**settings.to_json(), "models": models, "backend": backend.name, "pool": pool.name}
+    todo, done_before = _todo(run_dir, rows, models, settings)
+    bar = _bar(todo, done_before) if progress else None
+    store.write_manifest(run_dir, manifest_settings, prompts_info)
+    for n, specs in todo.items():
+        for chunk, frame in measure_level(backend, n, specs, settings, len(models)):
+            path = store.write_shard(run_dir, n, frame)
+            store.write_manifest(run_dir, manifest_settings, prompts_info)
+            if bar is not None:
+                bar.update(len(chunk))
+                bar.set_postfix(N=n, shard=path.name)
+            if on_shard is not None:
+                on_shard(path, len(chunk))
+    if bar is not None:
+        bar.close()
+    if write_csv:
+        store.write_csv(run_dir)
+    return store.dataset_dir(run_dir)
+
+
+def collect_metrics_on_ray(
+    pool: PoolConfig,
+    prompts_csv: str | Path,
+    run_dir: str | Path,
+    settings: MetricsSettings = MetricsSettings(),
+    progress: bool = True,
+    write_csv: bool = False,
+) -> Path:
+    """``collect_metrics`` on the simulated pool with each load level (a cell: its own simulated cluster, nothing
+    shared with the others) in its own Ray task, so the levels run on the cluster's workers at once. The tasks
+    return their frames and only this driver writes: the run directory need not be shared with the workers.
+    The dataset is the one the serial run writes (same keys, same measurements); a level's shards appear when its
+    task ends, so a kill loses the levels still running (a rerun sends only what is missing)."""
+    import ray
+
+    rows, models, prompts_info = _inputs(pool, prompts_csv, run_dir, settings)
+    manifest_settings = {**settings.to_json(), "models": models, "backend": SimProbeBackend.name, "pool": pool.name}
+    todo, done_before = _todo(run_dir, rows, models, settings)
+    bar = _bar(todo, done_before) if progress else None
+    store.write_manifest(run_dir, manifest_settings, prompts_info)
+    task = ray.remote(num_cpus=1)(_level_frames)
+    pending = {task.remote(pool, rows, n, specs, settings, len(models)): (n, specs) for n, specs in todo.items() if specs}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        n, specs = pending.pop(ref)
+        for frame in ray.get(ref):
+            path = store.write_shard(run_dir, n, frame)
+            if bar is not None:
+                bar.set_postfix(N=n, shard=path.name)
+        store.write_manifest(run_dir, manifest_settings, prompts_info)
+        if bar is not None:
+            bar.update(len(specs))
+    if bar is not None:
+        bar.close()
+    if write_csv:
+        store.write_csv(run_dir)
+    return store.dataset_dir(run_dir)
+
+
+def measure_level(
+    backend: ProbeBackend, n: int, specs: Sequence[ProbeSpec], settings: MetricsSettings, num_models: int
+) -> Iterator[tuple[Sequence[ProbeSpec], pd.DataFrame]]:
+    """One load level: the background started, the probes sent chunk by chunk; yields each chunk's rows."""
+    if not specs:
+        return
+    backend.start_level(n)
+    # One arrival process per level: its gaps continue across chunks (rerun: a new process, same rate).
+    rng = random.Random(f"probe-gaps/{settings.seed}/{n}/{len(specs)}")
+    try:
+        for start in range(0, len(specs), settings.chunk_size):
+            chunk = specs[start : start + settings.chunk_size]
+            by_key = {s.key: s for s in chunk}
+            outcomes = backend.measure(schedule(chunk, settings.probe_rate_per_s * num_models, rng, settings.max_tokens))
+            yield chunk, pd.DataFrame([outcome_row(by_key[o.key], o) for o in outcomes])
+    finally:
+        backend.stop_level()
+
+
+def _level_frames(
+    pool: PoolConfig, rows: list[PromptRow], n: int, specs: list[ProbeSpec], settings: MetricsSettings, num_models: int
+) -> list[pd.DataFrame]:
+    """A Ray task's work: one level on a fresh simulated pool, built as the serial run builds it."""
+    backend = _sim_probe_backend(pool, rows, settings, None)
+    return [frame for _, frame in measure_level(backend, n, specs, settings, num_models)]
+
+
+def _sim_probe_backend(pool: PoolConfig, rows: list[PromptRow], settings: MetricsSettings, sim: SimBackend | None):
+    background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
+    return SimProbeBackend(pool, background, sim, settings.warmup_s, seed=settings.seed)
+
+
+def _inputs(pool: PoolConfig, prompts_csv: str | Path, run_dir: str | Path, settings: MetricsSettings):
+    """The prompts, the models probed and the input's fingerprint (a run directory holds one input's dataset)."""
     rows = load_prompt_rows(prompts_csv, settings.num_prompts)
     models = list(settings.models or [m.name for m in pool.models])
     prompts_info = {
@@ -172,46 +268,22 @@ def collect_metrics(
         "rows": len(rows),
     }
     store.check_same_input(run_dir, prompts_info)
-    if backend is None:
-        background = PromptPoolFactory(rows, settings.strategies, settings.max_tokens)
-        backend = SimProbeBackend(pool, background, sim, settings.warmup_s, seed=settings.seed)
-    manifest_settings = {**settings.to_json(), "models": models, "backend": backend.name, "pool": pool.name}
+    return rows, models, prompts_info
 
+
+def _todo(run_dir: str | Path, rows, models, settings: MetricsSettings) -> tuple[dict[int, list[ProbeSpec]], int]:
+    """Per level, the probes whose keys are not on disk yet; and how many are."""
     done = store.existing_keys(run_dir)
     todo = {n: [s for s in plan_level(rows, models, n, settings) if s.key not in done] for n in settings.levels}
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return todo, len(done)
 
-        bar = tqdm(total=sum(map(len, todo.values())), desc="probes", unit="probe")
-        bar.set_postfix(done_before=len(done))
-    store.write_manifest(run_dir, manifest_settings, prompts_info)
-    for n, specs in todo.items():
-        if not specs:
-            continue
-        backend.start_level(n)
-        # One arrival process per level: its gaps continue across chunks (rerun: a new process, same rate).
-        rng = random.Random(f"probe-gaps/{settings.seed}/{n}/{len(specs)}")
-        try:
-            for start in range(0, len(specs), settings.chunk_size):
-                chunk = specs[start : start + settings.chunk_size]
-                by_key = {s.key: s for s in chunk}
-                outcomes = backend.measure(schedule(chunk, settings.probe_rate_per_s * len(models), rng, settings.max_tokens))
-                frame = pd.DataFrame([outcome_row(by_key[o.key], o) for o in outcomes])
-                path = store.write_shard(run_dir, n, frame)
-                store.write_manifest(run_dir, manifest_settings, prompts_info)
-                if bar is not None:
-                    bar.update(len(chunk))
-                    bar.set_postfix(N=n, shard=path.name)
-                if on_shard is not None:
-                    on_shard(path, len(chunk))
-        finally:
-            backend.stop_level()
-    if bar is not None:
-        bar.close()
-    if write_csv:
-        store.write_csv(run_dir)
-    return store.dataset_dir(run_dir)
+
+def _bar(todo: dict[int, list], done_before: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(map(len, todo.values())), desc="probes", unit="probe")
+    bar.set_postfix(done_before=done_before)
+    return bar
 
 
 def load_dataset(run_dir: str | Path) -> pd.DataFrame:

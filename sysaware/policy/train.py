@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from sysaware.policy.reward import LagrangeMultiplier
+from sysaware.policy.train_metrics import TrainMetrics
 
 STAT_KEYS = ("requests", "passed", "violations", "goodput")
 ROOT = "sysaware"  # env runner metrics: result["env_runners"]["sysaware"][<stat>]
@@ -199,6 +200,7 @@ def train(
     if resume is not None:
         algo.restore_from_path(str(resume))
     push_lambda(algo, lam.value)
+    live = TrainMetrics(run_dir.name)  # ray_sysaware_train_* gauges for the dashboard
     writer = SummaryWriter(str(run_dir / "tb"))
     csv_path = run_dir / "metrics.csv"
     rows: list[dict] = []
@@ -249,6 +251,7 @@ def train(
                 if k not in STAT_KEYS and isinstance(v, (int, float)):
                     row[k] = float(v)
             rows.append(row)
+            live.record(row)
             for k, v in row.items():
                 if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)) and k != "iteration":
                     writer.add_scalar(k, v, it)
