@@ -98,13 +98,14 @@ def test_the_rayservice_embeds_the_cluster_serve_config_with_token_auth():
 def test_the_cluster_app_builds_with_one_gpu_per_tensor_parallel_rank():
     from sysaware.config import load_pool
     from sysaware.serving.app import INGRESS_NAME
+    from sysaware.serving.orchestrator import ORCHESTRATOR_NAME
 
     service = load("deploy/kuberay/rayservice.yaml")
     (app_schema,) = serve_schema(yaml.safe_load(service["spec"]["serveConfigV2"])).applications
     deployments = built_deployments(app_schema)
     pool = load_pool(app_schema.args["pool"])
     assert {m.backend for m in pool.models} == {"vllm"}
-    assert set(deployments) == {m.name for m in pool.models} | {INGRESS_NAME}
+    assert set(deployments) == {m.name for m in pool.models} | {INGRESS_NAME, ORCHESTRATOR_NAME}  # /v1/solve too
     overrides = {d.name: d.ray_actor_options for d in app_schema.deployments}
     assert set(overrides) == {m.name for m in pool.models}  # every override names a real deployment
     for m in pool.models:

@@ -60,6 +60,20 @@ ROWS: tuple[Panel, ...] = (
     Panel("Stale replicas (stopped reporting)", "sum by (model) (ray_sysaware_replica_stale)", "short", "{{model}}"),
     Panel("Telemetry push interval p99 (ms)", "histogram_quantile(0.99, sum by (le, model) "
           "(rate(ray_sysaware_telemetry_push_interval_ms_bucket" + RATE + ")))", "ms", "{{model}}"),
+    Panel("Serving overhead p50 per hop (client TTFT - engine TTFT)", "histogram_quantile(0.5, sum by (le, hop) "
+          "(rate(sysaware:serving_overhead_seconds_bucket" + RATE + ")))", "s", "{{hop}}"),
+    Panel("Solves: goodput (passed within SLO) per policy", "sum by (policy) (rate(ray_sysaware_solve_goodput_total"
+          + RATE + ")) / sum by (policy) (rate(ray_sysaware_solve_requests_total" + RATE + "))", "percentunit",
+          "{{policy}}"),
+    Panel("Solves: SLO misses/s", "sum by (policy) (rate(ray_sysaware_solve_slo_misses_total" + RATE + "))", "reqps",
+          "{{policy}}"),
+    Panel("Solves by outcome/s (passed, failed, refused, error)", "sum by (outcome) "
+          "(rate(ray_sysaware_solve_requests_total" + RATE + "))", "reqps", "{{outcome}}"),
+    Panel("Solve end-to-end latency p95", "histogram_quantile(0.95, sum by (le, policy) "
+          "(rate(ray_sysaware_solve_e2e_latency_s_bucket" + RATE + ")))", "s", "{{policy}}"),
+    Panel("Solves in flight", "sum(ray_sysaware_solve_in_flight)", "short", "solves"),
+    Panel("Solve model calls retried/s (replica died)", "sum by (policy) (rate(ray_sysaware_solve_retries_total"
+          + RATE + "))", "reqps", "{{policy}}"),
     Panel("Training: lambda", "ray_sysaware_train_lambda", "none", "{{run}}"),
     Panel("Training: goodput (pass within SLO)", "ray_sysaware_train_goodput", "percentunit", "{{run}}"),
     Panel("Training: SLO violation rate", "ray_sysaware_train_violation_rate", "percentunit", "{{run}}"),
@@ -108,6 +122,13 @@ def train_metric_names() -> set[str]:
     return set(TRAIN_METRIC_NAMES)
 
 
+def solve_metric_names() -> set[str]:
+    """The orchestrator's ``ray.util.metrics`` (serving/solve_metrics.py), as a Ray node exports them."""
+    from sysaware.serving.solve_metrics import SolveMetrics
+
+    return ray_metric_names(m for m in vars(SolveMetrics()).values() if hasattr(m, "_name"))
+
+
 def serve_metric_names() -> set[str]:
     """Ray Serve's own metrics, read from Ray's source: every ``"serve_..."`` name it registers (``{protocol_name}``
     is http or grpc), in each exported form."""
@@ -126,10 +147,11 @@ def serve_metric_names() -> set[str]:
     return names
 
 
-# Every source of names a panel may use; a new exporter adds one line here (e.g. lambda: set(SOLVE_METRIC_NAMES)).
+# Every source of names a panel may use; a new exporter adds one line here.
 NAME_SOURCES: tuple[Callable[[], set[str]], ...] = (
     pool_metric_names,
     telemetry_metric_names,
+    solve_metric_names,
     train_metric_names,
     serve_metric_names,
 )
