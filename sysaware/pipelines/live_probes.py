@@ -105,6 +105,8 @@ class LiveProbeBackend:
                 rng = random.Random(f"live-bg/{self.seed}/{self._level}/{model}/{client}")
                 self._clients.append(asyncio.create_task(self._closed_loop(handle, model, rng)))
         await self._wait_for_telemetry()
+        if concurrency > 0:
+            await self._wait_for_load()
         await asyncio.sleep(self.warmup_s / self.time_scale)
 
     async def _closed_loop(self, handle: Any, model: str, rng: random.Random) -> None:
@@ -134,6 +136,19 @@ class LiveProbeBackend:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no telemetry from the replicas of {missing} after {self.telemetry_wait_s} s")
             await asyncio.sleep(0.1)
+
+    async def _wait_for_load(self) -> None:
+        """Until every model's replicas report the background requests: the warm-up counts from when the load is on
+        the engines, not from when its clients were created (on a loaded host the first calls, and the stats pushed
+        after them, can take longer than a short warm-up, and a probe would then record an idle replica)."""
+        deadline = time.monotonic() + self.telemetry_wait_s
+        while time.monotonic() < deadline:
+            states = await self._states()
+            busy = [any(s.num_requests_running + s.num_requests_waiting > 0 for s in r.values()) for r in states.values()]
+            if all(busy):
+                return
+            await asyncio.sleep(0.05)
+        logger.warning("background load not visible in the telemetry after %s s; probing anyway", self.telemetry_wait_s)
 
     async def _states(self) -> dict[str, dict[str, ReplicaStats]]:
         """model -> replica_id -> its latest pushed stats, for this backend's deployments only (the actor is shared
