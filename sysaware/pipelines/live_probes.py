@@ -144,8 +144,7 @@ class LiveProbeBackend:
         deadline = time.monotonic() + self.telemetry_wait_s
         while time.monotonic() < deadline:
             states = await self._states()
-            busy = [any(s.num_requests_running + s.num_requests_waiting > 0 for s in r.values()) for r in states.values()]
-            if all(busy):
+            if all(any(s.num_requests_running + s.num_requests_waiting for s in r.values()) for r in states.values()):
                 return
             await asyncio.sleep(0.05)
         logger.warning("background load not visible in the telemetry after %s s; probing anyway", self.telemetry_wait_s)
