@@ -167,10 +167,7 @@ def collect_metrics(
     rows, models, prompts_info = _inputs(pool, prompts_csv, run_dir, settings)
     if backend is None:
         backend = _sim_probe_backend(pool, rows, settings, sim)
-    manifest_settings = {**settings.to_json(), "models": models, "backend": backend.name, "pool": pool.name}
-    todo, done_before = _todo(run_dir, rows, models, settings)
-    bar = _bar(todo, done_before) if progress else None
-    store.write_manifest(run_dir, manifest_settings, prompts_info)
+    manifest_settings, todo, bar = _start(pool, run_dir, rows, models, prompts_info, settings, backend.name, progress)
     for n, specs in todo.items():
         for chunk, frame in measure_level(backend, n, specs, settings, len(models)):
             path = store.write_shard(run_dir, n, frame)
@@ -180,11 +177,7 @@ def collect_metrics(
                 bar.set_postfix(N=n, shard=path.name)
             if on_shard is not None:
                 on_shard(path, len(chunk))
-    if bar is not None:
-        bar.close()
-    if write_csv:
-        store.write_csv(run_dir)
-    return store.dataset_dir(run_dir)
+    return _finish(run_dir, bar, write_csv)
 
 
 def collect_metrics_on_ray(
@@ -203,10 +196,9 @@ def collect_metrics_on_ray(
     import ray
 
     rows, models, prompts_info = _inputs(pool, prompts_csv, run_dir, settings)
-    manifest_settings = {**settings.to_json(), "models": models, "backend": SimProbeBackend.name, "pool": pool.name}
-    todo, done_before = _todo(run_dir, rows, models, settings)
-    bar = _bar(todo, done_before) if progress else None
-    store.write_manifest(run_dir, manifest_settings, prompts_info)
+    manifest_settings, todo, bar = _start(
+        pool, run_dir, rows, models, prompts_info, settings, SimProbeBackend.name, progress
+    )
     task = ray.remote(num_cpus=1)(_level_frames)
     pending = {task.remote(pool, rows, n, specs, settings, len(models)): (n, specs) for n, specs in todo.items() if specs}
     while pending:
@@ -219,11 +211,7 @@ def collect_metrics_on_ray(
         store.write_manifest(run_dir, manifest_settings, prompts_info)
         if bar is not None:
             bar.update(len(specs))
-    if bar is not None:
-        bar.close()
-    if write_csv:
-        store.write_csv(run_dir)
-    return store.dataset_dir(run_dir)
+    return _finish(run_dir, bar, write_csv)
 
 
 def measure_level(
@@ -269,6 +257,25 @@ def _inputs(pool: PoolConfig, prompts_csv: str | Path, run_dir: str | Path, sett
     }
     store.check_same_input(run_dir, prompts_info)
     return rows, models, prompts_info
+
+
+def _start(pool: PoolConfig, run_dir, rows, models, prompts_info, settings: MetricsSettings, backend: str,
+           progress: bool):
+    """What both runners do first: the manifest's settings (written now, before any probe), the probes still to
+    send per level, and the progress bar over them (None without ``progress``)."""
+    manifest_settings = {**settings.to_json(), "models": models, "backend": backend, "pool": pool.name}
+    todo, done_before = _todo(run_dir, rows, models, settings)
+    bar = _bar(todo, done_before) if progress else None
+    store.write_manifest(run_dir, manifest_settings, prompts_info)
+    return manifest_settings, todo, bar
+
+
+def _finish(run_dir: str | Path, bar, write_csv: bool) -> Path:
+    if bar is not None:
+        bar.close()
+    if write_csv:
+        store.write_csv(run_dir)
+    return store.dataset_dir(run_dir)
 
 
 def _todo(run_dir: str | Path, rows, models, settings: MetricsSettings) -> tuple[dict[int, list[ProbeSpec]], int]:
