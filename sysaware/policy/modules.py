@@ -19,13 +19,19 @@ from ray.rllib.core.rl_module.torch import TorchRLModule
 from ray.rllib.utils.torch_utils import FLOAT_MIN
 
 
-def _mlp(sizes: list[int], out: int, out_gain: float) -> nn.Sequential:
+def _trunk(sizes: list[int]) -> nn.Sequential:
+    """Tanh hidden layers with CleanRL's orthogonal init (gain sqrt 2, zero bias)."""
     layers: list[nn.Module] = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         lin = nn.Linear(a, b)
         nn.init.orthogonal_(lin.weight, gain=2**0.5)
         nn.init.zeros_(lin.bias)
         layers += [lin, nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def _mlp(sizes: list[int], out: int, out_gain: float) -> nn.Sequential:
+    layers = list(_trunk(sizes))
     head = nn.Linear(sizes[-1], out)
     nn.init.orthogonal_(head.weight, gain=out_gain)
     nn.init.zeros_(head.bias)
@@ -82,13 +88,7 @@ class CandidateScorerModule(TorchRLModule, ValueFunctionAPI):
         self.num_candidates = int(mc["num_candidates"])
         hidden = list(mc.get("hidden", [64, 64]))
         sizes = [self.ctx_dim + self.row_dim, *hidden]
-        layers: list[nn.Module] = []
-        for a, b in zip(sizes[:-1], sizes[1:]):
-            lin = nn.Linear(a, b)
-            nn.init.orthogonal_(lin.weight, gain=2**0.5)
-            nn.init.zeros_(lin.bias)
-            layers += [lin, nn.Tanh()]
-        self.trunk = nn.Sequential(*layers)  # row -> embedding (the shared scorer's body)
+        self.trunk = _trunk(sizes)  # row -> embedding (the shared scorer's body)
         self.logit = nn.Linear(sizes[-1], 1)
         nn.init.orthogonal_(self.logit.weight, gain=0.01)
         nn.init.zeros_(self.logit.bias)
