@@ -18,7 +18,7 @@ env runners there are, saved beside each checkpoint (``lagrange.json``) and rest
 Outputs under the run directory: ``metrics.csv`` (one row per iteration: goodput, pass rate, violation rate,
 lambda, returns, losses, wall time), TensorBoard events (``tb/``), ``checkpoint/`` (the full Algorithm, resumable
 with ``--resume``), ``policy/`` (the two RLModules alone, ``encoder.json`` and ``lagrange.json``: what serving loads)
-and ``curves.png`` (goodput, violation rate and lambda over iterations).
+and ``curves.png`` (goodput, violation rate, lambda and the strategy share over iterations).
 """
 
 from __future__ import annotations
@@ -281,24 +281,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def plot_curves(rows: list[dict], out: Path) -> Path | None:
+    """``plots.plot_training`` over the iterations so far. Rows read back from metrics.csv hold strings and a
+    missing cell is '' (0.0 is a value, not missing): both become numbers or NaN."""
     if not rows:
         return None
-    import matplotlib
+    import pandas as pd
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from sysaware.policy.plots import plot_training
 
-    def col(k):  # rows read back from metrics.csv hold strings; a missing cell is '' (0.0 is a value, not missing)
-        return [math.nan if r.get(k) in (None, "") else float(r[k]) for r in rows]
-
-    its = col("iteration")
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    for ax, k, title in zip(axes, ("goodput", "violation_rate", "lambda"), ("goodput (pass and within SLO)", "SLO violation rate", "lambda")):
-        ax.plot(its, col(k), marker=".")
-        ax.set_title(title)
-        ax.set_xlabel("iteration")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return plot_training(pd.DataFrame(rows).apply(pd.to_numeric, errors="coerce"), out)
