@@ -113,6 +113,8 @@ class TwinEngineCore:
         self.step_time = step_time
         # Optional beyond the protocol: the same floats as decode_run_s(...).tolist(), without numpy for short runs.
         self._decode_run_list_s = getattr(step_time, "decode_run_list_s", None)
+        # Optional too: step_time_s from the shape's four sums, so the hot path builds no BatchShape.
+        self._step_time_parts_s = getattr(step_time, "step_time_parts_s", None)
         self.responder = responder
         self.settings = settings
         self.tokenizer_count = tokenizer_count
@@ -138,7 +140,8 @@ class TwinEngineCore:
         self._run_timing: _LastRun | None = None
         self._step_before_call_s = 0.0  # the iteration before the latest step() call, s (what stats() expects next)
         self._first_step_tokens = 0  # tokens scheduled in the latest call's first iteration, when not a decode run
-        self.last_shape: BatchShape | None = None  # the shape of the latest call's first iteration (twin-check)
+        # The four sums of the latest call's first iteration (twin-check reads them as ``last_shape``).
+        self._last_shape_sums: tuple[int, int, int, int] | None = None
 
     @classmethod
     def for_deployment(
@@ -182,6 +185,12 @@ class TwinEngineCore:
             tokenizer_count,
             max_model_len=model.architecture.max_position_embeddings,
         )
+
+    @property
+    def last_shape(self) -> BatchShape | None:
+        """The shape of the latest call's first iteration (built when asked: only twin-check asks)."""
+        sums = self._last_shape_sums
+        return None if sums is None else BatchShape(*sums)
 
     @property
     def iterations_total(self) -> int:
@@ -286,8 +295,9 @@ class TwinEngineCore:
             self.last_outcome = StepOutcome(0.0, events, 0, now)
             return self.last_outcome
 
-        shape = self.last_shape = out.shape
-        t_end = now + self.step_time.step_time_s(shape)
+        sums = self._last_shape_sums = (out.prefill_tokens, out.prefill_attended, out.decode_seqs, out.decode_context)
+        parts_s = self._step_time_parts_s
+        t_end = now + (parts_s(*sums) if parts_s is not None else self.step_time.step_time_s(BatchShape(*sums)))
         self.timeline.append(t_end)
         num_sampled, first_tokens, finished = scheduler.update_from_output(out, t_end)
         self.generation_tokens_total += num_sampled
@@ -313,11 +323,12 @@ class TwinEngineCore:
         batch = scheduler.batch
         num_steps = scheduler.steady_run_steps()
         num_seqs = batch.num_seqs
-        self.last_shape = BatchShape(0, 0, num_seqs, batch.context_tokens())  # the run's first step
+        context = batch.context_tokens()
+        self._last_shape_sums = (0, 0, num_seqs, context)  # the run's first step
         if self._decode_run_list_s is not None:
-            durations = self._decode_run_list_s(num_seqs, batch.context_tokens(), num_steps)
+            durations = self._decode_run_list_s(num_seqs, context, num_steps)
         else:
-            durations = self.step_time.decode_run_s(num_seqs, batch.context_tokens(), num_steps).tolist()
+            durations = self.step_time.decode_run_s(num_seqs, context, num_steps).tolist()
         # Each end is the previous end plus one duration, in that order: the floats single steps would give.
         ends = list(accumulate(durations, initial=run_start_s))
         del ends[0]

@@ -93,11 +93,16 @@ class MeasuredStepTime:
         self._weight_bytes = weight_bytes
 
     def step_time_s(self, shape: BatchShape) -> float:
-        if shape.prefill_tokens + shape.decode_seqs == 0:
+        return self.step_time_parts_s(shape.prefill_tokens, shape.prefill_attended, shape.decode_seqs,
+                                      shape.decode_context)
+
+    def step_time_parts_s(self, prefill_tokens: int, prefill_attended: int, decode_seqs: int,
+                          decode_context: int) -> float:
+        """``step_time_s`` from the shape's four sums (the core's hot path builds no ``BatchShape``)."""
+        if prefill_tokens + decode_seqs == 0:
             return 0.0
         c0, c1, c2, c3, c4 = self._c
-        return (c0 + shape.prefill_tokens * c1 + shape.prefill_attended * c2 + shape.decode_seqs * c3
-                + shape.decode_context * c4)
+        return c0 + prefill_tokens * c1 + prefill_attended * c2 + decode_seqs * c3 + decode_context * c4
 
     def decode_run_list_s(self, num_seqs: int, context_total: int, num_steps: int) -> list[float]:
         if num_steps <= 0:
