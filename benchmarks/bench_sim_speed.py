@@ -19,10 +19,17 @@ Background answers: a closed-loop load's answers are read from a file when an ea
 phase is not cold for the responder; the first line says how many answers were on file. ``--no-streams`` composes
 every answer (SYSAWARE_ANSWER_STREAMS=0), as before the files.
 
-    python benchmarks/bench_sim_speed.py                 # results drained, as the simulated driver does
+Where the time goes (DESIGN.md, "The twin's speed"): with answers on file the cost is per request, not per engine
+step (fast-forward leaves ~1.2 core calls per request), ~100-130 us of CPU each, spread flat over ~150 Python calls
+(drawing the request, queueing it, admitting it, the step that prefills it, finishing it, its result). Hence the
+"CPU us per request" column: the ratios follow from it and the request rate (~105 requests per virtual s at N=50,
+~220 at N=150). ``--no-fast-forward`` runs one engine iteration per core call (the algorithm before fast-forward),
+for a before/after of step skipping in the same run; ``benchmarks/profile_sim.py`` prints the profile.
+
+    python benchmarks/bench_sim_speed.py                 # N=50 and N=150, results drained as the driver does
     python benchmarks/bench_sim_speed.py --keep-results  # every result kept in the loads' ``completed`` lists
     python benchmarks/bench_sim_speed.py --concurrency 150 --no-streams
-    python benchmarks/bench_sim_speed.py --concurrency 50,150   # several N in one run, one block each
+    python benchmarks/bench_sim_speed.py --concurrency 50 --no-fast-forward   # slow: one iteration per call
 """
 
 from __future__ import annotations
@@ -79,11 +86,11 @@ def _phase(cluster: SimulatedCluster, finished: FinishedCounter, responder: Twin
 
 
 def main(concurrency: int = 50, cold_s: float = 120.0, warm_until_s: float = 600.0, steady_s: float = 240.0,
-         keep_results: bool = False) -> None:
+         keep_results: bool = False, fast_forward: bool = True) -> dict:
     pool = load_pool(DEFAULT_POOL)
     t0 = time.perf_counter()
     responder = TwinResponder(pool)
-    cluster = SimulatedCluster.from_pool(pool, responder=responder)
+    cluster = SimulatedCluster.from_pool(pool, responder=responder, fast_forward=fast_forward)
     cluster.keep_results = False
     factory = MbppRequestFactory.for_split("train")
     loads = [ClosedLoopLoad(cluster, m, concurrency, factory).start() for m in cluster.models]
@@ -94,8 +101,10 @@ def main(concurrency: int = 50, cold_s: float = 120.0, warm_until_s: float = 600
     warming = _phase(cluster, finished, responder, cold_s, warm_until_s - cold_s)
     steady = _phase(cluster, finished, responder, warm_until_s, steady_s)
     kept = "kept" if keep_results else f"drained every {DRAIN_PERIOD_S} virtual s"
+    stepping = "fast-forward" if fast_forward else "one iteration per core call"
     print(
-        f"pool {pool.name}: {len(cluster.replicas)} replicas, N={concurrency} clients per model; results {kept}; "
+        f"pool {pool.name}: {len(cluster.replicas)} replicas, N={concurrency} clients per model, {stepping}; "
+        f"results {kept}; "
         f"setup {setup:.2f} s; background answers on file at start: "
         f"{on_file if any(load._stream for load in loads) else 'off'}; load average {os.getloadavg()[0]:.1f}"
     )
@@ -104,7 +113,8 @@ def main(concurrency: int = 50, cold_s: float = 120.0, warm_until_s: float = 600
             f"{name}: {p['virtual_s']:.0f} virtual s in {p['wall_s']:.2f} wall s ({p['cpu_s']:.2f} CPU s); "
             f"{p['requests']} requests ({p['new_prompts']} new prompts), "
             f"{p['steps'] / p['virtual_s']:.0f} core steps per virtual s; "
-            f"{p['virtual_s'] / p['wall_s']:.0f}x wall, {p['virtual_s'] / p['cpu_s']:.0f}x CPU"
+            f"{p['virtual_s'] / p['wall_s']:.0f}x wall, {p['virtual_s'] / p['cpu_s']:.0f}x CPU; "
+            f"{1e6 * p['cpu_s'] / max(p['requests'], 1):.0f} CPU us per request"
         )
     print(
         f"simulated seconds per wall second: cold {cold['virtual_s'] / cold['wall_s']:.0f}x, "
@@ -112,12 +122,28 @@ def main(concurrency: int = 50, cold_s: float = 120.0, warm_until_s: float = 600
         f"steady state {steady['virtual_s'] / steady['wall_s']:.0f}x wall (CPU: cold {cold['virtual_s'] / cold['cpu_s']:.0f}x, "
         f"steady {steady['virtual_s'] / steady['cpu_s']:.0f}x); N={concurrency}; targets cold >= 200x, steady >= 1000x"
     )
+    return {"n": concurrency, "cold": cold, "steady": steady}
+
+
+def _summary(blocks: list[dict]) -> str:
+    """The last line: every N's steady (and cold) ratio, wall and CPU, against the targets."""
+    parts = []
+    for b in blocks:
+        steady, cold = b["steady"], b["cold"]
+        parts.append(
+            f"N={b['n']}: steady {steady['virtual_s'] / steady['wall_s']:.0f}x wall / "
+            f"{steady['virtual_s'] / steady['cpu_s']:.0f}x CPU, cold {cold['virtual_s'] / cold['wall_s']:.0f}x wall / "
+            f"{cold['virtual_s'] / cold['cpu_s']:.0f}x CPU"
+        )
+    return "steady state vs target 1000x (cold vs 200x): " + "; ".join(parts)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--concurrency", default="50", help="closed-loop clients per model; several: 50,150")
+    p.add_argument("--concurrency", default="50,150", help="closed-loop clients per model; several: 50,150")
     p.add_argument("--keep-results", action="store_true")
+    p.add_argument("--no-fast-forward", action="store_true",
+                   help="one engine iteration per core call (no step skipping): the before of fast-forward")
     p.add_argument("--no-streams", action="store_true", help="compose every background answer (no answer files)")
     args = p.parse_args()
     if args.no_streams:
@@ -126,5 +152,6 @@ if __name__ == "__main__":
         levels = [int(n) for n in args.concurrency.split(",")]
     except ValueError:
         p.error(f"--concurrency: comma-separated integers, got {args.concurrency!r}")
-    for n in levels:
-        main(concurrency=n, keep_results=args.keep_results)
+    blocks = [main(concurrency=n, keep_results=args.keep_results, fast_forward=not args.no_fast_forward)
+              for n in levels]
+    print(_summary(blocks))
