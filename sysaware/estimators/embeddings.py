@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sysaware.estimators.lru import LRUCache
+
 EMBEDDING_DIM = 384
 MAX_SEQ_LENGTH = 256  # word pieces MiniLM reads, [CLS] and [SEP] included (sentence_bert_config.json)
 RUNTIMES = ("auto", "onnx", "torch")
@@ -157,7 +159,8 @@ class _TorchEncoder:
 class PromptEmbedder:
     """Unit-norm MiniLM embeddings of texts, remembered per text (and on disk with ``cache_path``)."""
 
-    def __init__(self, cache_path: str | Path | None = None, threads: int | None = None, runtime: str = "auto"):
+    def __init__(self, cache_path: str | Path | None = None, threads: int | None = None, runtime: str = "auto",
+                 max_entries: int | None = None):
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown embedding runtime {runtime!r}; known: {list(RUNTIMES)}")
         if runtime == "auto":
@@ -165,11 +168,13 @@ class PromptEmbedder:
         self.runtime = runtime
         self.threads = threads
         self._encoder: _OnnxEncoder | _TorchEncoder | None = None
-        self._cache: dict[str, np.ndarray] = {}  # text_key -> vector
+        # text_key -> vector; bounded on the serving path (``max_entries``), unbounded for training's known texts
+        self._cache: LRUCache[str, np.ndarray] = LRUCache(max_entries)
         self._cache_path = Path(cache_path) if cache_path else None
         if self._cache_path and self._cache_path.exists():
             with np.load(self._cache_path) as z:
-                self._cache = {k: z[k] for k in z.files}
+                for k in z.files:
+                    self._cache.put(k, z[k])
 
     def _load(self):
         if self._encoder is None:
@@ -184,12 +189,14 @@ class PromptEmbedder:
     def embed(self, texts: list[str]) -> np.ndarray:
         """(len(texts), 384) float32, unit-normalised; only texts not seen before go through the model."""
         keys = [text_key(t) for t in texts]
-        todo = {k: t for k, t in zip(keys, texts) if k not in self._cache}
+        found = {k: v for k in keys if (v := self._cache.get(k)) is not None}
+        todo = {k: t for k, t in zip(keys, texts) if k not in found}
         if todo:
             vecs = self._load().encode(list(todo.values()))
             for k, v in zip(todo, vecs):
-                self._cache[k] = v.astype(np.float32)
+                found[k] = v.astype(np.float32)
+                self._cache.put(k, found[k])
             if self._cache_path:
                 self._cache_path.parent.mkdir(parents=True, exist_ok=True)
-                np.savez(self._cache_path, **self._cache)
-        return np.stack([self._cache[k] for k in keys]) if keys else np.zeros((0, EMBEDDING_DIM), np.float32)
+                np.savez(self._cache_path, **dict(self._cache.items()))
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, EMBEDDING_DIM), np.float32)
