@@ -7,7 +7,9 @@ it over-covers rather than under-covers.
 F_len embeds the task part of the prompt (feature spec v3, ``tasks.prompts.task_in_prompt``): a workflow's later
 steps carry new upstream answers, but their task is the one already embedded, so only a task's first decision runs
 MiniLM (one intra-op thread: ``PromptEmbedder(threads=1)``). F_len's answer depends on nothing else but the role,
-model and strategy, so it is remembered per (task, role, candidates): a cached decision runs F_lat alone.
+model and strategy, so it is remembered per (task, role, candidates): a cached decision runs F_lat alone. Both
+memories are bounded, least recently used evicted (``EMBEDDING_CACHE_SIZE`` tasks, ``LENGTH_CACHE_SIZE`` answers): a
+server meets new tasks forever, and a running workflow's task, touched at each step, stays while finished ones go.
 
 A replica whose step phase is unknown (telemetry older than a step) is priced at the expected wait, half a step, for
 the mean, and at the worst phase, a whole step, for TTFT's P90: the network learned its quantiles where the phase was
