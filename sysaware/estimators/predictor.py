@@ -7,7 +7,9 @@ it over-covers rather than under-covers.
 F_len embeds the task part of the prompt (feature spec v3, ``tasks.prompts.task_in_prompt``): a workflow's later
 steps carry new upstream answers, but their task is the one already embedded, so only a task's first decision runs
 MiniLM (one intra-op thread: ``PromptEmbedder(threads=1)``). F_len's answer depends on nothing else but the role,
-model and strategy, so it is remembered per (task, role, candidates): a cached decision runs F_lat alone.
+model and strategy, so it is remembered per (task, role, candidates): a cached decision runs F_lat alone. Both
+memories are bounded, least recently used evicted (``EMBEDDING_CACHE_SIZE`` tasks, ``LENGTH_CACHE_SIZE`` answers): a
+server meets new tasks forever, and a running workflow's task, touched at each step, stays while finished ones go.
 
 A replica whose step phase is unknown (telemetry older than a step) is priced at the expected wait, half a step, for
 the mean, and at the worst phase, a whole step, for TTFT's P90: the network learned its quantiles where the phase was
@@ -27,12 +29,14 @@ from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
 from sysaware.estimators.embeddings import PromptEmbedder
 from sysaware.estimators.features import embedded_text
+from sysaware.estimators.lru import LRUCache
 from sysaware.estimators.models import NumpyQuantileMLP
 from sysaware.estimators.train import TrainedEstimator
 
 
 SERVING_THREADS = 1  # the encoder's intra-op threads on the decision path (see the module docstring)
-LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered; cleared when full (a bound, not an eviction policy)
+EMBEDDING_CACHE_SIZE = 1 << 12  # embedded texts (tasks) remembered, least recently used evicted: ~6 MB
+LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered per (task, role, candidates), least recently used evicted
 
 
 class ReplicaStateLike(Protocol):
@@ -94,10 +98,12 @@ class SystemEstimator:
     def __init__(self, latency: TrainedEstimator, length: TrainedEstimator, embedder: PromptEmbedder | None = None):
         self.latency = latency
         self.length = length
-        self.embedder = embedder or length.embedder or PromptEmbedder(threads=SERVING_THREADS)
+        self.embedder = embedder or length.embedder or PromptEmbedder(threads=SERVING_THREADS,
+                                                                      max_entries=EMBEDDING_CACHE_SIZE)
         self.length.embedder = self.embedder
-        self._embedding_cache: dict[str, np.ndarray] = {}  # embedded text -> (1, 384) float64
-        self._length_cache: dict[tuple, np.ndarray] = {}  # (embedded text, role, candidates) -> F_len's output
+        self._embedding_cache: LRUCache[str, np.ndarray] = LRUCache(EMBEDDING_CACHE_SIZE)  # text -> (1, 384) float64
+        # (embedded text, role, candidates) -> F_len's output
+        self._length_cache: LRUCache[tuple, np.ndarray] = LRUCache(LENGTH_CACHE_SIZE)
         self._lat_net = NumpyQuantileMLP(latency.network)
         self._len_net = NumpyQuantileMLP(length.network)
         self._lat_index = {c: _index(latency.spec.vocabularies[c]) for c in latency.spec.categorical}
@@ -123,7 +129,7 @@ class SystemEstimator:
         emb = self._embedding_cache.get(text)
         if emb is None:
             emb = self.embedder.embed([text]).astype(np.float64)
-            self._embedding_cache[text] = emb
+            self._embedding_cache.put(text, emb)
         return emb
 
     def warm_up(self) -> "SystemEstimator":
@@ -206,8 +212,6 @@ class SystemEstimator:
         dense = np.broadcast_to(self.prompt_embedding(text), (len(candidates), spec.prompt_embedding_dim))
         out = _to_units(spec, self._len_net(np.zeros((len(candidates), 0)), codes, dense))
         if key is not None:
-            if len(self._length_cache) >= LENGTH_CACHE_SIZE:
-                self._length_cache.clear()
             out.setflags(write=False)
-            self._length_cache[key] = out
+            self._length_cache.put(key, out)
         return out
