@@ -34,6 +34,11 @@ ROUTING_STATS_PERIOD_S = 0.1  # how often Serve's controller polls record_routin
 # loop instead. Measured (benchmarks/bench_serving_overhead.py, loaded 2-core host): the idle client-minus-engine
 # TTFT median went 30.1 -> 28.5 ms, within noise (the hop the setting targets, handle, did not move).
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Ray Serve 2.60's gRPC transport: Serve's HTTP proxy and every deployment handle reach replicas over the replicas'
+# inter-deployment gRPC servers, arguments and results by value, instead of as Ray actor tasks through the object
+# store. The proxy reads it when it starts, so it must be in the cluster's environment (``sysaware serve`` sets it
+# before starting its Ray); the deployments get it in their runtime_env.
+GRPC_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
 
 
 def actor_options(same_loop: bool = False) -> dict[str, Any]:
