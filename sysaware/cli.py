@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -227,6 +228,11 @@ def serve_pool(
     stream_interval: int = typer.Option(
         1, min=1, help="Streams: first token at once, then one chunk per N tokens (vLLM's; 1 = one per engine step)."
     ),
+    transport: str = typer.Option(
+        "actor",
+        help="How Serve's proxy and handles reach the replicas: actor (Ray actor tasks, Serve's default) or grpc "
+        "(Serve's gRPC transport; for the proxy only on a Ray this command starts).",
+    ),
     solve: bool = typer.Option(True, "--solve/--no-solve", help="Deploy the orchestrator: POST /v1/solve."),
     solve_policy: str = typer.Option("rl", help="/v1/solve's default executor: rl (trained) or a baseline."),
     solve_admission: str = typer.Option("degrade", help="/v1/solve admission control: degrade, refuse or off."),
@@ -249,10 +255,16 @@ def serve_pool(
         from sysaware.serving.orchestrator import SolveSettings
 
         solve_settings = SolveSettings(policy=solve_policy, admission=solve_admission) if solve else None
-        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings, solve=solve_settings)
+        application = build_app(
+            cfg, time_scale, models=_parse_models(models), settings=settings, transport=transport, solve=solve_settings
+        )
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    from sysaware.serving.replica import transport_env
+
+    # Serve's proxy reads its transport from the cluster's environment, which a Ray started here inherits.
+    os.environ.update(transport_env(transport))
     ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
     served = _parse_models(models) or [m.name for m in cfg.models]
     keep = False

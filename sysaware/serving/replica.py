@@ -41,12 +41,26 @@ SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_R
 GRPC_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
 
 
-def actor_options(same_loop: bool = False) -> dict[str, Any]:
+# How Serve moves requests between its proxy and the deployments: "actor" (Ray actor tasks, Serve's default) or
+# "grpc" (GRPC_ENV).
+TRANSPORTS: dict[str, dict[str, str]] = {"actor": {}, "grpc": GRPC_ENV}
+
+
+def transport_env(transport: str) -> dict[str, str]:
+    """The environment that selects Serve's ``transport``; ValueError naming the setting for an unknown one."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
+    return dict(TRANSPORTS[transport])
+
+
+def actor_options(same_loop: bool = False, transport: str = "actor") -> dict[str, Any]:
     """Serve actor options of the pool's deployments (ingress and replicas): no CPU reserved (the twin's compute
-    is simulated) and, with ``same_loop``, ``SAME_LOOP_ENV``."""
+    is simulated) and, with ``same_loop``, ``SAME_LOOP_ENV``; ``transport``'s environment (``TRANSPORTS``: the
+    deployments' handles then call replicas over it)."""
     options: dict[str, Any] = {"num_cpus": 0}
-    if same_loop:
-        options["runtime_env"] = {"env_vars": dict(SAME_LOOP_ENV)}
+    env = {**(SAME_LOOP_ENV if same_loop else {}), **transport_env(transport)}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
     return options
 
 
@@ -238,13 +252,16 @@ def deployment_for(
     health_check_period_s: float = 1.0,
     router_kwargs: dict[str, Any] | None = None,
     same_loop: bool = False,
+    transport: str = "actor",
     **options: Any,
 ):
     """The Serve deployment of ``model``: one LLMReplica per pool replica, routed by predicted latency.
 
     ``max_ongoing_requests`` defaults to twice the engine's ``max_num_seqs``: enough for a full batch plus a queue
     behind it, so a backlog shows in the engine's own waiting queue (what telemetry and the router see) rather than
-    hiding in Serve's. ``same_loop``: user code and routers on Serve's own loop (``SAME_LOOP_ENV``). ``options`` go to ``Deployment.options`` (e.g. graceful_shutdown_timeout_s).
+    hiding in Serve's. ``same_loop``: user code and routers on Serve's own loop (``SAME_LOOP_ENV``); ``transport``:
+    Serve's transport for the replica's own handles (``TRANSPORTS``). ``options`` go to ``Deployment.options`` (e.g.
+    graceful_shutdown_timeout_s).
     """
     from ray import serve
     from ray.serve.config import RequestRouterConfig
@@ -258,7 +275,7 @@ def deployment_for(
     settings: dict[str, Any] = {
         "name": model.name,
         "num_replicas": model.replicas,
-        "ray_actor_options": actor_options(same_loop),
+        "ray_actor_options": actor_options(same_loop, transport),
         "max_ongoing_requests": max_ongoing_requests or 2 * model.twin.max_num_seqs,
         "health_check_period_s": health_check_period_s,
         "request_router_config": router_config,
