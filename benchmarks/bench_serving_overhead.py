@@ -9,7 +9,7 @@ the server share one machine, so one wall clock (``time.time()``):
     engine TTFT     the engine's own (the ``sysaware`` field of the last event), engine ms (= wall ms at scale 1)
     gap             client TTFT - engine TTFT: the whole serving path, cut into
       proxy_request   client send -> the ingress's ASGI entry (the client sends its clock in ``x-sysaware-sent-at``)
-      ingress_request .. ingress_response, total: the server's own ``sysaware:serving_overhead_seconds`` hops
+      ingress_body .. ingress_response, total: the server's own ``sysaware:serving_overhead_seconds`` hops
       response_path   the rest: the first event from the ingress through Serve's proxy to the client (gap -
                       proxy_request - total)
 
@@ -18,17 +18,20 @@ hop has a median with a 95% bootstrap CI. Each variant runs on a fresh local Ray
 environment (Serve reads these settings when its proxy and replicas start), in ONE run:
 
     defaults     Ray Serve 2.60's defaults (the proxy and the handles call replicas as Ray actor tasks)
+    direct       Serve's direct ingress (``replica.DIRECT_INGRESS_ENV``): the ingress replica serves HTTP itself, on
+                 port+10. Serve's proxy still runs, so requests alternate between the two ways in (``direct/proxy``,
+                 ``direct/direct``): the same cluster under the same load, a paired comparison
     grpc         ``replica.GRPC_ENV``: the proxy and the deployment handles reach replicas over Serve's gRPC
                  transport (by value) instead of actor tasks
     grpc_same_loop  that, and user code and routers on Serve's own loop (``replica.SAME_LOOP_ENV``)
-    direct       Serve 2.60's direct ingress: the ingress replica serves HTTP itself (no proxy hop), on a port
-                 Serve allocates from a range (here port+10 .. port+19)
     direct_grpc  direct ingress, and the handles over gRPC
 
     flock /tmp/sysaware-ray.lock python benchmarks/bench_serving_overhead.py [requests=60] [port=18310]
-        [variants=defaults,grpc]
+        [variants=defaults,direct,grpc,grpc_same_loop,direct_grpc]
 
-The last line: the median gap of each variant over the first's.
+Variants run one after the other, so a host whose load changes meanwhile moves them all (a shared 2-core host
+did: the handle hop, which no variant but grpc touches, doubled between the first and the last); the paired
+direct-vs-proxy line is the comparison to trust. The last line: the median gap of each variant over the first's.
 """
 
 from __future__ import annotations
@@ -45,17 +48,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.serving.app import build_app, deploy, select_models
 from sysaware.serving.overhead import CLIENT_SENT_HEADER, HOPS
-from sysaware.serving.replica import GRPC_ENV, SAME_LOOP_ENV
+from sysaware.serving.replica import DIRECT_INGRESS_ENV, GRPC_ENV, SAME_LOOP_ENV, direct_ingress_env
 
 APP = "bench-overhead"
 PROMPT = "Write a Python function that returns the n-th Fibonacci number."
 OUTPUT_TOKENS = 16
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
+    "direct": dict(DIRECT_INGRESS_ENV),
     "grpc": dict(GRPC_ENV),
     "grpc_same_loop": {**GRPC_ENV, **SAME_LOOP_ENV},
-    "direct": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"},  # ports set in measure()
-    "direct_grpc": {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1", **GRPC_ENV},
+    "direct_grpc": {**DIRECT_INGRESS_ENV, **GRPC_ENV},
 }
 ROWS = (*HOPS[:-1], "response_path", "total", "gap")
 
@@ -114,47 +117,49 @@ def hop_sums(client: httpx.Client, root: str, model: str) -> dict[str, tuple[flo
     return {hop: (v[0], v[1]) for hop, v in out.items()}
 
 
-def measure(env: dict[str, str], requests: int, port: int) -> dict[str, np.ndarray]:
-    """Per request, ms: every hop, the response path, the gap, client and engine TTFT; on a fresh Ray with ``env``."""
+def measure(env: dict[str, str], requests: int, port: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per way in (``proxy``: Serve's HTTP proxy; with direct ingress also ``direct``: the ingress replica's own
+    server, alternating request by request so both see the same load), per request, ms: every hop, the response
+    path, the gap, client and engine TTFT; on a fresh Ray with ``env``."""
     import ray
     from ray import serve
 
     direct = env.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1"
     if direct:
-        env = {**env, "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port + 10),
-               "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 19),
-               "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(port + 20),
-               "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(port + 29)}  # fmt: skip
+        env = {**env, **direct_ingress_env(port + 10)}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the local cluster's processes (raylet, workers) inherit the driver's environment
     try:
         ray.init(logging_level="warning", include_dashboard=False)
         pool = select_models(load_pool(DEFAULT_POOL), [load_pool(DEFAULT_POOL).models[0].name], replicas=1)
         model = pool.models[0].name
-        url = deploy(build_app(pool, 1.0), port=port, name=APP)
+        urls = {"proxy": deploy(build_app(pool, 1.0), port=port, name=APP)}
         if direct:
-            url = direct_ingress_url(port + 10, port + 19)
-        root = url.removesuffix("/v1")
-        rows: dict[str, list[float]] = {k: [] for k in (*ROWS, "client", "engine")}
+            urls["direct"] = direct_ingress_url(port + 10, port + 10)
+        root = urls["proxy"].removesuffix("/v1")
+        rows = {way: {k: [] for k in (*ROWS, "client", "engine")} for way in urls}
         with httpx.Client(timeout=60.0) as client:
-            for _ in range(5):  # warm-up: first calls build routers, connections, the responder's memos
-                one_request(client, url, model)
+            for url in urls.values():
+                for _ in range(5):  # warm-up: first calls build routers, connections, the responder's memos
+                    one_request(client, url, model)
             time.sleep(0.5)
             before = hop_sums(client, root, model)
-            for _ in range(requests):
-                client_ttft, engine_ttft = one_request(client, url, model)
+            for i in range(requests * len(urls)):
+                way = list(urls)[i % len(urls)]
+                client_ttft, engine_ttft = one_request(client, urls[way], model)
                 after = hop_sums(client, root, model)
                 hops = {h: 1e3 * (after[h][0] - before[h][0]) for h in HOPS if after[h][1] - before[h][1] == 1}
                 before = after
                 if len(hops) != len(HOPS):
                     continue  # a hop missing (should not happen): skip the request rather than mix
+                out = rows[way]
                 for hop, ms in hops.items():
-                    rows[hop].append(ms)
+                    out[hop].append(ms)
                 gap = client_ttft - engine_ttft
-                rows["gap"].append(gap)
-                rows["response_path"].append(gap - hops["proxy_request"] - hops["total"])
-                rows["client"].append(client_ttft)
-                rows["engine"].append(engine_ttft)
+                out["gap"].append(gap)
+                out["response_path"].append(gap - hops["proxy_request"] - hops["total"])
+                out["client"].append(client_ttft)
+                out["engine"].append(engine_ttft)
                 time.sleep(0.05)  # idle between requests
         serve.shutdown()
     finally:
@@ -164,7 +169,7 @@ def measure(env: dict[str, str], requests: int, port: int) -> dict[str, np.ndarr
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return {k: np.array(v) for k, v in rows.items()}
+    return {way: {k: np.array(v) for k, v in r.items()} for way, r in rows.items()}
 
 
 def report(name: str, env: dict[str, str], m: dict[str, np.ndarray]) -> None:
@@ -180,15 +185,25 @@ def main() -> None:
     requests = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     port = int(sys.argv[2]) if len(sys.argv) > 2 else 18310
     names = sys.argv[3].split(",") if len(sys.argv) > 3 else list(VARIANTS)
-    results = {name: measure(VARIANTS[name], requests, port) for name in names}
+    results = {}
     for name in names:
-        report(name, VARIANTS[name], results[name])
-    first = np.median(results[names[0]]["gap"])
-    ratios = ", ".join(
-        f"{name} {np.median(results[name]['gap']) / first:.3f} ({np.median(results[name]['gap']):.2f} ms)"
-        for name in names[1:]
-    )
-    print(f"\nmedian gap over {names[0]} ({first:.2f} ms): {ratios}")
+        for way, rows in measure(VARIANTS[name], requests, port).items():
+            results[f"{name}/{way}"] = (VARIANTS[name], rows)
+    for label, (env, rows) in results.items():
+        report(label, env, rows)
+    labels = list(results)
+    first = np.median(results[labels[0]][1]["gap"])
+    ratios = ", ".join(f"{label} {np.median(results[label][1]['gap']) / first:.3f} "
+                       f"({np.median(results[label][1]['gap']):.2f} ms)" for label in labels[1:])  # fmt: skip
+    print(f"\nmedian gap over {labels[0]} ({first:.2f} ms): {ratios}")
+    for name in names:
+        if f"{name}/direct" in results:  # the paired cut: same cluster, same load, alternate requests
+            a, b = results[f"{name}/proxy"][1]["gap"], results[f"{name}/direct"][1]["gap"]
+            n = min(len(a), len(b))
+            saved = a[:n] - b[:n]
+            lo, hi = bootstrap_median_ci(saved)
+            print(f"{name}: direct ingress saves, per pair of alternate requests, median {np.median(saved):.2f} ms "
+                  f"[{lo:.2f}, {hi:.2f}] of the gap ({np.median(a):.2f} -> {np.median(b):.2f} ms)")
 
 
 if __name__ == "__main__":

@@ -41,6 +41,27 @@ SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_R
 GRPC_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
 
 
+# Ray Serve 2.60's direct ingress: the ingress replica serves HTTP itself, on a port the controller allocates from
+# a range, so a request skips Serve's proxy: the proxy's hop to the ingress and the ingress's call back to the proxy
+# for the body (the ingress_body hop). Measured the biggest cut of the serving overhead
+# (benchmarks/bench_serving_overhead.py). The controller and the ingress read it when they start: it must be in the
+# cluster's environment (``sysaware serve --direct-ingress`` sets it, with the range one port wide, for the Ray it
+# starts). The proxy still runs (on the head node), on another port.
+DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+
+
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """``DIRECT_INGRESS_ENV`` with the ingress's HTTP port range reduced to ``port`` (one ingress replica; its gRPC
+    server stays off unless Serve's gRPC options name servicers)."""
+    if not 0 < port < 65536:
+        raise ValueError(f"the direct-ingress port must be in 1-65535, got {port}")
+    return {
+        **DIRECT_INGRESS_ENV,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port),
+    }
+
+
 # How Serve moves requests between its proxy and the deployments: "actor" (Ray actor tasks, Serve's default) or
 # "grpc" (GRPC_ENV).
 TRANSPORTS: dict[str, dict[str, str]] = {"actor": {}, "grpc": GRPC_ENV}
