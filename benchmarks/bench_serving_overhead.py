@@ -46,7 +46,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from sysaware.config import DEFAULT_POOL, load_pool
-from sysaware.serving.app import build_app, deploy, select_models
+from sysaware.serving.app import build_app, deploy, direct_ingress_url, select_models
 from sysaware.serving.overhead import CLIENT_SENT_HEADER, HOPS
 from sysaware.serving.replica import DIRECT_INGRESS_ENV, GRPC_ENV, SAME_LOOP_ENV, direct_ingress_env
 
@@ -90,20 +90,6 @@ def one_request(client: httpx.Client, url: str, model: str) -> tuple[float, floa
     return client_ttft, engine_ttft
 
 
-def direct_ingress_url(low: int, high: int) -> str:
-    """The API of the ingress replica that serves HTTP itself: the first port of the range answering /health."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for p in range(low, high + 1):
-            try:
-                if httpx.get(f"http://127.0.0.1:{p}/health", timeout=1.0).status_code == 200:
-                    return f"http://127.0.0.1:{p}/v1"
-            except httpx.HTTPError:
-                pass
-        time.sleep(0.5)
-    raise RuntimeError(f"no direct-ingress replica answered on ports {low}-{high}")
-
-
 def hop_sums(client: httpx.Client, root: str, model: str) -> dict[str, tuple[float, float]]:
     """(sum s, count) of the overhead histogram per hop."""
     out: dict[str, list[float]] = {hop: [0.0, 0.0] for hop in HOPS}
@@ -135,7 +121,7 @@ def measure(env: dict[str, str], requests: int, port: int) -> dict[str, dict[str
         model = pool.models[0].name
         urls = {"proxy": deploy(build_app(pool, 1.0), port=port, name=APP)}
         if direct:
-            urls["direct"] = direct_ingress_url(port + 10, port + 10)
+            urls["direct"] = direct_ingress_url("127.0.0.1", port + 10)
         root = urls["proxy"].removesuffix("/v1")
         rows = {way: {k: [] for k in (*ROWS, "client", "engine")} for way in urls}
         with httpx.Client(timeout=60.0) as client:

@@ -200,6 +200,14 @@ def _connect_or_start_ray(dashboard: bool, outlive_process: bool):
     return ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="warning"), True
 
 
+def _free_port(host: str) -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
 def _http_url(address: str | None) -> str | None:
     if not address:
         return None
@@ -227,6 +235,12 @@ def serve_pool(
     ),
     stream_interval: int = typer.Option(
         1, min=1, help="Streams: first token at once, then one chunk per N tokens (vLLM's; 1 = one per engine step)."
+    ),
+    direct_ingress: bool = typer.Option(
+        False,
+        "--direct-ingress/--proxy",
+        help="The ingress replica serves HTTP itself on --port, skipping Serve's HTTP proxy (Serve 2.60's direct "
+        "ingress; the proxy moves to a free port). Needs a Ray this command starts.",
     ),
     transport: str = typer.Option(
         "actor",
@@ -261,16 +275,25 @@ def serve_pool(
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    from sysaware.serving.replica import transport_env
+    from sysaware.serving.app import direct_ingress_url
+    from sysaware.serving.replica import direct_ingress_env, transport_env
 
-    # Serve's proxy reads its transport from the cluster's environment, which a Ray started here inherits.
+    # Serve's controller, proxy and ingress read these from the cluster's environment, which a Ray started here
+    # inherits.
     os.environ.update(transport_env(transport))
+    proxy_port = port
+    if direct_ingress:
+        os.environ.update(direct_ingress_env(port))
+        proxy_port = _free_port(host)
     ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
     served = _parse_models(models) or [m.name for m in cfg.models]
     keep = False
     try:
         console.print(f"deploying {cfg.name} ({len(served)} models, time_scale={time_scale}) ...")
-        url = deploy(application, port=port, host=host)
+        url = deploy(application, port=proxy_port, host=host)
+        if direct_ingress:
+            console.print(f"Serve's proxy: {url}")
+            url = direct_ingress_url(host, port)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
         if solve:
@@ -288,6 +311,9 @@ def serve_pool(
             time.sleep(1.0)
     except KeyboardInterrupt:
         console.print("stopping ...")
+    except RuntimeError as e:  # e.g. direct ingress on a cluster started without it
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     finally:
         if not keep:
             try:

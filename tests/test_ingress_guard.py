@@ -232,3 +232,18 @@ def test_serve_transport_reaches_every_deployment_and_an_unknown_one_is_refused_
         build_app(DEFAULT_POOL, transport="udp")
     refused = CliRunner().invoke(cli, ["serve", "--transport", "udp"], env={API_KEYS_ENV: ""})
     assert refused.exit_code == 2 and "transport" in refused.output
+
+
+def test_direct_ingress_env_pins_the_port_and_a_cluster_without_it_is_named_in_the_error():
+    from conftest import free_port
+
+    from sysaware.serving.app import direct_ingress_url
+    from sysaware.serving.replica import DIRECT_INGRESS_ENV, direct_ingress_env
+
+    env = direct_ingress_env(18390)
+    assert env.items() >= DIRECT_INGRESS_ENV.items()
+    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "18390"
+    with pytest.raises(ValueError, match="port"):
+        direct_ingress_env(0)
+    with pytest.raises(RuntimeError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1"):
+        direct_ingress_url("127.0.0.1", free_port(), timeout_s=0.5)  # nothing listens there

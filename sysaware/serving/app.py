@@ -241,6 +241,30 @@ def deploy(
     return f"http://{http.get('host', host)}:{http.get('port', port)}/v1"
 
 
+def direct_ingress_url(host: str, port: int, timeout_s: float = 120.0) -> str:
+    """The API's base URL once the ingress replica answers ``/health`` on ``port`` itself (direct ingress:
+    ``replica.direct_ingress_env``), or RuntimeError saying why it may not: the cluster was started without it."""
+    import time
+
+    import httpx
+
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return f"{url}/v1"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"no ingress answered on {url} within {timeout_s:.0f} s: direct ingress needs a Ray cluster started with "
+        f"RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT = "
+        f"RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT = {port} in its environment (sysaware serve sets them for a Ray it "
+        f"starts, not for one already running)"
+    )
+
+
 def _proxy_http_options() -> dict:
     """The HTTP options Serve's controller actually uses (they may predate this process's request)."""
     try:
