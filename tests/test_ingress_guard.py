@@ -242,7 +242,9 @@ def test_direct_ingress_env_pins_the_port_and_a_cluster_without_it_is_named_in_t
 
     env = direct_ingress_env(18390)
     assert env.items() >= DIRECT_INGRESS_ENV.items()
-    assert env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"] == env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] == "18390"
+    # Serve allocates from range(min, max): exactly the one port
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == (
+        "18390", "18391")  # fmt: skip
     with pytest.raises(ValueError, match="port"):
         direct_ingress_env(0)
     with pytest.raises(RuntimeError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1"):

@@ -259,9 +259,9 @@ def direct_ingress_url(host: str, port: int, timeout_s: float = 120.0) -> str:
         time.sleep(0.5)
     raise RuntimeError(
         f"no ingress answered on {url} within {timeout_s:.0f} s: direct ingress needs a Ray cluster started with "
-        f"RAY_SERVE_ENABLE_DIRECT_INGRESS=1 and RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT = "
-        f"RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT = {port} in its environment (sysaware serve sets them for a Ray it "
-        f"starts, not for one already running)"
+        f"RAY_SERVE_ENABLE_DIRECT_INGRESS=1, RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT={port} and "
+        f"RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT={port + 1} in its environment (replica.direct_ingress_env; "
+        f"sysaware serve sets them for a Ray it starts, not for one already running)"
     )
 
 

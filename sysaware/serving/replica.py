@@ -53,12 +53,12 @@ DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
 def direct_ingress_env(port: int) -> dict[str, str]:
     """``DIRECT_INGRESS_ENV`` with the ingress's HTTP port range reduced to ``port`` (one ingress replica; its gRPC
     server stays off unless Serve's gRPC options name servicers)."""
-    if not 0 < port < 65536:
-        raise ValueError(f"the direct-ingress port must be in 1-65535, got {port}")
+    if not 0 < port < 65535:
+        raise ValueError(f"the direct-ingress port must be in 1-65534, got {port}")
     return {
         **DIRECT_INGRESS_ENV,
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive (node_port_manager: range(min, max))
     }
 
 
