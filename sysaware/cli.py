@@ -200,14 +200,6 @@ def _connect_or_start_ray(dashboard: bool, outlive_process: bool):
     return ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="warning"), True
 
 
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def _http_url(address: str | None) -> str | None:
     if not address:
         return None
@@ -284,7 +276,7 @@ def serve_pool(
     proxy_port = port
     if direct_ingress:
         os.environ.update(direct_ingress_env(port))
-        proxy_port = _free_port(host)
+        proxy_port = _free_port()
     ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
     served = _parse_models(models) or [m.name for m in cfg.models]
     keep = False
