@@ -8,7 +8,7 @@ histograms (``vllm:time_to_first_token_seconds``, ``vllm:inter_token_latency_sec
 ``sysaware:serving_overhead_seconds``) over the same window (scraped before and after).
 
     flock /tmp/sysaware-ray.lock python benchmarks/guidellm_run.py [--guidellm .venv-guidellm/bin/guidellm]
-        [--port 18320] [--requests 32] [--concurrency 4] [--out runs/guidellm]
+        [--port 18320] [--requests 32] [--concurrency 4] [--out runs/guidellm] [--transport actor|grpc] [--direct-ingress]
 
 What must hold (printed, and the exit status): 0 errors and every request's output exactly OUTPUT_TOKENS tokens.
 guidellm's synthetic prompts are counted with the MiniLM tokenizer the twin uses (engines/tokens.py), offline.
@@ -109,13 +109,16 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", type=Path, default=Path("runs/guidellm"))
     parser.add_argument("--time-scale", type=float, default=1.0)
+    parser.add_argument("--transport", default="actor", choices=["actor", "grpc"], help="sysaware serve --transport")
+    parser.add_argument("--direct-ingress", action="store_true", help="sysaware serve --direct-ingress")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_pool(DEFAULT_POOL).models[0].name
     root = f"http://127.0.0.1:{args.port}"
     serve = subprocess.Popen(
         [sys.executable, "-m", "sysaware.cli", "serve", "--port", str(args.port), "--models", model,
-         "--time-scale", str(args.time_scale)],
+         "--time-scale", str(args.time_scale), "--transport", args.transport,
+         "--direct-ingress" if args.direct_ingress else "--proxy"],
         env=os.environ | {"HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     failed = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -227,6 +228,17 @@ def serve_pool(
     stream_interval: int = typer.Option(
         1, min=1, help="Streams: first token at once, then one chunk per N tokens (vLLM's; 1 = one per engine step)."
     ),
+    direct_ingress: bool = typer.Option(
+        False,
+        "--direct-ingress/--proxy",
+        help="The ingress replica serves HTTP itself on --port, skipping Serve's HTTP proxy (Serve 2.60's direct "
+        "ingress; the proxy moves to a free port). Needs a Ray this command starts.",
+    ),
+    transport: str = typer.Option(
+        "actor",
+        help="How Serve's proxy and handles reach the replicas: actor (Ray actor tasks, Serve's default) or grpc "
+        "(Serve's gRPC transport; for the proxy only on a Ray this command starts).",
+    ),
     solve: bool = typer.Option(True, "--solve/--no-solve", help="Deploy the orchestrator: POST /v1/solve."),
     solve_policy: str = typer.Option("rl", help="/v1/solve's default executor: rl (trained) or a baseline."),
     solve_admission: str = typer.Option("degrade", help="/v1/solve admission control: degrade, refuse or off."),
@@ -249,16 +261,31 @@ def serve_pool(
         from sysaware.serving.orchestrator import SolveSettings
 
         solve_settings = SolveSettings(policy=solve_policy, admission=solve_admission) if solve else None
-        application = build_app(cfg, time_scale, models=_parse_models(models), settings=settings, solve=solve_settings)
+        application = build_app(
+            cfg, time_scale, models=_parse_models(models), settings=settings, transport=transport, solve=solve_settings
+        )
     except ValueError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
+    from sysaware.serving.app import direct_ingress_url
+    from sysaware.serving.replica import direct_ingress_env, transport_env
+
+    # Serve's controller, proxy and ingress read these from the cluster's environment, which a Ray started here
+    # inherits.
+    os.environ.update(transport_env(transport))
+    proxy_port = port
+    if direct_ingress:
+        os.environ.update(direct_ingress_env(port))
+        proxy_port = _free_port()
     ctx, owns_cluster = _connect_or_start_ray(dashboard=True, outlive_process=not blocking)
     served = _parse_models(models) or [m.name for m in cfg.models]
     keep = False
     try:
         console.print(f"deploying {cfg.name} ({len(served)} models, time_scale={time_scale}) ...")
-        url = deploy(application, port=port, host=host)
+        url = deploy(application, port=proxy_port, host=host)
+        if direct_ingress:
+            console.print(f"Serve's proxy: {url}")
+            url = direct_ingress_url(host, port)
         console.print(f"OpenAI API:  [bold]{url}[/bold]   (try: curl {url}/models)")
         console.print(f"telemetry:   {url}/telemetry    metrics: {url.removesuffix('/v1')}/metrics")
         if solve:
@@ -276,6 +303,9 @@ def serve_pool(
             time.sleep(1.0)
     except KeyboardInterrupt:
         console.print("stopping ...")
+    except RuntimeError as e:  # e.g. direct ingress on a cluster started without it
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
     finally:
         if not keep:
             try:

@@ -625,20 +625,41 @@ def test_streams_send_one_chunk_per_engine_step_unless_stream_interval_coalesces
 
 
 def test_serving_overhead_per_hop_is_on_the_metrics_after_a_streamed_request(live):
-    def overhead_counts() -> dict[str, float]:
+    """Every server hop after any streamed request; proxy_request (client -> ingress, through Serve's proxy) only
+    after one whose client sent its clock; a header that is not a time is a 400 naming it."""
+    from sysaware.serving.overhead import CLIENT_SENT_HEADER, HOPS, SERVER_HOPS
+
+    def overhead(kind: str) -> dict[str, float]:
         text = httpx.get(f"{live.root}/metrics").text
         return {
             s.labels["hop"]: s.value
             for f in text_string_to_metric_families(text)
             for s in f.samples
-            if s.name == "sysaware:serving_overhead_seconds_count" and s.labels.get("model_name") == live.other
+            if s.name == f"sysaware:serving_overhead_seconds_{kind}" and s.labels.get("model_name") == live.other
         }
 
-    before = overhead_counts()
-    list(live.client.chat.completions.create(
-        model=live.other, messages=[{"role": "user", "content": HELLO}], max_tokens=3, stream=True
-    ))  # fmt: skip
-    after = overhead_counts()
-    hops = {"ingress_request", "handle", "engine_loop", "stream_back", "ingress_response", "total"}
-    assert set(after) == hops
-    assert all(after[h] == before.get(h, 0) + 1 for h in hops), (before, after)
+    def stream(**headers) -> None:
+        list(live.client.chat.completions.create(
+            model=live.other, messages=[{"role": "user", "content": HELLO}], max_tokens=3, stream=True,
+            extra_headers=headers,
+        ))  # fmt: skip
+
+    before = overhead("count")
+    stream()
+    after = overhead("count")
+    assert set(SERVER_HOPS) <= set(after)
+    assert all(after[h] == before.get(h, 0) + 1 for h in SERVER_HOPS), (before, after)
+    assert after.get("proxy_request", 0) == before.get("proxy_request", 0)
+
+    sums_before = overhead("sum")
+    stream(**{CLIENT_SENT_HEADER: repr(time.time())})  # this test shares the server's clock
+    counts, sums = overhead("count"), overhead("sum")
+    assert set(counts) == set(HOPS)
+    assert all(counts[h] == after[h] + 1 for h in SERVER_HOPS)
+    assert counts["proxy_request"] == after.get("proxy_request", 0) + 1
+    assert 0 < sums["proxy_request"] - sums_before.get("proxy_request", 0) < 5.0  # s: one loaded local hop
+
+    body = {"model": live.other, "prompt": HELLO, "max_tokens": 2, "stream": True}
+    response = httpx.post(f"{live.url}/completions", json=body, headers={**AUTH, CLIENT_SENT_HEADER: "yesterday"})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == CLIENT_SENT_HEADER

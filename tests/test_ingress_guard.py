@@ -211,3 +211,41 @@ def test_stream_interval_travels_from_the_builder_args_and_below_one_is_refused_
         AppArgs.model_validate({"stream_interval": "0"})
     refused = CliRunner().invoke(cli, ["serve", "--stream-interval", "0"], env={API_KEYS_ENV: ""})
     assert refused.exit_code == 2 and "--stream-interval" in refused.output
+
+
+def test_serve_transport_reaches_every_deployment_and_an_unknown_one_is_refused_naming_it():
+    from sysaware.config import DEFAULT_POOL, load_pool
+    from sysaware.serving.app import build_app
+    from sysaware.serving.replica import GRPC_ENV, SAME_LOOP_ENV, actor_options, deployment_for
+
+    model = load_pool(DEFAULT_POOL).models[0]
+    assert deployment_for(model).ray_actor_options == {"num_cpus": 0}  # Serve's defaults: actor tasks
+    grpc = deployment_for(model, transport="grpc").ray_actor_options
+    assert grpc["runtime_env"]["env_vars"] == GRPC_ENV
+    both = actor_options(same_loop=True, transport="grpc")["runtime_env"]["env_vars"]
+    assert both == {**SAME_LOOP_ENV, **GRPC_ENV}
+    assert AppArgs.model_validate({"transport": "grpc"}).transport == "grpc"
+    assert AppArgs().transport == "actor"
+    with pytest.raises(ValidationError, match="transport"):
+        AppArgs.model_validate({"transport": "udp"})
+    with pytest.raises(ValueError, match="transport must be one of"):
+        build_app(DEFAULT_POOL, transport="udp")
+    refused = CliRunner().invoke(cli, ["serve", "--transport", "udp"], env={API_KEYS_ENV: ""})
+    assert refused.exit_code == 2 and "transport" in refused.output
+
+
+def test_direct_ingress_env_pins_the_port_and_a_cluster_without_it_is_named_in_the_error():
+    from conftest import free_port
+
+    from sysaware.serving.app import direct_ingress_url
+    from sysaware.serving.replica import DIRECT_INGRESS_ENV, direct_ingress_env
+
+    env = direct_ingress_env(18390)
+    assert env.items() >= DIRECT_INGRESS_ENV.items()
+    # Serve allocates from range(min, max): exactly the one port
+    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"], env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == (
+        "18390", "18391")  # fmt: skip
+    with pytest.raises(ValueError, match="port"):
+        direct_ingress_env(0)
+    with pytest.raises(RuntimeError, match="RAY_SERVE_ENABLE_DIRECT_INGRESS=1"):
+        direct_ingress_url("127.0.0.1", free_port(), timeout_s=0.5)  # nothing listens there

@@ -118,21 +118,26 @@ def test_a_stale_replica_is_flagged_and_a_silent_pool_renders_empty_families():
 
 
 def test_serving_overhead_hops_from_the_stamps_render_as_one_histogram_per_hop():
-    from sysaware.serving.overhead import HOPS, hop_durations
+    from sysaware.serving.overhead import HOPS, SERVER_HOPS, hop_durations
     from sysaware.serving.prometheus import METRIC_NAMES, OVERHEAD_METRIC
 
-    stamps = [("ingress_in", 100.000), ("dispatch", 100.001), ("replica_in", 100.004), ("engine_admit", 100.005),
-              ("engine_first_token", 100.025), ("replica_out", 100.026), ("ingress_first", 100.029),
-              ("ingress_sent", 100.030)]  # fmt: skip
+    stamps = [("client_sent", 99.993), ("ingress_in", 100.000), ("route_in", 100.0005), ("dispatch", 100.001),
+              ("replica_in", 100.004), ("engine_admit", 100.005), ("engine_first_token", 100.025),
+              ("replica_out", 100.026), ("ingress_first", 100.029), ("ingress_sent", 100.030)]  # fmt: skip
     hops = hop_durations(stamps, engine_ttft_s=0.030, time_scale=2.0)  # 15 ms of wall time in the engine
     assert set(hops) == set(HOPS)
-    expected = {"ingress_request": 0.001, "handle": 0.003, "engine_loop": 0.006, "stream_back": 0.004,
-                "ingress_response": 0.001, "total": 0.015}  # fmt: skip
+    expected = {"proxy_request": 0.007, "ingress_body": 0.0005, "ingress_request": 0.0005, "handle": 0.003,
+                "engine_loop": 0.006, "stream_back": 0.004, "ingress_response": 0.001, "total": 0.015}  # fmt: skip
     assert hops == pytest.approx(expected, abs=1e-9)
-    assert sum(v for k, v in hops.items() if k != "total") == pytest.approx(hops["total"], abs=1e-9)
-    # An engine that does not stamp (vLLM, remote): the hops around it only.
-    assert set(hop_durations([s for s in stamps if not s[0].startswith("engine")], 0.03)) == {
-        "ingress_request", "handle", "ingress_response", "total"}  # fmt: skip
+    # total: the server's hops (the client's proxy_request is not the server's, and only some clients send it)
+    assert sum(hops[h] for h in SERVER_HOPS if h != "total") == pytest.approx(hops["total"], abs=1e-9)
+    # An engine that does not stamp (vLLM, remote) and a client that sends no clock: the hops around the engine.
+    plain = [s for s in stamps if not s[0].startswith(("engine", "client"))]
+    assert set(hop_durations(plain, 0.03)) == {"ingress_body", "ingress_request", "handle", "ingress_response",
+                                               "total"}  # fmt: skip
+    # A client whose clock is not the server's (a minute off): its proxy_request is not recorded.
+    skewed = [("client_sent", 100.0 - 3600.0), *stamps[1:]]
+    assert "proxy_request" not in hop_durations(skewed, 0.03)
     metrics = PoolMetrics()
     metrics.observe_overhead("a", hops)
     samples = parse(metrics.render(EMPTY))
@@ -140,3 +145,14 @@ def test_serving_overhead_hops_from_the_stamps_render_as_one_histogram_per_hop()
     counts = {s.labels["hop"]: s.value for s in samples[f"{OVERHEAD_METRIC}_count"] if s.labels["model_name"] == "a"}
     assert counts == {hop: 1.0 for hop in HOPS}
     assert value(samples, f"{OVERHEAD_METRIC}_sum", model_name="a", hop="total") == pytest.approx(0.015)
+    assert value(samples, f"{OVERHEAD_METRIC}_sum", model_name="a", hop="proxy_request") == pytest.approx(0.007)
+
+
+@pytest.mark.parametrize("raw", ["soon", "nan", "inf", "-5", "0", ""])
+def test_a_client_clock_header_that_is_not_a_time_is_refused_naming_the_header(raw):
+    from sysaware.serving.overhead import CLIENT_SENT_HEADER, client_sent_s
+
+    with pytest.raises(ValueError, match=CLIENT_SENT_HEADER):
+        client_sent_s(raw)
+    assert client_sent_s(None) is None
+    assert client_sent_s("1764754800.25") == 1764754800.25

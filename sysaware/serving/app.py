@@ -17,7 +17,7 @@ created here when Ray is already up, and otherwise by the first replica or ingre
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
@@ -75,6 +75,12 @@ class AppArgs(BaseModel):
         default=False,
         description="Run the deployments' code and routers on Serve's own event loop (replica.SAME_LOOP_ENV). Off: "
         "measured within noise on 2 cores (bench_serving_overhead.py), and blocking code would then stall Serve.",
+    )
+    transport: Literal["actor", "grpc"] = Field(
+        default="actor",
+        description="How Serve's handles (and, when the cluster's environment says so, its HTTP proxy) reach the "
+        "replicas: Ray actor tasks (Serve's default) or Serve's gRPC transport (replica.GRPC_ENV; measured in "
+        "bench_serving_overhead.py).",
     )
     solve: bool = Field(default=True, description="Deploy the orchestrator and serve POST /v1/solve.")
     solve_policy: str = Field(default="rl", description="/v1/solve's default executor ('rl' or a baseline name).")
@@ -136,19 +142,23 @@ def build_app(
     ingress_max_ongoing_requests: int = INGRESS_MAX_ONGOING_REQUESTS,
     settings: IngressSettings | None = None,
     same_loop: bool = False,
+    transport: str = "actor",
     solve: "SolveSettings | bool | None" = None,
 ) -> Application:
     """The pool application: a deployment per model (named after it) and the ingress bound to their handles.
     ``settings``: the ingress's API keys and limits; None is no keys (for a loopback-only server) and the default
     limits. ``same_loop``: the deployments' user code and routers run on Serve's own loop (``SAME_LOOP_ENV``;
-    False is Ray Serve's default, separate threads and loops). ``solve``: also deploy the orchestrator
+    False is Ray Serve's default, separate threads and loops). ``transport``: how the deployments' handles reach
+    the replicas (``replica.TRANSPORTS``: ``actor``, Serve's default, or ``grpc``); Serve's HTTP proxy follows the
+    cluster's own environment (``sysaware serve --transport grpc`` sets it for a Ray it starts). ``solve``: also deploy the orchestrator
     (``POST /v1/solve``) with these settings (True: the defaults); off by default, so the plain OpenAI-compatible
     pool starts without loading the policy."""
     from sysaware.serving.ingress import Ingress
-    from sysaware.serving.replica import actor_options, deployment_for
+    from sysaware.serving.replica import actor_options, deployment_for, transport_env
 
     if time_scale <= 0:
         raise ValueError(f"time_scale must be positive, got {time_scale}")
+    transport_env(transport)  # an unknown transport: ValueError naming it, before anything is built
     config = pool if isinstance(pool, PoolConfig) else load_pool(pool)
     if models is not None or replicas is not None:
         config = select_models(config, models, replicas)
@@ -156,14 +166,14 @@ def build_app(
 
     pool_dict = config.model_dump(mode="json")  # plain data crosses to the replicas, which re-validate it
     handles = {
-        m.name: deployment_for(m, health_check_period_s=health_check_period_s, same_loop=same_loop).bind(
-            pool_dict, m.name, time_scale
-        )
+        m.name: deployment_for(
+            m, health_check_period_s=health_check_period_s, same_loop=same_loop, transport=transport
+        ).bind(pool_dict, m.name, time_scale)
         for m in config.models
     }
     ingress = serve.deployment(Ingress).options(
         name=INGRESS_NAME,
-        ray_actor_options=actor_options(same_loop),
+        ray_actor_options=actor_options(same_loop, transport),
         max_ongoing_requests=ingress_max_ongoing_requests,
     )
     solver = None
@@ -173,7 +183,7 @@ def build_app(
         solve_settings = SolveSettings() if solve is True else solve
         solver = serve.deployment(Orchestrator).options(
             name=ORCHESTRATOR_NAME,
-            ray_actor_options={"num_cpus": 0},
+            ray_actor_options=actor_options(transport=transport),
             max_ongoing_requests=ingress_max_ongoing_requests,
             health_check_period_s=health_check_period_s,
         ).bind(pool_dict, handles, time_scale, solve_settings.model_dump(mode="json"))
@@ -193,6 +203,7 @@ def build(args: AppArgs) -> Application:
         ingress_max_ongoing_requests=args.ingress_max_ongoing_requests,
         settings=args.ingress_settings(),
         same_loop=args.same_loop,
+        transport=args.transport,
         solve=args.solve_settings(),
     )
 
@@ -228,6 +239,30 @@ def deploy(
     )
     http = _proxy_http_options()
     return f"http://{http.get('host', host)}:{http.get('port', port)}/v1"
+
+
+def direct_ingress_url(host: str, port: int, timeout_s: float = 120.0) -> str:
+    """The API's base URL once the ingress replica answers ``/health`` on ``port`` itself (direct ingress:
+    ``replica.direct_ingress_env``), or RuntimeError saying why it may not: the cluster was started without it."""
+    import time
+
+    import httpx
+
+    url = f"http://{host}:{port}"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return f"{url}/v1"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(
+        f"no ingress answered on {url} within {timeout_s:.0f} s: direct ingress needs a Ray cluster started with "
+        f"RAY_SERVE_ENABLE_DIRECT_INGRESS=1, RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT={port} and "
+        f"RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT={port + 1} in its environment (replica.direct_ingress_env; "
+        f"sysaware serve sets them for a Ray it starts, not for one already running)"
+    )
 
 
 def _proxy_http_options() -> dict:

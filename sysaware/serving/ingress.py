@@ -38,7 +38,7 @@ from sysaware.engines.tokens import count_prompt_tokens, count_tokens_batch
 from sysaware.engines.types import ChatMessage, GenerationRequest, GenerationResult
 from sysaware.serving.http_guard import guard
 from sysaware.serving.ingress_settings import IngressSettings
-from sysaware.serving.overhead import hop_durations
+from sysaware.serving.overhead import CLIENT_SENT_HEADER, client_sent_s, hop_durations
 from sysaware.serving.openai_types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -246,6 +246,22 @@ async def _all_or_none(awaitables) -> list:
         raise
 
 
+INGRESS_IN_STATE = "sysaware_ingress_in"  # request.state key: wall time the ingress's ASGI app was entered
+
+
+def entry_stamps(request: Request) -> list[tuple[str, float]]:
+    """The request's first overhead stamps, called first thing in a route: the client's send time (if its
+    ``x-sysaware-sent-at`` header says), the ingress's ASGI entry and the route's. A malformed header is a 400
+    naming it."""
+    route_in = time.time()
+    ingress_in = getattr(request.state, INGRESS_IN_STATE, None) or route_in
+    try:
+        sent = client_sent_s(request.headers.get(CLIENT_SENT_HEADER))
+    except ValueError as e:
+        raise OpenAIError(400, str(e), param=CLIENT_SENT_HEADER, code="invalid_value") from None
+    return ([] if sent is None else [("client_sent", sent)]) + [("ingress_in", ingress_in), ("route_in", route_in)]
+
+
 class ReplicaGuard:
     """``http_guard.guard`` with the settings of the replica it runs in, in front of every route.
 
@@ -262,6 +278,8 @@ class ReplicaGuard:
         if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
             return
+        # The serving overhead's first server stamp (overhead.py: ingress_request starts here, before the guard).
+        scope.setdefault("state", {})[INGRESS_IN_STATE] = time.time()
         if self._guarded is None:
             self._guarded = guard(self.app, serve.get_replica_context().servable_object.settings)
         await self._guarded(scope, receive, send)
@@ -321,8 +339,8 @@ class Ingress:
         )
 
     @api.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(self, body: ChatCompletionRequest) -> Response:
-        ingress_in = time.time()
+    async def chat_completions(self, body: ChatCompletionRequest, raw: Request) -> Response:
+        stamps = entry_stamps(raw)
         model = self._model(body.model)
         messages = body.chat_messages()
         prompt_tokens, max_tokens = await check_lengths(messages, body, model, self.settings.max_chars_per_token)
@@ -332,14 +350,14 @@ class Ingress:
             writer = ChatSSEWriter(
                 completion_id, model.name, [prompt_tokens], body.include_usage, body.continuous_usage
             )
-            return await self._stream(model, [request], writer, body, ingress_in)
+            return await self._stream(model, [request], writer, body, stamps)
         result = await self._result(self.handles[model.name].generate.remote(request))
         return JSONResponse(ChatCompletion.of(result, completion_id).model_dump(mode="json"))
 
     @api.post("/v1/completions", response_model=None)
-    async def completions(self, body: CompletionRequest) -> Response:
+    async def completions(self, body: CompletionRequest, raw: Request) -> Response:
         """Text completions: each prompt is one request (one user message) to the model, one choice each."""
-        ingress_in = time.time()
+        stamps = entry_stamps(raw)
         model = self._model(body.model)
         completion_id = new_text_completion_id()
         prompts = body.prompts()
@@ -357,7 +375,7 @@ class Ingress:
             writer = CompletionSSEWriter(
                 completion_id, model.name, prompt_tokens, body.include_usage, body.continuous_usage
             )
-            return await self._stream(model, requests, writer, body, ingress_in)
+            return await self._stream(model, requests, writer, body, stamps)
         responses = _remote_each(self.handles[model.name].generate, requests)
         results = await _all_or_none(self._result(r) for r in responses)
         return JSONResponse(Completion.of(results, completion_id).model_dump(mode="json"))
@@ -389,13 +407,13 @@ class Ingress:
         requests: list[GenerationRequest],
         writer: SSEWriter,
         body: GenerationParams,
-        ingress_in: float,
+        entry: list[tuple[str, float]],
     ) -> StreamingResponse:
         """Server-sent events, one replica stream per request (choice), one chunk per engine step or per
         ``stream_interval`` tokens (the request's, else the server's). The first chunks are awaited before
         answering, so a request the engine refuses is still a plain 400; a client that goes away cancels the
         replicas' generators (the engines free their KV). Each choice's first chunk brings the hops' wall stamps:
-        with the ingress's own they give ``sysaware:serving_overhead_seconds`` once the request finishes."""
+        with the ingress's own (``entry``: the client's send time if it gave one, the ingress's entry) they give ``sysaware:serving_overhead_seconds`` once the request finishes."""
         interval = body.stream_interval or self.settings.stream_interval
         dispatch = time.time()
         streams = _remote_each(self.handles[model.name].options(stream=True).generate_stream, requests, interval)
@@ -409,7 +427,7 @@ class Ingress:
             raise
         ingress_first = time.time()
         stamps = [
-            [("ingress_in", ingress_in), ("dispatch", dispatch), *first.stamps_s, ("ingress_first", ingress_first)]
+            [*entry, ("dispatch", dispatch), *first.stamps_s, ("ingress_first", ingress_first)]
             for first in firsts
         ]
 

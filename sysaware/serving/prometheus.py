@@ -156,6 +156,7 @@ class PoolMetrics(Collector):
         yield self.e2e.family("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.")
         yield self.overhead.family(
             OVERHEAD_METRIC,
-            "Serving overhead of streamed requests before their first token, per hop, wall seconds (client TTFT "
-            "minus engine TTFT, less what the client and Serve's proxy add).",
+            "Serving overhead of streamed requests before their first token, per hop, wall seconds (total: ingress "
+            "entry to first event, less the engine TTFT; proxy_request: client send to ingress entry, for clients "
+            "that send x-sysaware-sent-at).",
         )

@@ -34,14 +34,54 @@ ROUTING_STATS_PERIOD_S = 0.1  # how often Serve's controller polls record_routin
 # loop instead. Measured (benchmarks/bench_serving_overhead.py, loaded 2-core host): the idle client-minus-engine
 # TTFT median went 30.1 -> 28.5 ms, within noise (the hop the setting targets, handle, did not move).
 SAME_LOOP_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+# Ray Serve 2.60's gRPC transport: Serve's HTTP proxy and every deployment handle reach replicas over the replicas'
+# inter-deployment gRPC servers, arguments and results by value, instead of as Ray actor tasks through the object
+# store. The proxy reads it when it starts, so it must be in the cluster's environment (``sysaware serve`` sets it
+# before starting its Ray); the deployments get it in their runtime_env.
+GRPC_ENV = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1"}
 
 
-def actor_options(same_loop: bool = False) -> dict[str, Any]:
+# Ray Serve 2.60's direct ingress: the ingress replica serves HTTP itself, on a port the controller allocates from
+# a range, so a request skips Serve's proxy: the proxy's hop to the ingress and the ingress's call back to the proxy
+# for the body (the ingress_body hop). Measured the biggest cut of the serving overhead
+# (benchmarks/bench_serving_overhead.py). The controller and the ingress read it when they start: it must be in the
+# cluster's environment (``sysaware serve --direct-ingress`` sets it, with the range one port wide, for the Ray it
+# starts). The proxy still runs (on the head node), on another port.
+DIRECT_INGRESS_ENV = {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1"}
+
+
+def direct_ingress_env(port: int) -> dict[str, str]:
+    """``DIRECT_INGRESS_ENV`` with the ingress's HTTP port range reduced to ``port`` (one ingress replica; its gRPC
+    server stays off unless Serve's gRPC options name servicers)."""
+    if not 0 < port < 65535:
+        raise ValueError(f"the direct-ingress port must be in 1-65534, got {port}")
+    return {
+        **DIRECT_INGRESS_ENV,
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(port),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(port + 1),  # exclusive (node_port_manager: range(min, max))
+    }
+
+
+# How Serve moves requests between its proxy and the deployments: "actor" (Ray actor tasks, Serve's default) or
+# "grpc" (GRPC_ENV).
+TRANSPORTS: dict[str, dict[str, str]] = {"actor": {}, "grpc": GRPC_ENV}
+
+
+def transport_env(transport: str) -> dict[str, str]:
+    """The environment that selects Serve's ``transport``; ValueError naming the setting for an unknown one."""
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {sorted(TRANSPORTS)}, got {transport!r}")
+    return dict(TRANSPORTS[transport])
+
+
+def actor_options(same_loop: bool = False, transport: str = "actor") -> dict[str, Any]:
     """Serve actor options of the pool's deployments (ingress and replicas): no CPU reserved (the twin's compute
-    is simulated) and, with ``same_loop``, ``SAME_LOOP_ENV``."""
+    is simulated) and, with ``same_loop``, ``SAME_LOOP_ENV``; ``transport``'s environment (``TRANSPORTS``: the
+    deployments' handles then call replicas over it)."""
     options: dict[str, Any] = {"num_cpus": 0}
-    if same_loop:
-        options["runtime_env"] = {"env_vars": dict(SAME_LOOP_ENV)}
+    env = {**(SAME_LOOP_ENV if same_loop else {}), **transport_env(transport)}
+    if env:
+        options["runtime_env"] = {"env_vars": env}
     return options
 
 
@@ -233,13 +273,16 @@ def deployment_for(
     health_check_period_s: float = 1.0,
     router_kwargs: dict[str, Any] | None = None,
     same_loop: bool = False,
+    transport: str = "actor",
     **options: Any,
 ):
     """The Serve deployment of ``model``: one LLMReplica per pool replica, routed by predicted latency.
 
     ``max_ongoing_requests`` defaults to twice the engine's ``max_num_seqs``: enough for a full batch plus a queue
     behind it, so a backlog shows in the engine's own waiting queue (what telemetry and the router see) rather than
-    hiding in Serve's. ``same_loop``: user code and routers on Serve's own loop (``SAME_LOOP_ENV``). ``options`` go to ``Deployment.options`` (e.g. graceful_shutdown_timeout_s).
+    hiding in Serve's. ``same_loop``: user code and routers on Serve's own loop (``SAME_LOOP_ENV``); ``transport``:
+    Serve's transport for the replica's own handles (``TRANSPORTS``). ``options`` go to ``Deployment.options`` (e.g.
+    graceful_shutdown_timeout_s).
     """
     from ray import serve
     from ray.serve.config import RequestRouterConfig
@@ -253,7 +296,7 @@ def deployment_for(
     settings: dict[str, Any] = {
         "name": model.name,
         "num_replicas": model.replicas,
-        "ray_actor_options": actor_options(same_loop),
+        "ray_actor_options": actor_options(same_loop, transport),
         "max_ongoing_requests": max_ongoing_requests or 2 * model.twin.max_num_seqs,
         "health_check_period_s": health_check_period_s,
         "request_router_config": router_config,
