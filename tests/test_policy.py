@@ -352,3 +352,29 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
         p99_ms = float(np.percentile(times, 99) * 1e3)
         print(f"rl decision cost p50 {np.percentile(times, 50) * 1e3:.3f} ms, p99 {p99_ms:.3f} ms")
         assert p99_ms < 50.0  # loose on a shared CI machine; the benchmark reports the real figure
+
+
+def test_init_policy_weights_reach_the_learner_and_the_env_runner(tmp_path, ray_session):
+    """train-policy --init-policy: a behaviour-cloned executor's weights are what PPO starts from, in the learner
+    (what it updates) and in the env runner (what samples), so fine-tuning starts at the imitation."""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from sysaware.policy.imitate import imitate
+    from sysaware.policy.train import build_algo_config, load_config, load_initial_weights
+
+    cfg = load_config("rllib_configs/smoke.yaml")
+    cfg["env"]["planner"] = "random"
+    cfg["imitate"] = {"episodes": 1, "dagger_rounds": 0, "epochs": 3}
+    policy = imitate(cfg, tmp_path / "bc")
+    algo = build_algo_config(cfg, 1.0)[0].build_algo()
+    try:
+        assert load_initial_weights(algo, policy) == ["executor"]
+        ref = RLModule.from_checkpoint(str(policy / "executor")).state_dict()
+        learner = algo.learner_group._learner.module["executor"].state_dict()
+        runner = algo.env_runner.module["executor"].state_dict()
+        for k, v in ref.items():
+            assert torch.equal(learner[k], v), k
+            assert torch.equal(runner[k], v), k
+    finally:
+        algo.stop()

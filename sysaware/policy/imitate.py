@@ -46,9 +46,12 @@ class Decisions:
         np.savez_compressed(path, obs=np.asarray(self.obs), mask=np.asarray(self.mask), action=np.asarray(self.action))
 
 
-def collect(env: SysawareEnv, episodes: int, student=None, seed: int = 0, progress=None) -> tuple[Decisions, list[dict]]:
+def collect(env: SysawareEnv, episodes: int, student=None, seed: int = 0, progress=None,
+            shard_dir: Path | None = None) -> tuple[Decisions, list[dict]]:
     """Roll ``episodes`` episodes with the oracle labelling every executor decision; ``student`` (obs -> index) acts
-    when given (DAgger), else the oracle does. Planner decisions (planner: rl) are random menu picks."""
+    when given (DAgger), else the oracle does. Planner decisions (planner: rl) are random menu picks. With
+    ``shard_dir`` each episode's decisions are also saved there as they finish (``load_shards`` reads them back),
+    so a long collection can be cut short, or spread over processes, without losing what it labelled."""
     from sysaware.orchestration.executors import OracleExecutor
 
     oracle = OracleExecutor(env.resources)
@@ -57,6 +60,7 @@ def collect(env: SysawareEnv, episodes: int, student=None, seed: int = 0, progre
     for ep in range(episodes):
         obs, _ = env.reset(seed=seed * 100_003 + ep)
         done = False
+        first = len(data.action)
         while not done:
             (agent, o), = obs.items()
             _, event = env._current
@@ -69,9 +73,45 @@ def collect(env: SysawareEnv, episodes: int, student=None, seed: int = 0, progre
             obs, _, term, _, _ = env.step({agent: act})
             done = term["__all__"]
         stats.append(dict(env.last_episode_stats or {}))
+        if shard_dir is not None:
+            shard_dir.mkdir(parents=True, exist_ok=True)
+            Decisions(data.obs[first:], data.mask[first:], data.action[first:]).save(shard_dir / f"s{seed}-e{ep:04d}.npz")
+            (shard_dir / f"s{seed}-e{ep:04d}.json").write_text(json.dumps(stats[-1]))
         if progress:
             progress(ep, stats[-1], len(data.action))
     return data, stats
+
+
+def load_shards(*dirs: Path) -> tuple[Decisions, list[dict]]:
+    """Every episode shard ``collect`` saved under ``dirs`` (in name order), and their episode stats."""
+    data, stats = Decisions([], [], []), []
+    for d in dirs:
+        for f in sorted(Path(d).glob("*.npz")):
+            z = np.load(f)
+            data.extend(Decisions(list(z["obs"]), list(z["mask"]), [int(a) for a in z["action"]]))
+            meta = f.with_suffix(".json")
+            if meta.exists():
+                stats.append(json.loads(meta.read_text()))
+    return data, stats
+
+
+ESTIMATE_COLUMNS = slice(3, 9)  # spaces.ROW_COLUMNS: log_t_hat .. p90_fits_b (the v_estimates block)
+
+
+def strip_estimates(data: Decisions, ctx_dim: int, row_dim: int) -> Decisions:
+    """The same decisions as an encoder with ``use_estimates`` off would have observed them: the T_hat/P90
+    columns of every row zeroed (spaces.py writes zeros there when the block is off)."""
+    from sysaware.policy.spaces import ROW_COLUMNS
+
+    assert ROW_COLUMNS[ESTIMATE_COLUMNS] == ("log_t_hat", "log_t_hat_over_share", "t_hat_over_b", "log_p90_over_share",
+                                             "p90_fits_share", "p90_fits_b"), "spaces.ROW_COLUMNS moved"
+    obs = []
+    for o in data.obs:
+        o = np.array(o, copy=True)
+        rows = o[ctx_dim:].reshape(-1, row_dim)
+        rows[:, ESTIMATE_COLUMNS] = 0.0
+        obs.append(o)
+    return Decisions(obs, list(data.mask), list(data.action))
 
 
 def build_module(env: SysawareEnv, hidden: list[int]):
@@ -150,7 +190,12 @@ def imitate(cfg: dict, run_dir: str | Path, episodes: int | None = None, dagger_
     seed = int(cfg.get("seed", 0))
     env = SysawareEnv({**cfg["env"], "seed": seed, "lambda": cfg.get("lagrange", {}).get("init", 1.0)})
     t0 = time.perf_counter()
-    data, stats = collect(env, episodes, seed=seed, progress=progress)
+    if im.get("data"):  # oracle decisions already collected (shards of ``collect``): fit on them
+        data, stats = load_shards(*[Path(d) for d in im["data"]])
+        if not env.enc_spec.use_estimates:  # shards are collected with the estimates on: the ablation drops them
+            data = strip_estimates(data, env.enc_spec.executor_ctx_dim, env.enc_spec.executor_row_dim)
+    else:
+        data, stats = collect(env, episodes, seed=seed, progress=progress, shard_dir=run_dir / "shards")
     data.save(run_dir / "data0.npz")  # the oracle's own decisions (round 0), reusable by ablations
     log = [{"round": 0, "teacher": summarise(stats), "collect_s": round(time.perf_counter() - t0, 1)}]
     hidden = list(cfg.get("model", {}).get("hidden", [64, 64]))
@@ -161,7 +206,8 @@ def imitate(cfg: dict, run_dir: str | Path, episodes: int | None = None, dagger_
     log[-1]["fit"] = fit(module, data, epochs=im.get("epochs", 60), lr=im.get("lr", 3e-3), seed=seed)
     for r in range(1, rounds + 1):
         t1 = time.perf_counter()
-        more, st = collect(env, dagger_episodes, student=student_of(module), seed=seed + 1000 * r, progress=progress)
+        more, st = collect(env, dagger_episodes, student=student_of(module), seed=seed + 1000 * r, progress=progress,
+                           shard_dir=run_dir / f"dagger{r}")
         data.extend(more)
         log.append({"round": r, "student": summarise(st), "collect_s": round(time.perf_counter() - t1, 1)})
         log[-1]["fit"] = fit(module, data, epochs=im.get("epochs", 60), lr=im.get("lr", 3e-3), seed=seed + r)
