@@ -82,16 +82,21 @@ def collect(env: SysawareEnv, episodes: int, student=None, seed: int = 0, progre
     return data, stats
 
 
-def load_shards(*dirs: Path) -> tuple[Decisions, list[dict]]:
-    """Every episode shard ``collect`` saved under ``dirs`` (in name order), and their episode stats."""
+def load_shards(*dirs: Path, bootstrap_seed: int | None = None) -> tuple[Decisions, list[dict]]:
+    """Every episode shard ``collect`` saved under ``dirs`` (in name order), and their episode stats. With
+    ``bootstrap_seed``, a bootstrap resample of the episodes instead (as many, drawn with replacement): what makes
+    training seeds differ in their data as well as in their init and minibatch order."""
+    files = [f for d in dirs for f in sorted(Path(d).glob("*.npz"))]
+    if bootstrap_seed is not None:
+        rng = np.random.default_rng(bootstrap_seed)
+        files = [files[i] for i in rng.integers(len(files), size=len(files))]
     data, stats = Decisions([], [], []), []
-    for d in dirs:
-        for f in sorted(Path(d).glob("*.npz")):
-            z = np.load(f)
-            data.extend(Decisions(list(z["obs"]), list(z["mask"]), [int(a) for a in z["action"]]))
-            meta = f.with_suffix(".json")
-            if meta.exists():
-                stats.append(json.loads(meta.read_text()))
+    for f in files:
+        z = np.load(f)
+        data.extend(Decisions(list(z["obs"]), list(z["mask"]), [int(a) for a in z["action"]]))
+        meta = f.with_suffix(".json")
+        if meta.exists():
+            stats.append(json.loads(meta.read_text()))
     return data, stats
 
 
@@ -191,7 +196,7 @@ def imitate(cfg: dict, run_dir: str | Path, episodes: int | None = None, dagger_
     env = SysawareEnv({**cfg["env"], "seed": seed, "lambda": cfg.get("lagrange", {}).get("init", 1.0)})
     t0 = time.perf_counter()
     if im.get("data"):  # oracle decisions already collected (shards of ``collect``): fit on them
-        data, stats = load_shards(*[Path(d) for d in im["data"]])
+        data, stats = load_shards(*[Path(d) for d in im["data"]], bootstrap_seed=seed if im.get("bootstrap") else None)
         if not env.enc_spec.use_estimates:  # shards are collected with the estimates on: the ablation drops them
             data = strip_estimates(data, env.enc_spec.executor_ctx_dim, env.enc_spec.executor_row_dim)
     else:
