@@ -139,6 +139,7 @@ def fit(module, data: Decisions, epochs: int = 60, lr: float = 3e-3, batch: int 
     from ray.rllib.core.columns import Columns
 
     torch.manual_seed(seed)
+    torch.set_num_threads(1)  # tiny batches: threads only contend on a shared 2-core machine (as serve.load_module)
     x = torch.as_tensor(np.asarray(data.obs), dtype=torch.float32)
     m = torch.as_tensor(np.asarray(data.mask), dtype=torch.float32)
     y = torch.as_tensor(np.asarray(data.action), dtype=torch.int64)
