@@ -816,6 +816,7 @@ def train_policy_cmd(
     iterations: int | None = typer.Option(None, min=1, help="Stop after this many iterations in all (default: the config's)."),
     wall_minutes: float | None = typer.Option(None, min=0.1, help="Stop after this many wall minutes (default: the config's)."),
     seed: int | None = typer.Option(None, help="Override the config's seed."),
+    init_policy: Path | None = typer.Option(None, help="Start from this policy directory's modules (e.g. imitate-policy's <run>/policy); ignored with --resume."),
     address: str | None = AddressOption,
 ) -> None:
     """Multi-agent PPO (RLlib) for the planner and executor with the Lagrangian lambda update; metrics.csv,
@@ -836,8 +837,41 @@ def train_policy_cmd(
             f"lambda {row['lambda_used']:.3f} -> {row['lambda']:.3f}"
         )
 
-    outcome = train(cfg, out, resume=resume, iterations=iterations, wall_minutes=wall_minutes, progress=progress)
+    if init_policy is not None and not (init_policy / "encoder.json").exists():
+        raise typer.BadParameter(f"{init_policy} is not a policy directory (no encoder.json)", param_hint="--init-policy")
+    outcome = train(cfg, out, resume=resume, iterations=iterations, wall_minutes=wall_minutes, progress=progress,
+                    init_policy=init_policy)
     console.print(f"policy in {outcome.policy_dir}; metrics in {out / 'metrics.csv'}; curves in {out / 'curves.png'}")
+
+
+@app.command("imitate-policy")
+def imitate_policy_cmd(
+    config: Path = typer.Option(Path("rllib_configs/imitate.yaml"), help="Experiment YAML (rllib_configs/; its imitate: block)."),
+    run_dir: Path | None = typer.Option(None, help="Where the decisions and the policy go (default runs/imitate-policy-<time>)."),
+    episodes: int | None = typer.Option(None, min=1, help="Oracle-labelled episodes (default: the config's)."),
+    dagger_rounds: int | None = typer.Option(None, min=0, help="DAgger rounds after the first fit (default: the config's)."),
+    seed: int | None = typer.Option(None, help="Override the config's seed."),
+) -> None:
+    """Behaviour cloning of the oracle executor on the training environment (train-split tasks), optionally with
+    DAgger rounds: a trained executor in <run>/policy (what `evaluate --policies rl@<run>/policy` and
+    `train-policy --init-policy` load). No Ray."""
+    from sysaware.policy.imitate import imitate
+    from sysaware.policy.train import load_config
+    from sysaware.runs import new_run_dir
+
+    try:
+        cfg = load_config(config)
+    except FileNotFoundError:
+        raise typer.BadParameter(f"no such config {config}", param_hint="--config") from None
+    if seed is not None:
+        cfg["seed"] = seed
+    out = new_run_dir("imitate-policy", run_dir)
+
+    def progress(ep: int, stats: dict, decisions: int) -> None:
+        console.print(f"episode {ep:>3}  {stats.get('scenario', '?'):<16} goodput {stats.get('goodput', 0)}/{stats.get('requests', 0)}  decisions {decisions}")
+
+    policy = imitate(cfg, out, episodes=episodes, dagger_rounds=dagger_rounds, progress=progress)
+    console.print(f"policy in {policy}; fit log in {out / 'imitate.json'}")
 
 
 @app.command("dataset-report")

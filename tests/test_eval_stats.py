@@ -43,3 +43,23 @@ def test_paired_differences_see_a_small_effect_that_independent_intervals_would_
     assert (same.mean, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
     with pytest.raises(ValueError, match="equal lengths"):
         paired_difference(base, base[:-1])
+
+
+def test_policy_compare_reads_cells_pairs_requests_and_spreads_seeds(tmp_path):
+    """pipelines/policy_compare.py on hand-made cells: the paired difference is per request (a candidate that wins
+    the same 6 of 20 requests is +30 points, interval excluding 0), and the seeds table reports mean/sd/min-max."""
+    import pandas as pd
+
+    from sysaware.pipelines.policy_compare import compare_table, load_runs, seeds_table
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    base = [True] * 10 + [False] * 10
+    for policy, good in {"greedy": base, "rl@a": [True] * 16 + [False] * 4, "rl@b": [True] * 14 + [False] * 6}.items():
+        pd.DataFrame({"request": range(20), "scenario": "s", "policy": policy, "passed": good, "met_slo": True}).to_parquet(
+            cells / f"s__{policy.replace('@', '-at-')}__k.runs.parquet")
+    runs = load_runs(tmp_path)
+    table = compare_table(runs, ["rl@a"], ["greedy"])
+    assert "| s | rl@a | 80.0 [" in table and "+30.0 [" in table and table.rstrip().endswith("* |")
+    seeds = seeds_table(runs, ["rl@a", "rl@b"], references=["greedy"])
+    assert "| s | 80.0 | 70.0 | 75.0 | 7.1 | 70.0-80.0 | 50.0 |" in seeds

@@ -263,6 +263,48 @@ def test_shipped_policy_loads_and_decides_on_a_real_decision_point(scenario):
     env.world.decide(point, action)  # the driver accepts it
 
 
+# --- behaviour cloning of the oracle (no Ray) -----------------------------------------------------------------------
+def test_imitation_labels_with_the_oracle_fits_and_serves(tmp_path):
+    """imitate.py: every executor decision is labelled with a candidate of its point (the label is never masked);
+    the fit learns the labels of its own data; the exported policy loads through make_executor('rl@<dir>') (the
+    name evaluate uses) and decides on a real decision point; its fingerprint differs from the shipped one."""
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.imitate import imitate
+    from sysaware.policy.serve import policy_fingerprint, shipped_policy_dir
+
+    cfg = {"name": "t", "seed": 0, "env": {"scenarios": ["idle"], "requests_per_episode": 3, "embed": "hash",
+                                           "task_dims": 8, "planner": "random", "warmup_s": 2.0},
+           "model": {"hidden": [16]}, "lagrange": {"init": 1.0},
+           "imitate": {"episodes": 2, "dagger_rounds": 1, "dagger_episodes": 1, "epochs": 40, "lr": 0.01}}
+    started = time.perf_counter()
+    policy = imitate(cfg, tmp_path / "bc")
+    assert time.perf_counter() - started < 60
+    data = np.load(tmp_path / "bc" / "data.npz")
+    assert len(data["action"]) >= 6
+    assert all(m[a] == 1.0 for m, a in zip(data["mask"], data["action"]))  # the oracle's choice is a candidate
+    import json
+
+    log = json.loads((tmp_path / "bc" / "imitate.json").read_text())
+    assert [r["round"] for r in log] == [0, 1] and log[-1]["fit"]["accuracy"] > 0.5
+    env, point = _first_decision_point("uniform-150")
+    executor = make_executor(f"rl@{policy}", env.resources, embed="hash")
+    assert executor.choose(point.context) in point.candidates
+    assert policy_fingerprint(policy) != policy_fingerprint(shipped_policy_dir(env.pool.name))
+
+
+def test_executor_at_names_set_the_executors_option():
+    """greedy@queueing sets greedy's estimator; rl@<dir> the rl checkpoint (a missing one names the path)."""
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.world import load_world_scenarios, resources_for
+
+    resources = resources_for(load_world_scenarios(["idle"])[0].pool)
+    assert "queueing" in make_executor("greedy@queueing", resources).describe()
+    with pytest.raises(FileNotFoundError, match="no-such-policy"):
+        make_executor("rl@/tmp/no-such-policy", resources)
+
+
 # --- training, checkpoint, serving (Ray) ----------------------------------------------------------------------------
 def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     """Two tiny PPO iterations (a masked action chosen during sampling would raise in the env), then the exported
@@ -310,3 +352,29 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
         p99_ms = float(np.percentile(times, 99) * 1e3)
         print(f"rl decision cost p50 {np.percentile(times, 50) * 1e3:.3f} ms, p99 {p99_ms:.3f} ms")
         assert p99_ms < 50.0  # loose on a shared CI machine; the benchmark reports the real figure
+
+
+def test_init_policy_weights_reach_the_learner_and_the_env_runner(tmp_path, ray_session):
+    """train-policy --init-policy: a behaviour-cloned executor's weights are what PPO starts from, in the learner
+    (what it updates) and in the env runner (what samples), so fine-tuning starts at the imitation."""
+    import torch
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from sysaware.policy.imitate import imitate
+    from sysaware.policy.train import build_algo_config, load_config, load_initial_weights
+
+    cfg = load_config("rllib_configs/smoke.yaml")
+    cfg["env"]["planner"] = "random"
+    cfg["imitate"] = {"episodes": 1, "dagger_rounds": 0, "epochs": 3}
+    policy = imitate(cfg, tmp_path / "bc")
+    algo = build_algo_config(cfg, 1.0)[0].build_algo()
+    try:
+        assert load_initial_weights(algo, policy) == ["executor"]
+        ref = RLModule.from_checkpoint(str(policy / "executor")).state_dict()
+        learner = algo.learner_group._learner.module["executor"].state_dict()
+        runner = algo.env_runner.module["executor"].state_dict()
+        for k, v in ref.items():
+            assert torch.equal(learner[k], v), k
+            assert torch.equal(runner[k], v), k
+    finally:
+        algo.stop()

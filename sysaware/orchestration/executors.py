@@ -30,6 +30,7 @@ from sysaware.tasks.prompts import Strategy
 class Executor(ABC):
     name: str = ""
     load_aware: bool = False  # whether the decision reads the telemetry snapshot
+    at_option: str = "estimator"  # the keyword that ``name@value`` sets (make_executor)
 
     def __init__(self, resources: PolicyResources | None, seed: int = 0) -> None:
         self.resources = resources  # None for executors that consult no table (random)
@@ -231,12 +232,16 @@ EXECUTORS: dict[str, type[Executor]] = {
 
 
 def make_executor(name: str, resources: PolicyResources, seed: int = 0, **kwargs) -> Executor:
-    """An executor by name; ``greedy@queueing`` (any ``name@estimator``) picks the latency estimator of an executor
-    that takes one, so an evaluation can compare estimators under one executor."""
+    """An executor by name; ``greedy@queueing`` (any ``name@value``) sets the executor's ``at_option``: the latency
+    estimator of greedy/oracle, so an evaluation can compare estimators under one executor, or the checkpoint of
+    ``rl`` (``rl@runs/x/policy``), so it can compare trained policies."""
+    value = None
     if "@" in name:
-        name, kwargs["estimator"] = name.split("@", 1)
+        name, value = name.split("@", 1)
     try:
         cls = EXECUTORS[name]
     except KeyError:
         raise ValueError(f"unknown executor {name!r}; known: {sorted(EXECUTORS)}") from None
+    if value is not None:
+        kwargs[cls.at_option] = value
     return cls(resources, seed, **kwargs)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -100,12 +101,14 @@ def plan_stream(scenario: Scenario, settings: ScenarioEvalSettings) -> list[Requ
 
 
 def _policy_artifact(scenario: Scenario, policy: str) -> str | None:
-    """The trained policy's fingerprint (a new checkpoint must not reuse the cells of the old one)."""
-    if policy.split("@")[0] != "rl":
+    """The trained policy's fingerprint (a new checkpoint must not reuse the cells of the old one): the shipped
+    policy's for ``rl``, the named directory's for ``rl@<policy dir>``."""
+    name, _, path = policy.partition("@")
+    if name != "rl":
         return None
     from sysaware.policy.serve import policy_fingerprint, shipped_policy_dir
 
-    return policy_fingerprint(shipped_policy_dir(scenario.pool_config.name))
+    return policy_fingerprint(path or shipped_policy_dir(scenario.pool_config.name))
 
 
 def cell_key(scenario: Scenario, policy: str, requests: Sequence[Request], settings: ScenarioEvalSettings) -> str:
@@ -162,7 +165,8 @@ def run_cell(scenario: Scenario, policy: str, requests: Sequence[Request], setti
 
 
 def _cell_paths(cells_dir: Path, scenario: str, policy: str, key: str) -> tuple[Path, Path, Path]:
-    stem = cells_dir / f"{scenario}__{policy.replace('@', '-at-')}__{key}"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", policy.replace("@", "-at-"))  # rl@runs/x/policy: no slashes in names
+    stem = cells_dir / f"{scenario}__{safe}__{key}"
     return stem.with_suffix(".runs.parquet"), stem.with_suffix(".steps.parquet"), stem.with_suffix(".cost.json")
 
 

@@ -109,6 +109,7 @@ class RLExecutor(Executor):
 
     name = "rl"
     load_aware = True
+    at_option = "checkpoint"  # rl@<policy dir>: evaluate a checkpoint other than the shipped one
 
     def __init__(self, resources: PolicyResources, seed: int = 0, checkpoint: str | Path | None = None, embed: str = "minilm") -> None:
         super().__init__(resources, seed)

@@ -270,7 +270,7 @@ class Encoder:
             self.sketch(ctx.task)[: self.spec.task_dims],
             role,
             np.array([len(ctx.history) / 4.0, ctx.steps_left / 4.0], np.float32),
-            np.array([np.clip(b / slo, -2, 2), np.clip(share / slo, -2, 2), math.log1p(max(b, 0.0)) / 3.0, float(b > 0)], np.float32),
+            np.array([min(max(b / slo, -2.0), 2.0), min(max(share / slo, -2.0), 2.0), math.log1p(max(b, 0.0)) / 3.0, float(b > 0)], np.float32),
         ]).astype(np.float32)
 
     def executor_rows(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
@@ -290,9 +290,7 @@ class Encoder:
         rows[idx, 2] = np.clip((q - q.max()) * QUALITY_SCALE, -3, 3)
         # v_estimates: T_hat and P90 against the per-step share and b_t
         if spec.use_estimates:
-            from sysaware.orchestration.executors import step_query
-
-            ests = self.latency_estimator().estimate(step_query(ctx))
+            ests = self.latency_estimator().estimate(self._step_query(ctx))
             keep = [a in index for a in ctx.candidates]
             t = np.array([e.t_hat_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
             p90 = np.array([e.t_hat_p90_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
@@ -311,6 +309,17 @@ class Encoder:
         rows[idx, 10] = kv[model_of[idx]]
         rows[idx, 11:] = onehot[idx]
         return rows, mask
+
+    def _step_query(self, ctx: StepContext):
+        """The estimator's view of the step; the queueing formula reads no prompt text, so it is not joined for it
+        (joining the messages was a tenth of a decision's cost)."""
+        from sysaware.orchestration.executors import step_query
+
+        if self.spec.estimator != "queueing":
+            return step_query(ctx)
+        from sysaware.estimators.latency import StepQuery
+
+        return StepQuery("", ctx.role_id, ctx.prompt_tokens, tuple((a.model, a.strategy.value) for a in ctx.candidates), ctx.snapshot)
 
     def _model_load(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
         queue = np.zeros(len(self.spec.models), np.float32)

@@ -145,6 +145,31 @@ def push_lambda(algo, value: float) -> None:
     algo.env_runner_group.foreach_env_runner(_set, local_env_runner=True)
 
 
+def load_initial_weights(algo, policy_dir: str | Path) -> list[str]:
+    """Start PPO from a policy directory's modules (e.g. imitate.py's behaviour-cloned executor): their weights go
+    into the learner's modules and from there to every env runner. Modules absent from the directory keep their
+    random init. Returns the module ids loaded."""
+    from ray.rllib.core.rl_module.rl_module import RLModule
+
+    from sysaware.policy.serve import policy_paths
+
+    loaded = {}
+    for module_id in algo.config.policies:
+        try:
+            path, _ = policy_paths(policy_dir, module_id)
+        except FileNotFoundError:
+            continue
+        loaded[module_id] = RLModule.from_checkpoint(str(Path(path).resolve())).state_dict()
+
+    def _load(learner):
+        for mid, sd in loaded.items():
+            learner.module[mid].load_state_dict(sd)
+
+    algo.learner_group.foreach_learner(_load)
+    algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group, inference_only=True)
+    return list(loaded)
+
+
 @dataclass
 class TrainOutcome:
     run_dir: Path
@@ -172,6 +197,7 @@ def train(
     wall_minutes: float | None = None,
     progress: Callable[[dict], None] | None = None,
     checkpoint_every: int = 5,
+    init_policy: str | Path | None = None,
 ) -> TrainOutcome:
     import ray
     from tensorboardX import SummaryWriter
@@ -199,6 +225,8 @@ def train(
     algo = config.build_algo()
     if resume is not None:
         algo.restore_from_path(str(resume))
+    elif init_policy is not None:
+        load_initial_weights(algo, init_policy)
     push_lambda(algo, lam.value)
     live = TrainMetrics(run_dir.name)  # ray_sysaware_train_* gauges for the dashboard
     writer = SummaryWriter(str(run_dir / "tb"))
