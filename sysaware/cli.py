@@ -134,7 +134,7 @@ def calibrate(
 
         main()
         return
-    from sysaware.engines.twin_check import calibrate_on_vllm
+    from sysaware.engines.fidelity import calibrate_on_vllm
     from sysaware.runs import new_run_dir
 
     cfg = _load_pool(vllm)
@@ -161,7 +161,7 @@ def twin_check_cmd(
 ) -> None:
     """Replay one trace on vLLM and on its twin (same scheduler limits, the step-time profile fitted by
     `calibrate --vllm`); report scheduling agreement and per-request TTFT/TPOT/queue-time error per load."""
-    from sysaware.engines.twin_check import markdown_table, twin_check, verdicts
+    from sysaware.engines.fidelity import markdown_table, twin_check, verdicts
     from sysaware.runs import new_run_dir
 
     cfg = _load_pool(pool)

@@ -9,7 +9,7 @@ import pytest
 from sysaware.config import ModelDeployment, load_pool
 from sysaware.engines.twin.perf.measured_step_time import MeasuredStepTime, StepProfile, fit_profile
 from sysaware.engines.twin.protocols import BatchShape
-from sysaware.engines.twin_check import (
+from sysaware.engines.fidelity import (
     ReplayLog,
     RequestLog,
     compare,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from engine_contract import tiny_pool
-from sysaware.engines.twin_check import TraceRequest, calibrate_on_vllm, make_trace, markdown_table, twin_check
+from sysaware.engines.fidelity import TraceRequest, calibrate_on_vllm, make_trace, markdown_table, twin_check
 
 HEAVY_REQUESTS = 20
 

@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from sysaware.config import ModelDeployment
-from sysaware.engines.twin_check import TraceRequest, ReplayLog, StepLog, RequestLog
+from sysaware.engines.fidelity import TraceRequest, ReplayLog, StepLog, RequestLog
 
 
 def replay_on_vllm(model: ModelDeployment, trace: list[TraceRequest], seed: int = 0, warmup: bool = True,
