@@ -71,6 +71,20 @@ def test_a_silent_replica_turns_stale_and_leaves_its_models_aggregates():
     assert snapshot_json(state.snapshot())["models"] == {}
 
 
+def test_a_push_that_arrives_after_its_replica_left_does_not_bring_it_back():
+    # Ray does not order an async actor's calls from one caller: the push a replica sent just before its goodbye
+    # can run after it. Seen in CI: the deleted replica stayed in the snapshot until forget_after_s.
+    state, clock = create_state(stale_after_s=0.5, late_push_window_s=30.0)
+    state.push(create_stats("app#a#1", "a"))
+    assert state.forget("app#a#1")
+    clock.t += 0.1
+    assert state.push(create_stats("app#a#1", "a", t=0.1)) is None
+    assert "app#a#1" not in state.snapshot().replicas
+    clock.t += 31.0  # an id seen again long after it left is a new replica under that name
+    assert state.push(create_stats("app#a#1", "a", t=0.0)) is not None
+    assert "app#a#1" in state.snapshot().replicas
+
+
 def test_a_reader_keeps_its_own_deployments_replicas():
     # The actor is shared by every application on the cluster; Serve's replica ids are app#deployment#unique.
     state, clock = create_state(stale_after_s=0.5)
@@ -208,6 +222,6 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
         serve.delete(app)
     # A graceful stop leaves the snapshot instead of turning stale.
     deadline = time.monotonic() + 5.0
-    while replica_id in ray.get(telemetry.snapshot.remote()).replicas:
-        assert time.monotonic() < deadline, "a deleted replica stayed in the telemetry snapshot"
+    while (left := ray.get(telemetry.snapshot.remote()).replicas.get(replica_id)) is not None:
+        assert time.monotonic() < deadline, f"a deleted replica stayed in the telemetry snapshot: {left}"
         time.sleep(0.05)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sysaware.config import PoolConfig
-from sysaware.engines.types import ReplicaStats, TelemetrySnapshot
+from sysaware.engines.types import ReplicaStats, ReplicaView, TelemetrySnapshot
 from sysaware.orchestration.live_driver import on_clock
 from sysaware.pipelines.collect_metrics import MetricsSettings, load_prompt_rows
 from sysaware.pipelines.probes import ProbeOutcome, PromptPoolFactory, ScheduledProbe
@@ -104,9 +104,10 @@ class LiveProbeBackend:
             for client in range(concurrency):
                 rng = random.Random(f"live-bg/{self.seed}/{self._level}/{model}/{client}")
                 self._clients.append(asyncio.create_task(self._closed_loop(handle, model, rng)))
+        started_s = time.monotonic()
         await self._wait_for_telemetry()
         if concurrency > 0:
-            await self._wait_for_load()
+            await self._wait_for_load(started_s)
         await asyncio.sleep(self.warmup_s / self.time_scale)
 
     async def _closed_loop(self, handle: Any, model: str, rng: random.Random) -> None:
@@ -137,29 +138,40 @@ class LiveProbeBackend:
                 raise TimeoutError(f"no telemetry from the replicas of {missing} after {self.telemetry_wait_s} s")
             await asyncio.sleep(0.1)
 
-    async def _wait_for_load(self) -> None:
-        """Until every model's replicas report the background requests: the warm-up counts from when the load is on
-        the engines, not from when its clients were created (on a loaded host the first calls, and the stats pushed
-        after them, can take longer than a short warm-up, and a probe would then record an idle replica)."""
+    async def _wait_for_load(self, started_s: float) -> None:
+        """Until every model's replicas show this level's background in stats pushed after its clients started. The
+        warm-up counts from when the load is on the engines, not from when its clients were created (on a loaded
+        host the first calls can take longer than a short warm-up); and a push from before the level (the previous
+        level's requests, being cancelled) is not this level's load: it used to end the wait at once.
+
+        One request per model is enough: waiting for all ``concurrency`` at once took up to 26 s on a starved host
+        (a closed-loop client spends part of each round trip off the engine)."""
         deadline = time.monotonic() + self.telemetry_wait_s
         while time.monotonic() < deadline:
-            states = await self._states()
-            if all(any(s.num_requests_running + s.num_requests_waiting for s in r.values()) for r in states.values()):
+            level_age_s = time.monotonic() - started_s  # taken before the read: a younger push is this level's
+            views = await self._views()
+            if all(
+                any(v.stats.num_requests_running + v.stats.num_requests_waiting for v in vs if v.age_s < level_age_s)
+                for vs in views.values()
+            ):
                 return
             await asyncio.sleep(0.05)
         logger.warning("background load not visible in the telemetry after %s s; probing anyway", self.telemetry_wait_s)
 
-    async def _states(self) -> dict[str, dict[str, ReplicaStats]]:
-        """model -> replica_id -> its latest pushed stats, for this backend's deployments only (the actor is shared
-        by every application on the cluster). A stale replica keeps its last state: if the router still picked it,
-        that is the best record of it there is."""
+    async def _views(self) -> dict[str, list[ReplicaView]]:
+        """model -> the telemetry's views of its replicas, for this backend's deployments only (the actor is shared
+        by every application on the cluster)."""
         snapshot: TelemetrySnapshot = await self.telemetry.snapshot.remote()
         return {
-            model: {
-                view.replica_id: view.stats_at_read(self.time_scale)
-                for view in snapshot.deployment(handle.app_name, handle.deployment_name)
-            }
-            for model, handle in self.handles.items()
+            model: snapshot.deployment(handle.app_name, handle.deployment_name) for model, handle in self.handles.items()
+        }
+
+    async def _states(self) -> dict[str, dict[str, ReplicaStats]]:
+        """model -> replica_id -> its latest pushed stats (``_views``). A stale replica keeps its last state: if the
+        router still picked it, that is the best record of it there is."""
+        return {
+            model: {view.replica_id: view.stats_at_read(self.time_scale) for view in views}
+            for model, views in (await self._views()).items()
         }
 
     async def _measure(self, probes: Sequence[ScheduledProbe]) -> list[ProbeOutcome]:

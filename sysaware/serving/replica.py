@@ -252,14 +252,26 @@ class LLMReplica:
 
     async def _leave(self) -> None:
         """Leave the telemetry snapshot (waited for, bounded) and close the engine."""
-        if self._telemetry is not None:
+        if self._telemetry is not None or self._push_task is not None:  # it may be in the snapshot (even if a failed
+            # push dropped the handle)
             try:
+                if self._telemetry is None:
+                    self._telemetry = await asyncio.to_thread(_existing_telemetry)
                 await asyncio.wait_for(self._telemetry.forget.remote(self.replica_id), timeout=2.0)
             except Exception as e:  # the actor is gone or slow: the replica turns stale and is forgotten later
                 logger.warning("%s: could not leave the telemetry snapshot: %r", self.replica_id, e)
         close = getattr(self.engine, "close", None)
         if close is not None:
             await close()
+
+
+def _existing_telemetry():
+    """The cluster's telemetry actor if it exists (leaving must not create one)."""
+    import ray
+
+    from sysaware.serving.telemetry import TELEMETRY_ACTOR_NAME, TELEMETRY_NAMESPACE
+
+    return ray.get_actor(TELEMETRY_ACTOR_NAME, namespace=TELEMETRY_NAMESPACE)
 
 
 async def _wait_for(task: asyncio.Task) -> None:

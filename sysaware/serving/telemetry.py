@@ -61,6 +61,7 @@ class TelemetryState:
         history_len: int = 600,
         rate_window_s: float = 1.0,
         forget_after_s: float = 300.0,
+        late_push_window_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
@@ -68,14 +69,22 @@ class TelemetryState:
         self.history_len = history_len  # records kept per replica (600 x 0.1 s = the last minute)
         self.rate_window_s = rate_window_s  # tokens/s is measured over about this much wall time
         self.forget_after_s = forget_after_s  # a replica silent this long leaves the snapshot
+        # A replica that left on purpose may still have a push on the wire (sent before it said goodbye; Ray does
+        # not order an async actor's calls from one caller), which would bring it back for forget_after_s. Its
+        # pushes are dropped this long after it left; an id that comes back later is a new replica.
+        self.late_push_window_s = late_push_window_s
         self.clock = clock
         self.wall_clock = wall_clock
         self._replicas: dict[str, _Replica] = {}
+        self._departed: dict[str, float] = {}  # replica id -> actor clock when it left (inside the window only)
 
     # ---- in ------------------------------------------------------------------------------------------------------
 
-    def push(self, stats: ReplicaStats) -> PushDelta:
+    def push(self, stats: ReplicaStats) -> PushDelta | None:
+        """Record one push; None when it is a late push from a replica that has left (dropped)."""
         now = self.clock()
+        if self._departed_recently(stats.replica_id, now):
+            return None
         wall = self.wall_clock()
         replica = self._replicas.get(stats.replica_id)
         if replica is None or stats.timestamp_s < replica.latest.timestamp_s:
@@ -126,7 +135,19 @@ class TelemetryState:
 
     def forget(self, replica_id: str) -> bool:
         """Drop a replica that left on purpose (graceful shutdown); True if it was known."""
+        now = self.clock()
+        self._departed = {rid: t for rid, t in self._departed.items() if now - t <= self.late_push_window_s}
+        self._departed[replica_id] = now
         return self._replicas.pop(replica_id, None) is not None
+
+    def _departed_recently(self, replica_id: str, now: float) -> bool:
+        left = self._departed.get(replica_id)
+        if left is None:
+            return False
+        if now - left <= self.late_push_window_s:
+            return True
+        del self._departed[replica_id]
+        return False
 
     # ---- out -----------------------------------------------------------------------------------------------------
 
@@ -340,7 +361,9 @@ class TelemetryActor:
 
     async def push(self, stats: ReplicaStats) -> None:
         self._ensure_sweeper()
-        self.metrics.record(stats, self.state.push(stats))
+        delta = self.state.push(stats)
+        if delta is not None:
+            self.metrics.record(stats, delta)
 
     async def snapshot(self) -> TelemetrySnapshot:
         self._ensure_sweeper()
