@@ -36,7 +36,8 @@ from sysaware.estimators.train import TrainedEstimator
 
 SERVING_THREADS = 1  # the encoder's intra-op threads on the decision path (see the module docstring)
 # word pieces of a task text the decision path embeds (MiniLM reads up to 256): held-out F_len error unchanged
-# (MAE +0.01 tokens, 95% CI [-0.07, +0.10]; 64 would cost +1.2 [+0.6, +2.0]), and the longest tasks cost half
+# (MAE +0.01 tokens, 95% CI [-0.07, +0.10]; 64 would cost +1.2 [+0.6, +2.0]), and the longest tasks cost less (the
+# 10 longest MBPP test tasks, 125-1,304 word pieces: CPU per embedding median 149 -> 99 ms, max 250 -> 144 ms)
 SERVING_MAX_WORD_PIECES = 128
 EMBEDDING_CACHE_SIZE = 1 << 12  # embedded texts (tasks) remembered, least recently used evicted: ~6 MB
 LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered per (task, role, candidates), least recently used evicted
