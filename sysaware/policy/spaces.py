@@ -165,9 +165,11 @@ class TaskSketch:
 
     def embed_fn(self) -> Callable[[list[str]], np.ndarray]:
         if self._embed is None:
-            from sysaware.estimators.embeddings import PromptEmbedder
+            from sysaware.estimators.embeddings import PromptEmbedder, precision_from_env
 
-            self._embed = PromptEmbedder().embed
+            # one thread, as on the estimators' decision path: the runtime's default pool doubled the CPU of a new
+            # task's embedding on the loaded 2-core machine (91 ms against 44 ms per MBPP task text, median)
+            self._embed = PromptEmbedder(threads=1, precision=precision_from_env()).embed
         return self._embed
 
     def __call__(self, task: MbppTask) -> np.ndarray:
