@@ -35,7 +35,7 @@ prompt split, one load level; ~5 min on the simulated cluster):
     sysaware collect-metrics --prompts runs/p1/heldout_prompts.csv --levels 10 --run-dir runs/p2-heldout
 
 ``--precision`` and ``--max-word-pieces`` set the decision path's encoder (default: the serving setting, fp32 and
-128); the encoder-alone lines compare torch, onnx fp32 and onnx int8 on the same texts, interleaved.
+the whole 256); the encoder-alone lines compare torch, onnx fp32 and onnx int8 on the same texts, interleaved.
 
 Targets (one core, a second busy process): new prompt p50 <= 10 ms and p99 <= 25 ms; cached p99 <= 2 ms. The last
 line gives the new-prompt p50 and p99, a new task's first step (p50, p99 and p99 / target: the call that embeds) and

@@ -27,7 +27,7 @@ import numpy as np
 from sysaware.data.metrics_schema import replica_state_columns
 from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
-from sysaware.estimators.embeddings import PromptEmbedder, precision_from_env
+from sysaware.estimators.embeddings import MAX_SEQ_LENGTH, PromptEmbedder, precision_from_env
 from sysaware.estimators.features import embedded_text
 from sysaware.estimators.lru import LRUCache
 from sysaware.estimators.models import NumpyQuantileMLP
@@ -35,10 +35,12 @@ from sysaware.estimators.train import TrainedEstimator
 
 
 SERVING_THREADS = 1  # the encoder's intra-op threads on the decision path (see the module docstring)
-# word pieces of a task text the decision path embeds (MiniLM reads up to 256): held-out F_len error unchanged
-# (MAE +0.01 tokens, 95% CI [-0.07, +0.10]; 64 would cost +1.2 [+0.6, +2.0]), and the longest tasks cost less (the
-# 10 longest MBPP test tasks, 125-1,304 word pieces: CPU per embedding median 149 -> 99 ms, max 250 -> 144 ms)
-SERVING_MAX_WORD_PIECES = 128
+# word pieces of a task text the decision path embeds: MiniLM's whole window. 128 was measured (held-out F_len MAE
+# +0.01 tokens, 95% CI [-0.07, +0.10]; 64 would cost +1.2 [+0.6, +2.0]; the 10 longest MBPP test tasks, 125-1,304 word
+# pieces: CPU per embedding median 149 -> 99 ms, max 250 -> 144 ms) but not taken: it moved no p99 measurably over
+# 100 tasks, and it would change F_len's answers on the longest tasks, so published evaluations would no longer
+# reproduce from the code
+SERVING_MAX_WORD_PIECES = MAX_SEQ_LENGTH
 EMBEDDING_CACHE_SIZE = 1 << 12  # embedded texts (tasks) remembered, least recently used evicted: ~6 MB
 LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered per (task, role, candidates), least recently used evicted
 
@@ -90,7 +92,7 @@ class CandidateEstimate:
 
 
 def serving_embedder(precision: str | None = None) -> PromptEmbedder:
-    """The decision path's encoder: one thread, a bounded memory, 128 word pieces, fp32 unless ``precision`` (or
+    """The decision path's encoder: one thread, a bounded memory, fp32 unless ``precision`` (or
     ``SYSAWARE_EMBEDDING_PRECISION``) says int8."""
     return PromptEmbedder(threads=SERVING_THREADS, max_entries=EMBEDDING_CACHE_SIZE,
                           precision=precision or precision_from_env(), max_word_pieces=SERVING_MAX_WORD_PIECES)
