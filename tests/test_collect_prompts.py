@@ -102,18 +102,23 @@ def test_the_job_runs_through_ray_job_submission(ray_session, tmp_path):
 
     client = JobSubmissionClient(f"http://{ray_session.dashboard_url}")
     out = tmp_path / "p1"
-    job_id = submit_when_agent_ready(
-        client,
-        ray_session.address_info["session_dir"],
-        entrypoint=f"{sys.executable} jobs/collect_prompts.py --tasks 1 --runs-per-task 2 --shards 1 --run-dir {out}",
-        runtime_env={"working_dir": str(REPO_ROOT)},
-    )
-    deadline = time.monotonic() + 300
-    terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
-    while (status := client.get_job_status(job_id)) not in terminal and time.monotonic() < deadline:
-        time.sleep(1.0)
-    logs = client.get_job_logs(job_id)
+    for attempt in range(2):
+        job_id = submit_when_agent_ready(
+            client,
+            ray_session.address_info["session_dir"],
+            entrypoint=f"{sys.executable} jobs/collect_prompts.py --tasks 1 --runs-per-task 2 --shards 1 --run-dir {out}",
+            runtime_env={"working_dir": str(REPO_ROOT)},
+        )
+        deadline = time.monotonic() + 300
+        terminal = {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        while (status := client.get_job_status(job_id)) not in terminal and time.monotonic() < deadline:
+            time.sleep(1.0)
+        logs = client.get_job_logs(job_id)
+        # Ray sometimes deletes an uploaded working_dir from the GCS while the job's tasks still need it
+        # (ray-project/ray#36703, open; seen once in CI): the job's own remedy is a rerun, which resumes.
+        if status == JobStatus.SUCCEEDED or "Failed to download runtime_env file package" not in logs:
+            break
     assert status == JobStatus.SUCCEEDED, logs[-3000:]
     df = read_existing(out / CSV_NAME)
     assert list(df.columns) == COLUMNS and df["run_id"].nunique() == 2
-    assert "0 runs already collected, 2 to go" in logs
+    assert "0 runs already collected, 2 to go" in logs or (attempt == 1 and "runs already collected" in logs)

@@ -114,10 +114,12 @@ def test_a_short_live_sweep_prints_the_table_and_writes_the_csvs(live_pool, tmp_
     from sysaware.cli import app
 
     url, model = live_pool
-    # --duration-s is engine seconds (time_scale 5: 20 engine s = 4 wall s). A request counts only when it is sent and
-    # answered inside the window, and an MBPP answer takes 1-3 engine s: a 4 engine s window (0.8 wall s) could
-    # close with none counted on a loaded machine (seen once in CI); 20 leaves room for several rounds per client.
-    args = ["load-sweep", "--url", url, "--levels", "3", "--warmup-s", "0.5", "--duration-s", "20", "--no-compare-sim",
+    # --duration-s is engine seconds (time_scale 5: 40 engine s = 8 wall s). A request counts only when it is sent and
+    # answered inside the window. An MBPP answer takes 1-3 engine s, but streaming it through the proxy and the ingress
+    # costs CPU: on a starved machine the first round took seconds of wall time, and with a warm-up those first
+    # requests (sent before it ended) never count; a 4 wall s window then closed with none counted (seen twice in CI).
+    # No warm-up and 8 wall s: the first round counts, and there is room for more.
+    args = ["load-sweep", "--url", url, "--levels", "3", "--warmup-s", "0", "--duration-s", "40", "--no-compare-sim",
             "--run-dir", str(tmp_path)]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output

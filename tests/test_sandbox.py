@@ -39,8 +39,13 @@ ADD = "def add(a, b):\n    return a + b\n"
 ADD_TESTS = ("assert add(1, 2) == 3", "assert add(-1, 1) == 0")
 
 
+# Wall-clock deadlines (sandbox set-up included) far above what a run needs (< 0.4 s here): on a loaded CI machine a
+# 2 s deadline expired before the first assert ran (every test NOT_RUN). Tests of the deadline set their own.
+ROOMY_TIMEOUT_S = 10.0
+
+
 def run(code, tests=("assert True",), **overrides):
-    options = {"timeout_s": 2.0, "memory_mb": 256} | overrides
+    options = {"timeout_s": ROOMY_TIMEOUT_S, "memory_mb": 256} | overrides
     return run_tests(textwrap.dedent(code), list(tests), **options)
 
 
@@ -533,7 +538,7 @@ def attack(host, code, hook_off, **overrides):
     """Run ``code`` as an answer, tagged so survivors can be found; returns (result, marker, fingerprint before)."""
     marker = "sbx" + secrets.token_hex(5)
     before = host.fingerprint()
-    options = {"timeout_s": 3.0, "memory_mb": 256} | overrides
+    options = {"timeout_s": ROOMY_TIMEOUT_S, "memory_mb": 256} | overrides
     result = run_tests(prelude(marker, hook_off) + host.fill(code), ["assert True"], **options)
     return result, marker, before
 
@@ -630,10 +635,10 @@ def test_one_huge_file_is_stopped_by_the_file_size_limit(host):
 
 def test_batch_returns_results_in_order_and_reports_each_one():
     jobs = [
-        SandboxJob(ADD, ADD_TESTS, timeout_s=2.0),
-        SandboxJob("def add(a, b):\n    return 0\n", ADD_TESTS, timeout_s=2.0),
+        SandboxJob(ADD, ADD_TESTS, timeout_s=ROOMY_TIMEOUT_S),
+        SandboxJob("def add(a, b):\n    return 0\n", ADD_TESTS, timeout_s=ROOMY_TIMEOUT_S),
         SandboxJob("while True:\n    pass\n", ADD_TESTS, timeout_s=1.0),
-        SandboxJob("import os\nos.fork()\n", ADD_TESTS, timeout_s=2.0),
+        SandboxJob("import os\nos.fork()\n", ADD_TESTS, timeout_s=ROOMY_TIMEOUT_S),
     ]
     seen = []
     results = run_tests_batch(jobs, max_workers=2, on_result=lambda i, r: seen.append(i))
