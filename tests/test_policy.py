@@ -263,6 +263,105 @@ def test_shipped_policy_loads_and_decides_on_a_real_decision_point(scenario):
     env.world.decide(point, action)  # the driver accepts it
 
 
+# --- the budget shield (shield.py) ----------------------------------------------------------------------------------
+def test_shield_mask_keeps_what_fits_and_else_only_the_fastest():
+    from sysaware.policy.shield import shield_mask
+
+    mask = np.array([1, 1, 0, 1], np.float32)
+    p90 = np.array([1.0, 3.0, 0.1, 2.0])
+    assert shield_mask(mask, p90, allowance=2.0).tolist() == [1, 0, 0, 1]  # 3.0 is over; the invalid 0.1 stays off
+    assert shield_mask(mask, p90, allowance=2.0, margin=1.5).tolist() == [1, 0, 0, 0]  # 1.5 x 2.0 = 3.0 > 2.0
+    # nothing fits (a spent budget): only the fastest VALID candidate, never the invalid faster one
+    assert shield_mask(mask, p90, allowance=0.5).tolist() == [1, 0, 0, 0]
+    assert shield_mask(mask, p90, allowance=-1.0).tolist() == [1, 0, 0, 0]
+    assert shield_mask(np.zeros(4, np.float32), p90, allowance=9.0).sum() == 0
+
+
+def test_shield_spec_parses_and_rejects_bad_fields():
+    from sysaware.policy.shield import ShieldSpec
+
+    assert not ShieldSpec.parse(None).on and ShieldSpec.parse("share").on
+    assert ShieldSpec.parse({"mode": "share", "margin": 2.0}).margin == 2.0
+    with pytest.raises(ValueError, match="shield.mode"):
+        ShieldSpec.parse("sometimes")
+    with pytest.raises(ValueError, match="shield.margin"):
+        ShieldSpec.parse({"mode": "share", "margin": 0})
+    with pytest.raises(ValueError, match="unknown field"):
+        ShieldSpec.parse({"mode": "share", "marg": 2})
+
+
+def _shield_allowed(encoder, ctx) -> set:
+    """The candidates the shield must allow at ``ctx``, computed independently of the encoder's mask."""
+    from sysaware.orchestration.executors import step_query
+
+    sh = encoder.spec.shield
+    est = encoder._make_estimator(sh.estimator or encoder.spec.estimator).estimate(step_query(ctx))
+    p90 = {Action(e.model, Strategy(e.strategy)): e.t_hat_p90_ms / 1e3 for e in est}
+    allowance = ctx.remaining_budget_s / max(ctx.steps_left, 1)
+    fits = {a for a in ctx.candidates if sh.margin * p90[a] <= allowance}
+    return fits or {min(ctx.candidates, key=lambda a: p90[a])}
+
+
+def test_env_applies_the_shield_to_the_executor_mask_and_rejects_shielded_actions():
+    """Training: with the shield on, every executor observation's mask is exactly the shield's set (a candidate
+    over the allowance is never offered; when none fits, only the fastest); choosing a shielded one raises."""
+    from sysaware.orchestration.session import DecisionPoint
+    from sysaware.policy.env import SysawareEnv
+
+    env = SysawareEnv({"scenarios": ["uniform-150"], "requests_per_episode": 3, "embed": "hash", "planner": "random",
+                       "shield": {"mode": "share", "margin": 2.0}, "warmup_s": 2.0})
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    checked = shielded = rejected = 0
+    while True:
+        (agent, o), = obs.items()
+        _, point = env._current
+        assert isinstance(point, DecisionPoint)
+        allowed = {env.enc_spec.action_of(i) for i in np.flatnonzero(o["action_mask"])}
+        assert allowed == _shield_allowed(env.encoder, point.context)
+        checked += 1
+        shielded += len(allowed) < len(point.candidates)
+        over = [env.enc_spec.action_index(a) for a in point.candidates if a not in allowed]
+        if over and not rejected:
+            with pytest.raises(ValueError, match="masked action"):
+                env.step({agent: over[0]})
+            rejected += 1
+        obs, _, term, *_ = env.step({agent: int(rng.choice(np.flatnonzero(o["action_mask"])))})
+        if term["__all__"]:
+            break
+    assert checked >= 3 and shielded >= 1 and rejected == 1
+    assert env.last_episode_stats["shielded_decisions"] == shielded
+
+
+def test_rl_executor_never_chooses_over_the_shield_and_falls_back_to_the_fastest(tmp_path):
+    """Serving: the shipped weights under a shield (a shielded copy: a policy of its own, other fingerprint) choose
+    within the shield's set; with the budget spent, the fastest candidate."""
+    import dataclasses
+
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.serve import policy_fingerprint, shipped_policy_dir
+    from sysaware.policy.shield import shielded_copy
+    from sysaware.policy.spaces import EncoderSpec
+
+    env, point = _first_decision_point("uniform-150")
+    shipped = shipped_policy_dir(env.pool.name)
+    policy = shielded_copy(shipped, tmp_path / "shielded", {"mode": "share", "margin": 3.0})
+    assert EncoderSpec.load(policy / "encoder.json").shield.margin == 3.0
+    assert not EncoderSpec.load(shipped / "encoder.json").shield.on  # the shipped spec, read back: no shield
+    assert policy_fingerprint(policy) != policy_fingerprint(shipped)
+    executor = make_executor(f"rl@{policy}", env.resources, embed="hash")
+    assert "shield share x3" in executor.describe()
+    enc = executor.inference.encoder
+    ctx = point.context
+    for budget in (ctx.remaining_budget_s, 2.0, 1.0, 0.5, 0.0, -1.0):
+        c = dataclasses.replace(ctx, remaining_budget_s=budget)
+        allowed = _shield_allowed(enc, c)
+        assert executor.choose(c) in allowed
+        if budget <= 0:
+            assert len(allowed) == 1  # nothing fits a spent budget: the fastest alone
+
+
 # --- behaviour cloning of the oracle (no Ray) -----------------------------------------------------------------------
 def test_imitation_labels_with_the_oracle_fits_and_serves(tmp_path):
     """imitate.py: every executor decision is labelled with a candidate of its point (the label is never masked);

@@ -134,7 +134,9 @@ class RLExecutor(Executor):
         return action
 
     def describe(self) -> str:
-        return f"{self.name}({self.inference.checkpoint.name})"
+        sh = self.inference.spec.shield
+        shield = f", shield {sh.mode} x{sh.margin:g}{'/' + sh.estimator if sh.estimator else ''}" if sh.on else ""
+        return f"{self.name}({self.inference.checkpoint.name}{shield})"
 
 
 def _idle_snapshot(models: list[str]) -> SystemSnapshot:
