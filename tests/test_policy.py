@@ -288,28 +288,60 @@ def test_shield_spec_parses_and_rejects_bad_fields():
         ShieldSpec.parse({"mode": "share", "margin": 0})
     with pytest.raises(ValueError, match="unknown field"):
         ShieldSpec.parse({"mode": "share", "marg": 2})
+    with pytest.raises(ValueError, match="shield.split"):
+        ShieldSpec.parse({"mode": "share", "split": "uneven"})
+
+
+def test_profile_split_gives_each_step_its_part_of_the_budget():
+    """The profile split: io's one step may take all of b_t; in a chain the first step its call's share of the
+    chain, the last step all that is left; parallel workers of a star each their path's share."""
+    from sysaware.orchestration.topology import chain, io, star
+    from sysaware.policy.shield import ProfileSplit
+    from sysaware.policy.world import load_world_scenarios, resources_for
+    from sysaware.tasks.mbpp import load_tasks
+
+    split = ProfileSplit(resources_for(load_world_scenarios(["idle"])[0].pool))
+    task = load_tasks("test")[0]
+    assert split.fraction(task, io(), io().sink.slot_id) == pytest.approx(1.0)
+    c = chain(["programmer", "reviewer"])
+    first, last = c.slots[0].slot_id, c.sink.slot_id
+    call = [split.budget.call_s(task, c, s.slot_id) for s in c.slots]  # a chain: every slot on the one path
+    assert split.fraction(task, c, first) == pytest.approx(call[0] / sum(call))
+    assert split.fraction(task, c, last) == pytest.approx(1.0)
+    st = star(["programmer", "algorithm_designer"])
+    for w in st.slots[:-1]:
+        f = split.fraction(task, st, w.slot_id)
+        assert 0 < f < 1
 
 
 def _shield_allowed(encoder, ctx) -> set:
     """The candidates the shield must allow at ``ctx``, computed independently of the encoder's mask."""
     from sysaware.orchestration.executors import step_query
 
+    from sysaware.orchestration.budget import ProfileBudget
+
     sh = encoder.spec.shield
     est = encoder._make_estimator(sh.estimator or encoder.spec.estimator).estimate(step_query(ctx))
     p90 = {Action(e.model, Strategy(e.strategy)): e.t_hat_p90_ms / 1e3 for e in est}
     allowance = ctx.remaining_budget_s / max(ctx.steps_left, 1)
+    if sh.split == "profile":  # b_t x call(slot) / (call(slot) + the longest path after it), by brute force
+        budget, topo = ProfileBudget(encoder.resources, slack=1.0), ctx.plan_topology
+        call = lambda sid: budget.call_s(ctx.task, topo, sid)  # noqa: E731
+        path = lambda sid: call(sid) + max((path(n) for n in topo.successors(sid)), default=0.0)  # noqa: E731
+        allowance = ctx.remaining_budget_s * call(ctx.slot.slot_id) / path(ctx.slot.slot_id)
     fits = {a for a in ctx.candidates if sh.margin * p90[a] <= allowance}
     return fits or {min(ctx.candidates, key=lambda a: p90[a])}
 
 
-def test_env_applies_the_shield_to_the_executor_mask_and_rejects_shielded_actions():
+@pytest.mark.parametrize("split", ["even", "profile"])
+def test_env_applies_the_shield_to_the_executor_mask_and_rejects_shielded_actions(split):
     """Training: with the shield on, every executor observation's mask is exactly the shield's set (a candidate
     over the allowance is never offered; when none fits, only the fastest); choosing a shielded one raises."""
     from sysaware.orchestration.session import DecisionPoint
     from sysaware.policy.env import SysawareEnv
 
     env = SysawareEnv({"scenarios": ["uniform-150"], "requests_per_episode": 3, "embed": "hash", "planner": "random",
-                       "shield": {"mode": "share", "margin": 2.0}, "warmup_s": 2.0})
+                       "shield": {"mode": "share", "margin": 2.0, "split": split}, "warmup_s": 2.0})
     rng = np.random.default_rng(0)
     obs, _ = env.reset(seed=0)
     checked = shielded = rejected = 0

@@ -5,9 +5,17 @@ to miss. The shield can: at every executor decision it removes the candidates wh
 (x ``margin``) exceeds what the remaining budget allows for this step, and when no candidate fits it leaves only
 the fastest one:
 
-    allowance_t = b_t / steps_left                      (the even split of the remaining budget, as greedy's)
     allowed(c)  = valid(c) and margin x P90_hat(c) <= allowance_t
     if no c is allowed: allowed = {argmin_c P90_hat(c) among the valid}
+
+with the allowance one of two splits of the remaining budget b_t (``split``):
+- ``even``: b_t / steps_left, greedy's per-step share. Every call on the longest path to the answer gets the same
+  time, though a programmer's answer takes several times a reviewer's critique, so it starves the long steps;
+- ``profile``: b_t x call_s(slot) / path_s(slot), the SLO's own decomposition: call_s is the slot's idle latency
+  under the reference executor from the pool profile (orchestration/budget.py, the formula the default SLO is
+  slack x the critical path of) and path_s the longest sum of call_s from the slot to the answer. A step gets
+  the part of what is left that the budget was built to give it. Needs the plan's topology in the step context
+  (``StepContext.plan_topology``); without it, the even split.
 
 It is part of the encoding (``EncoderSpec.shield``, saved in ``encoder.json`` beside a checkpoint), applied where
 the executor's mask is made (spaces.py ``Encoder.executor_rows``), so training (env.py) and serving (serve.py's
@@ -28,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SHIELD_MODES = ("off", "share")
+SPLITS = ("even", "profile")
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,15 @@ class ShieldSpec:
     mode: str = "off"  # "off" or "share" (mask candidates whose margin x P90 exceeds b_t / steps_left)
     margin: float = 1.0  # x the estimator's P90 (a calibrated tail factor: the queueing formula's P90 is its mean)
     estimator: str | None = None  # estimators/latency.py name for P90_hat; None: the encoder's own estimator
+    split: str = "even"  # how b_t is split over the steps left: "even" or "profile" (module docstring)
 
     def __post_init__(self) -> None:
         if self.mode not in SHIELD_MODES:
             raise ValueError(f"shield.mode: {self.mode!r} is not one of {SHIELD_MODES}")
         if not self.margin > 0:
             raise ValueError(f"shield.margin: must be > 0, got {self.margin}")
+        if self.split not in SPLITS:
+            raise ValueError(f"shield.split: {self.split!r} is not one of {SPLITS}")
 
     @property
     def on(self) -> bool:
@@ -56,8 +68,8 @@ class ShieldSpec:
         if isinstance(raw, str):
             return cls(mode=raw)
         if isinstance(raw, dict):
-            if unknown := sorted(set(raw) - {"mode", "margin", "estimator"}):
-                raise ValueError(f"shield: unknown field(s) {unknown}; known: mode, margin, estimator")
+            if unknown := sorted(set(raw) - {"mode", "margin", "estimator", "split"}):
+                raise ValueError(f"shield: unknown field(s) {unknown}; known: mode, margin, estimator, split")
             return cls(**raw)
         raise ValueError(f"shield: expected 'off', 'share' or a mapping, got {raw!r}")
 
@@ -65,6 +77,34 @@ class ShieldSpec:
 def allowance_s(remaining_budget_s: float, steps_left: int) -> float:
     """What the remaining budget allows this step: the even split b_t / steps_left (negative once b_t is spent)."""
     return remaining_budget_s / max(int(steps_left), 1)
+
+
+class ProfileSplit:
+    """The ``profile`` split: the fraction call_s(slot) / path_s(slot) of b_t a step may take, from the pool profile
+    (orchestration/budget.py's reference-executor idle latency per slot), cached per (task, topology)."""
+
+    def __init__(self, resources) -> None:
+        from sysaware.orchestration.budget import ProfileBudget
+
+        self.budget = ProfileBudget(resources, slack=1.0)
+        self._cache: dict[tuple, dict[str, float]] = {}
+
+    def fraction(self, task, topology, slot_id: str) -> float:
+        key = (task.task_id, repr(topology.slots))
+        frac = self._cache.get(key)
+        if frac is None:
+            call = {s.slot_id: self.budget.call_s(task, topology, s.slot_id) for s in topology.slots}
+            path: dict[str, float] = {}
+            for s in reversed(topology.slots):  # reverse topological order: successors first
+                path[s.slot_id] = call[s.slot_id] + max((path[n] for n in topology.successors(s.slot_id)), default=0.0)
+            frac = {sid: call[sid] / max(path[sid], 1e-9) for sid in call}
+            self._cache[key] = frac
+        return frac[slot_id]
+
+    def allowance_s(self, ctx) -> float:
+        if ctx.plan_topology is None:
+            return allowance_s(ctx.remaining_budget_s, ctx.steps_left)
+        return ctx.remaining_budget_s * self.fraction(ctx.task, ctx.plan_topology, ctx.slot.slot_id)
 
 
 def shield_mask(mask: np.ndarray, p90_s: np.ndarray, allowance: float, margin: float = 1.0) -> np.ndarray:

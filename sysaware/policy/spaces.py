@@ -340,7 +340,15 @@ class Encoder:
             p90 = np.array([e.t_hat_p90_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
         full = np.full(self.spec.num_actions, np.inf)
         full[idx] = p90
-        return shield_mask(mask, full, allowance_s(ctx.remaining_budget_s, ctx.steps_left), sh.margin)
+        if sh.split == "profile":
+            if not hasattr(self, "_profile_split"):
+                from sysaware.policy.shield import ProfileSplit
+
+                self._profile_split = ProfileSplit(self.resources)
+            allowance = self._profile_split.allowance_s(ctx)
+        else:
+            allowance = allowance_s(ctx.remaining_budget_s, ctx.steps_left)
+        return shield_mask(mask, full, allowance, sh.margin)
 
     def _step_query(self, ctx: StepContext):
         """The estimator's view of the step; the queueing formula reads no prompt text, so it is not joined for it
