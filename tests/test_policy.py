@@ -275,6 +275,9 @@ def test_shield_mask_keeps_what_fits_and_else_only_the_fastest():
     assert shield_mask(mask, p90, allowance=0.5).tolist() == [1, 0, 0, 0]
     assert shield_mask(mask, p90, allowance=-1.0).tolist() == [1, 0, 0, 0]
     assert shield_mask(np.zeros(4, np.float32), p90, allowance=9.0).sum() == 0
+    # fallback "abstain": with nothing fitting the mask is left as it was; with something fitting, it still shields
+    assert shield_mask(mask, p90, allowance=0.5, fallback="abstain").tolist() == [1, 1, 0, 1]
+    assert shield_mask(mask, p90, allowance=2.0, fallback="abstain").tolist() == [1, 0, 0, 1]
 
 
 def test_shield_spec_parses_and_rejects_bad_fields():
@@ -288,6 +291,8 @@ def test_shield_spec_parses_and_rejects_bad_fields():
         ShieldSpec.parse({"mode": "share", "margin": 0})
     with pytest.raises(ValueError, match="unknown field"):
         ShieldSpec.parse({"mode": "share", "marg": 2})
+    with pytest.raises(ValueError, match="shield.fallback"):
+        ShieldSpec.parse({"mode": "share", "fallback": "pray"})
     with pytest.raises(ValueError, match="shield.split"):
         ShieldSpec.parse({"mode": "share", "split": "uneven"})
 
@@ -330,6 +335,8 @@ def _shield_allowed(encoder, ctx) -> set:
         path = lambda sid: call(sid) + max((path(n) for n in topo.successors(sid)), default=0.0)  # noqa: E731
         allowance = ctx.remaining_budget_s * call(ctx.slot.slot_id) / path(ctx.slot.slot_id)
     fits = {a for a in ctx.candidates if sh.margin * p90[a] <= allowance}
+    if not fits and sh.fallback == "abstain":
+        return set(ctx.candidates)
     return fits or {min(ctx.candidates, key=lambda a: p90[a])}
 
 

@@ -135,7 +135,8 @@ class RLExecutor(Executor):
 
     def describe(self) -> str:
         sh = self.inference.spec.shield
-        shield = f", shield {sh.mode} x{sh.margin:g}{'/' + sh.estimator if sh.estimator else ''}" if sh.on else ""
+        extra = "".join(f" {v}" for v, default in ((sh.split, "even"), (sh.fallback, "fastest"), (sh.estimator, None)) if v != default)
+        shield = f", shield {sh.mode} x{sh.margin:g}{extra}" if sh.on else ""
         return f"{self.name}({self.inference.checkpoint.name}{shield})"
 
 

@@ -6,7 +6,9 @@ to miss. The shield can: at every executor decision it removes the candidates wh
 the fastest one:
 
     allowed(c)  = valid(c) and margin x P90_hat(c) <= allowance_t
-    if no c is allowed: allowed = {argmin_c P90_hat(c) among the valid}
+    if no c is allowed: allowed = {argmin_c P90_hat(c) among the valid}     (fallback "fastest", the default)
+                        allowed = valid                               (fallback "abstain": the shield steps
+                                                                       aside when it cannot keep the budget)
 
 with the allowance one of two splits of the remaining budget b_t (``split``):
 - ``even``: b_t / steps_left, greedy's per-step share. Every call on the longest path to the answer gets the same
@@ -37,6 +39,7 @@ import numpy as np
 
 SHIELD_MODES = ("off", "share")
 SPLITS = ("even", "profile")
+FALLBACKS = ("fastest", "abstain")
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,15 @@ class ShieldSpec:
     margin: float = 1.0  # x the estimator's P90 (a calibrated tail factor: the queueing formula's P90 is its mean)
     estimator: str | None = None  # estimators/latency.py name for P90_hat; None: the encoder's own estimator
     split: str = "even"  # how b_t is split over the steps left: "even" or "profile" (module docstring)
+    fallback: str = "fastest"  # when no candidate fits: "fastest" (only the fastest) or "abstain" (mask unchanged)
 
     def __post_init__(self) -> None:
         if self.mode not in SHIELD_MODES:
             raise ValueError(f"shield.mode: {self.mode!r} is not one of {SHIELD_MODES}")
         if not self.margin > 0:
             raise ValueError(f"shield.margin: must be > 0, got {self.margin}")
+        if self.fallback not in FALLBACKS:
+            raise ValueError(f"shield.fallback: {self.fallback!r} is not one of {FALLBACKS}")
         if self.split not in SPLITS:
             raise ValueError(f"shield.split: {self.split!r} is not one of {SPLITS}")
 
@@ -68,8 +74,9 @@ class ShieldSpec:
         if isinstance(raw, str):
             return cls(mode=raw)
         if isinstance(raw, dict):
-            if unknown := sorted(set(raw) - {"mode", "margin", "estimator", "split"}):
-                raise ValueError(f"shield: unknown field(s) {unknown}; known: mode, margin, estimator, split")
+            known = ("mode", "margin", "estimator", "split", "fallback")
+            if unknown := sorted(set(raw) - set(known)):
+                raise ValueError(f"shield: unknown field(s) {unknown}; known: {', '.join(known)}")
             return cls(**raw)
         raise ValueError(f"shield: expected 'off', 'share' or a mapping, got {raw!r}")
 
@@ -107,10 +114,11 @@ class ProfileSplit:
         return ctx.remaining_budget_s * self.fraction(ctx.task, ctx.plan_topology, ctx.slot.slot_id)
 
 
-def shield_mask(mask: np.ndarray, p90_s: np.ndarray, allowance: float, margin: float = 1.0) -> np.ndarray:
+def shield_mask(mask: np.ndarray, p90_s: np.ndarray, allowance: float, margin: float = 1.0,
+                fallback: str = "fastest") -> np.ndarray:
     """The shielded mask: ``mask`` (1 = valid) restricted to candidates with margin x P90 <= allowance; when none
-    fits, only the fastest valid candidate (lowest P90; the first of equals). ``p90_s`` is indexed like ``mask``
-    (values of invalid entries are ignored)."""
+    fits, only the fastest valid candidate (lowest P90; the first of equals), or with ``fallback="abstain"`` the
+    mask unchanged. ``p90_s`` is indexed like ``mask`` (values of invalid entries are ignored)."""
     mask = np.asarray(mask, np.float32)
     valid = mask > 0
     if not valid.any():
@@ -120,6 +128,8 @@ def shield_mask(mask: np.ndarray, p90_s: np.ndarray, allowance: float, margin: f
     out = np.zeros_like(mask)
     if fits.any():
         out[fits] = 1.0
+    elif fallback == "abstain":
+        return mask.copy()
     else:
         out[int(np.argmin(np.where(valid, p90, np.inf)))] = 1.0
     return out

@@ -348,7 +348,7 @@ class Encoder:
             allowance = self._profile_split.allowance_s(ctx)
         else:
             allowance = allowance_s(ctx.remaining_budget_s, ctx.steps_left)
-        return shield_mask(mask, full, allowance, sh.margin)
+        return shield_mask(mask, full, allowance, sh.margin, sh.fallback)
 
     def _step_query(self, ctx: StepContext):
         """The estimator's view of the step; the queueing formula reads no prompt text, so it is not joined for it
