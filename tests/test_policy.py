@@ -456,7 +456,14 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     from sysaware.policy.world import Budgets, backend_for, load_world_scenarios, resources_for, task_pool
     from sysaware.tasks.mbpp import Split
 
+    from sysaware.policy.shield import ShieldSpec
+    from sysaware.policy.spaces import EncoderSpec
+
     cfg = load_config("rllib_configs/smoke.yaml")
+    # the budget shield through RLlib: sampling must respect the shielded mask (the env raises on a shielded
+    # action), and the exported policy carries the shield it was trained with, which serving then applies
+    shield = {"mode": "share", "margin": 1.5, "split": "profile"}
+    cfg["env"]["shield"] = shield
     started = time.perf_counter()
     outcome = train(cfg, tmp_path / "run")  # on the suite's Ray session (train() reuses a running one)
     assert time.perf_counter() - started < 120
@@ -465,12 +472,14 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     assert rows[1]["lambda_used"] == rows[0]["lambda"]  # the dual step reached the next iteration's rewards
     for name in ("metrics.csv", "curves.png", "checkpoint/lagrange.json", "policy/encoder.json"):
         assert (tmp_path / "run" / name).exists(), name
+    assert EncoderSpec.load(outcome.policy_dir / "encoder.json").shield == ShieldSpec.parse(shield)
 
     # serving: from the exported policy dir and from the Algorithm checkpoint
     pool = load_world_scenarios(["idle"])[0].pool
     resources = resources_for(pool)
     for ckpt in (outcome.policy_dir, tmp_path / "run" / "checkpoint"):
         executor = make_executor("rl", resources, checkpoint=ckpt, embed="hash")
+        assert executor.inference.spec.shield.margin == 1.5  # serving applies the trained-with shield
         planner = make_planner("rl", resources=resources, checkpoint=ckpt, embed="hash")
         driver = SimulatedDriver(pool, backend_for(pool), SimSettings(background_per_model=2))
         budgets = Budgets(resources)
