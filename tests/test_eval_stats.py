@@ -61,5 +61,9 @@ def test_policy_compare_reads_cells_pairs_requests_and_spreads_seeds(tmp_path):
     runs = load_runs(tmp_path)
     table = compare_table(runs, ["rl@a"], ["greedy"])
     assert "| s | rl@a | 80.0 [" in table and "+30.0 [" in table and table.rstrip().endswith("* |")
+    slo = compare_table(runs, ["rl@a"], ["greedy"], metric="met_slo")  # every request met its SLO: +0.0
+    assert "SLO met % [95% CI]" in slo and "| s | rl@a | 100.0 [" in slo and "+0.0 [+0.0, +0.0] |" in slo
+    with pytest.raises(ValueError, match="metric"):
+        compare_table(runs, ["rl@a"], ["greedy"], metric="latency")
     seeds = seeds_table(runs, ["rl@a", "rl@b"], references=["greedy"])
     assert "| s | 80.0 | 70.0 | 75.0 | 7.1 | 70.0-80.0 | 50.0 |" in seeds

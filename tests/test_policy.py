@@ -263,6 +263,144 @@ def test_shipped_policy_loads_and_decides_on_a_real_decision_point(scenario):
     env.world.decide(point, action)  # the driver accepts it
 
 
+# --- the budget shield (shield.py) ----------------------------------------------------------------------------------
+def test_shield_mask_keeps_what_fits_and_else_only_the_fastest():
+    from sysaware.policy.shield import shield_mask
+
+    mask = np.array([1, 1, 0, 1], np.float32)
+    p90 = np.array([1.0, 3.0, 0.1, 2.0])
+    assert shield_mask(mask, p90, allowance=2.0).tolist() == [1, 0, 0, 1]  # 3.0 is over; the invalid 0.1 stays off
+    assert shield_mask(mask, p90, allowance=2.0, margin=1.5).tolist() == [1, 0, 0, 0]  # 1.5 x 2.0 = 3.0 > 2.0
+    # nothing fits (a spent budget): only the fastest VALID candidate, never the invalid faster one
+    assert shield_mask(mask, p90, allowance=0.5).tolist() == [1, 0, 0, 0]
+    assert shield_mask(mask, p90, allowance=-1.0).tolist() == [1, 0, 0, 0]
+    assert shield_mask(np.zeros(4, np.float32), p90, allowance=9.0).sum() == 0
+    # fallback "abstain": with nothing fitting the mask is left as it was; with something fitting, it still shields
+    assert shield_mask(mask, p90, allowance=0.5, fallback="abstain").tolist() == [1, 1, 0, 1]
+    assert shield_mask(mask, p90, allowance=2.0, fallback="abstain").tolist() == [1, 0, 0, 1]
+
+
+def test_shield_spec_parses_and_rejects_bad_fields():
+    from sysaware.policy.shield import ShieldSpec
+
+    assert not ShieldSpec.parse(None).on and ShieldSpec.parse("share").on
+    assert ShieldSpec.parse({"mode": "share", "margin": 2.0}).margin == 2.0
+    with pytest.raises(ValueError, match="shield.mode"):
+        ShieldSpec.parse("sometimes")
+    with pytest.raises(ValueError, match="shield.margin"):
+        ShieldSpec.parse({"mode": "share", "margin": 0})
+    with pytest.raises(ValueError, match="unknown field"):
+        ShieldSpec.parse({"mode": "share", "marg": 2})
+    with pytest.raises(ValueError, match="shield.fallback"):
+        ShieldSpec.parse({"mode": "share", "fallback": "pray"})
+    with pytest.raises(ValueError, match="shield.split"):
+        ShieldSpec.parse({"mode": "share", "split": "uneven"})
+
+
+def test_profile_split_gives_each_step_its_part_of_the_budget():
+    """The profile split: io's one step may take all of b_t; in a chain the first step its call's share of the
+    chain, the last step all that is left; parallel workers of a star each their path's share."""
+    from sysaware.orchestration.topology import chain, io, star
+    from sysaware.policy.shield import ProfileSplit
+    from sysaware.policy.world import load_world_scenarios, resources_for
+    from sysaware.tasks.mbpp import load_tasks
+
+    split = ProfileSplit(resources_for(load_world_scenarios(["idle"])[0].pool))
+    task = load_tasks("test")[0]
+    assert split.fraction(task, io(), io().sink.slot_id) == pytest.approx(1.0)
+    c = chain(["programmer", "reviewer"])
+    first, last = c.slots[0].slot_id, c.sink.slot_id
+    call = [split.budget.call_s(task, c, s.slot_id) for s in c.slots]  # a chain: every slot on the one path
+    assert split.fraction(task, c, first) == pytest.approx(call[0] / sum(call))
+    assert split.fraction(task, c, last) == pytest.approx(1.0)
+    st = star(["programmer", "algorithm_designer"])
+    for w in st.slots[:-1]:
+        f = split.fraction(task, st, w.slot_id)
+        assert 0 < f < 1
+
+
+def _shield_allowed(encoder, ctx) -> set:
+    """The candidates the shield must allow at ``ctx``, computed independently of the encoder's mask."""
+    from sysaware.orchestration.executors import step_query
+
+    from sysaware.orchestration.budget import ProfileBudget
+
+    sh = encoder.spec.shield
+    est = encoder._make_estimator(sh.estimator or encoder.spec.estimator).estimate(step_query(ctx))
+    p90 = {Action(e.model, Strategy(e.strategy)): e.t_hat_p90_ms / 1e3 for e in est}
+    allowance = ctx.remaining_budget_s / max(ctx.steps_left, 1)
+    if sh.split == "profile":  # b_t x call(slot) / (call(slot) + the longest path after it), by brute force
+        budget, topo = ProfileBudget(encoder.resources, slack=1.0), ctx.plan_topology
+        call = lambda sid: budget.call_s(ctx.task, topo, sid)  # noqa: E731
+        path = lambda sid: call(sid) + max((path(n) for n in topo.successors(sid)), default=0.0)  # noqa: E731
+        allowance = ctx.remaining_budget_s * call(ctx.slot.slot_id) / path(ctx.slot.slot_id)
+    fits = {a for a in ctx.candidates if sh.margin * p90[a] <= allowance}
+    if not fits and sh.fallback == "abstain":
+        return set(ctx.candidates)
+    return fits or {min(ctx.candidates, key=lambda a: p90[a])}
+
+
+@pytest.mark.parametrize("split", ["even", "profile"])
+def test_env_applies_the_shield_to_the_executor_mask_and_rejects_shielded_actions(split):
+    """Training: with the shield on, every executor observation's mask is exactly the shield's set (a candidate
+    over the allowance is never offered; when none fits, only the fastest); choosing a shielded one raises."""
+    from sysaware.orchestration.session import DecisionPoint
+    from sysaware.policy.env import SysawareEnv
+
+    env = SysawareEnv({"scenarios": ["uniform-150"], "requests_per_episode": 3, "embed": "hash", "planner": "random",
+                       "shield": {"mode": "share", "margin": 2.0, "split": split}, "warmup_s": 2.0})
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    checked = shielded = rejected = 0
+    while True:
+        (agent, o), = obs.items()
+        _, point = env._current
+        assert isinstance(point, DecisionPoint)
+        allowed = {env.enc_spec.action_of(i) for i in np.flatnonzero(o["action_mask"])}
+        assert allowed == _shield_allowed(env.encoder, point.context)
+        checked += 1
+        shielded += len(allowed) < len(point.candidates)
+        over = [env.enc_spec.action_index(a) for a in point.candidates if a not in allowed]
+        if over and not rejected:
+            with pytest.raises(ValueError, match="masked action"):
+                env.step({agent: over[0]})
+            rejected += 1
+        obs, _, term, *_ = env.step({agent: int(rng.choice(np.flatnonzero(o["action_mask"])))})
+        if term["__all__"]:
+            break
+    assert checked >= 3 and shielded >= 1 and rejected == 1
+    assert env.last_episode_stats["shielded_decisions"] == shielded
+
+
+def test_rl_executor_never_chooses_over_the_shield_and_falls_back_to_the_fastest(tmp_path):
+    """Serving: the shipped weights under a shield (a shielded copy: a policy of its own, other fingerprint) choose
+    within the shield's set; with the budget spent, the fastest candidate."""
+    import dataclasses
+
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.serve import policy_fingerprint, shipped_policy_dir
+    from sysaware.policy.shield import shielded_copy
+    from sysaware.policy.spaces import EncoderSpec
+
+    env, point = _first_decision_point("uniform-150")
+    shipped = shipped_policy_dir(env.pool.name)
+    policy = shielded_copy(shipped, tmp_path / "shielded", {"mode": "share", "margin": 3.0})
+    assert EncoderSpec.load(policy / "encoder.json").shield.margin == 3.0
+    assert not EncoderSpec.load(shipped / "encoder.json").shield.on  # the shipped spec, read back: no shield
+    assert policy_fingerprint(policy) != policy_fingerprint(shipped)
+    executor = make_executor(f"rl@{policy}", env.resources, embed="hash")
+    assert "shield share x3" in executor.describe()
+    enc = executor.inference.encoder
+    ctx = point.context
+    for budget in (ctx.remaining_budget_s, 2.0, 1.0, 0.5, 0.0, -1.0):
+        c = dataclasses.replace(ctx, remaining_budget_s=budget)
+        allowed = _shield_allowed(enc, c)
+        assert executor.choose(c) in allowed
+        if budget <= 0:
+            assert len(allowed) == 1  # nothing fits a spent budget: the fastest alone
+
+
 # --- behaviour cloning of the oracle (no Ray) -----------------------------------------------------------------------
 def test_imitation_labels_with_the_oracle_fits_and_serves(tmp_path):
     """imitate.py: every executor decision is labelled with a candidate of its point (the label is never masked);
@@ -318,7 +456,14 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     from sysaware.policy.world import Budgets, backend_for, load_world_scenarios, resources_for, task_pool
     from sysaware.tasks.mbpp import Split
 
+    from sysaware.policy.shield import ShieldSpec
+    from sysaware.policy.spaces import EncoderSpec
+
     cfg = load_config("rllib_configs/smoke.yaml")
+    # the budget shield through RLlib: sampling must respect the shielded mask (the env raises on a shielded
+    # action), and the exported policy carries the shield it was trained with, which serving then applies
+    shield = {"mode": "share", "margin": 1.5, "split": "profile"}
+    cfg["env"]["shield"] = shield
     started = time.perf_counter()
     outcome = train(cfg, tmp_path / "run")  # on the suite's Ray session (train() reuses a running one)
     assert time.perf_counter() - started < 120
@@ -327,12 +472,14 @@ def test_smoke_training_checkpoint_and_serving(tmp_path, ray_session):
     assert rows[1]["lambda_used"] == rows[0]["lambda"]  # the dual step reached the next iteration's rewards
     for name in ("metrics.csv", "curves.png", "checkpoint/lagrange.json", "policy/encoder.json"):
         assert (tmp_path / "run" / name).exists(), name
+    assert EncoderSpec.load(outcome.policy_dir / "encoder.json").shield == ShieldSpec.parse(shield)
 
     # serving: from the exported policy dir and from the Algorithm checkpoint
     pool = load_world_scenarios(["idle"])[0].pool
     resources = resources_for(pool)
     for ckpt in (outcome.policy_dir, tmp_path / "run" / "checkpoint"):
         executor = make_executor("rl", resources, checkpoint=ckpt, embed="hash")
+        assert executor.inference.spec.shield.margin == 1.5  # serving applies the trained-with shield
         planner = make_planner("rl", resources=resources, checkpoint=ckpt, embed="hash")
         driver = SimulatedDriver(pool, backend_for(pool), SimSettings(background_per_model=2))
         budgets = Budgets(resources)

@@ -82,6 +82,7 @@ class StepContext:
     seed: int  # of the call this step sends
     max_tokens: int
     forecaster: Forecaster | None = None
+    plan_topology: Topology | None = None  # the request's topology (the RL budget shield splits b_t along it); None: unknown
 
     @property
     def role_id(self) -> str:

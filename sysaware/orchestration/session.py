@@ -176,6 +176,7 @@ class WorkflowSession:
             seed=wf.seed_of(slot_id),
             max_tokens=wf.max_tokens,
             forecaster=self.forecaster,
+            plan_topology=wf.topology,
         )
 
     def _hand_out(self, effects: list[Effect], now: float) -> list[SessionEffect]:

@@ -32,9 +32,13 @@ def load_runs(run_dir: Path) -> pd.DataFrame:
     return outcomes(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True))
 
 
-def _goodput(runs: pd.DataFrame, scenario: str, policy: str) -> pd.Series | None:
+METRICS = ("goodput", "met_slo", "passed")  # per-request 0/1 outcomes (eval_report.outcomes)
+METRIC_NAMES = {"goodput": "goodput", "met_slo": "SLO met", "passed": "pass@1"}
+
+
+def _goodput(runs: pd.DataFrame, scenario: str, policy: str, metric: str = "goodput") -> pd.Series | None:
     g = runs[(runs.scenario == scenario) & (runs.policy == policy)]
-    return None if g.empty else g.set_index("request").goodput.astype(float).sort_index()
+    return None if g.empty else g.set_index("request")[metric].astype(float).sort_index()
 
 
 def _pts(e) -> str:
@@ -42,20 +46,24 @@ def _pts(e) -> str:
 
 
 def compare_table(runs: pd.DataFrame, policies: Sequence[str], against: Sequence[str], scenarios: Sequence[str] | None = None,
-                  label: dict[str, str] | None = None) -> str:
-    """One row per (scenario, candidate): goodput % [CI] and the paired difference against every reference."""
+                  label: dict[str, str] | None = None, metric: str = "goodput") -> str:
+    """One row per (scenario, candidate): ``metric`` % [CI] (goodput, met_slo or passed) and the paired difference
+    against every reference."""
+    if metric not in METRICS:
+        raise ValueError(f"metric: {metric!r} is not one of {METRICS}")
     label = label or {}
     scenarios = list(scenarios or dict.fromkeys(runs.scenario))
-    head = ["scenario", "policy", "goodput % [95% CI]", *[f"Δ vs {label.get(a, a)} (pts)" for a in against]]
+    name = METRIC_NAMES[metric]
+    head = ["scenario", "policy", f"{name} % [95% CI]", *[f"Δ {name} vs {label.get(a, a)} (pts)" for a in against]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for sc in scenarios:
         for p in policies:
-            x = _goodput(runs, sc, p)
+            x = _goodput(runs, sc, p, metric)
             if x is None:
                 continue
             cells = [sc, label.get(p, p), bootstrap_mean(x.values).fmt()]
             for a in against:
-                y = _goodput(runs, sc, a)
+                y = _goodput(runs, sc, a, metric)
                 if y is None or not y.index.equals(x.index):
                     cells.append("n/a")
                     continue
@@ -89,11 +97,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--against", default="greedy,greedy@queueing,oracle")
     p.add_argument("--seeds", default="", help="policies that are training seeds of one config: their spread")
     p.add_argument("--scenarios", default="")
+    p.add_argument("--metrics", default="goodput", help=f"tables to print, comma-separated: {', '.join(METRICS)}")
     args = p.parse_args(argv)
     runs = load_runs(args.run_dir)
     split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
     scenarios = split(args.scenarios) or None
-    print(compare_table(runs, split(args.policies), split(args.against), scenarios))
+    for i, metric in enumerate(split(args.metrics)):
+        if i:
+            print()
+        print(compare_table(runs, split(args.policies), split(args.against), scenarios, metric=metric))
     if args.seeds:
         print()
         print(seeds_table(runs, split(args.seeds), scenarios, references=split(args.against)))

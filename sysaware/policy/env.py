@@ -32,6 +32,7 @@ from ray.rllib.env.multi_agent_env import MultiAgentEnv
 
 from sysaware.orchestration.grading import CachedSandbox
 from sysaware.orchestration.session import DecisionPoint
+from sysaware.policy.shield import ShieldSpec
 from sysaware.policy.reward import RewardConfig, final_reward, quality_advantage, step_overrun, step_reward
 from sysaware.policy.spaces import Encoder, EncoderSpec, TOPOLOGY_MENU, hash_embed, menu_topology
 from sysaware.policy.world import Arrival, Budgets, SimWorld, WorldScenario, load_world_scenarios, resources_for, task_pool
@@ -58,6 +59,7 @@ DEFAULT_ENV_CONFIG: dict[str, Any] = {
     "task_dims": 16,
     "use_estimates": True,
     "estimator": "queueing",
+    "shield": "off",  # the budget shield on the executor's mask (shield.py): "off", "share" or {mode, margin, estimator}
     "lambda": 1.0,
     "reward": {},
     "split": "train",
@@ -81,7 +83,7 @@ class SysawareEnv(MultiAgentEnv):
         self.budgets = Budgets(self.resources)
         self.enc_spec = EncoderSpec(
             models=tuple(self.resources.models), task_dims=cfg["task_dims"], use_estimates=cfg["use_estimates"],
-            estimator=cfg["estimator"],
+            estimator=cfg["estimator"], shield=ShieldSpec.parse(cfg["shield"]),
         )
         self.encoder = Encoder.build(self.enc_spec, self.resources, hash_embed if cfg["embed"] == "hash" else None)
         self.reward_cfg = RewardConfig(**cfg["reward"])
@@ -156,14 +158,16 @@ class SysawareEnv(MultiAgentEnv):
         else:
             point: DecisionPoint = event
             action = self.enc_spec.action_of(a)
-            if action not in point.candidates:
+            mask = self._last_obs[agent]["action_mask"]  # the candidates, less any the budget shield removed
+            if action not in point.candidates or not mask[a] > 0:
                 raise ValueError(f"masked action {action} chosen at {point.run_id}/{point.slot_id}")
             self.world.decide(point, action)
             self._stats[f"strategy:{action.strategy.value}"] += 1
             self._stats[f"model:{action.model}"] += 1
+            if int(mask.sum()) < len(point.candidates):
+                self._stats["shielded_decisions"] += 1
             if self.reward_cfg.quality_shaping:
                 q = self.encoder.quality_row(point.context.role_id)
-                mask = self.encoder.executor_mask(point.candidates)
                 self._rewards[agent] += step_reward(self.reward_cfg, 0.0, 0.0, quality_advantage(q, mask, a))
         obs, done = self._advance()
         # Every agent that gets an observation gets a reward entry (0.0 when nothing is due: RLlib requires one for an

@@ -134,7 +134,10 @@ class RLExecutor(Executor):
         return action
 
     def describe(self) -> str:
-        return f"{self.name}({self.inference.checkpoint.name})"
+        sh = self.inference.spec.shield
+        extra = "".join(f" {v}" for v, default in ((sh.split, "even"), (sh.fallback, "fastest"), (sh.estimator, None)) if v != default)
+        shield = f", shield {sh.mode} x{sh.margin:g}{extra}" if sh.on else ""
+        return f"{self.name}({self.inference.checkpoint.name}{shield})"
 
 
 def _idle_snapshot(models: list[str]) -> SystemSnapshot:

@@ -42,6 +42,7 @@ import numpy as np
 from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.context import Action, PolicyResources, StepContext
 from sysaware.orchestration.topology import Topology, chain, debate, io, reflection, star
+from sysaware.policy.shield import ShieldSpec, allowance_s, shield_mask
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import ROLES, Strategy
 
@@ -87,6 +88,7 @@ class EncoderSpec:
     projection_seed: int = 0
     use_estimates: bool = True  # the executor's v_estimates block (off: the "h_sem + b_t only" ablation)
     estimator: str = "queueing"  # estimators/latency.py name behind v_estimates
+    shield: ShieldSpec = ShieldSpec()  # the budget shield on the executor's mask (shield.py); off by default
 
     @property
     def actions(self) -> tuple[Action, ...]:
@@ -141,7 +143,13 @@ class EncoderSpec:
         raw = json.loads(Path(path).read_text())
         raw["models"] = tuple(raw["models"])
         raw["menu"] = tuple(raw["menu"])
+        raw["shield"] = ShieldSpec.parse(raw.get("shield"))  # encoder.json files from before the shield: off
         return cls(**raw)
+
+    def with_shield(self, shield) -> "EncoderSpec":
+        from dataclasses import replace
+
+        return replace(self, shield=ShieldSpec.parse(shield))
 
 
 def _masked_space(dim: int, n: int) -> gym.spaces.Dict:
@@ -212,6 +220,7 @@ class Encoder:
     resources: PolicyResources
     sketch: TaskSketch
     estimator: object | None = None  # a LatencyEstimator; built from ``spec.estimator`` when first needed
+    shield_estimator: object | None = None  # the shield's, when it names another estimator (shield.py)
     _quality: dict[tuple[str, str], np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     @classmethod
@@ -222,13 +231,18 @@ class Encoder:
 
     def latency_estimator(self):
         if self.estimator is None:
-            from sysaware.estimators.latency import make_latency_estimator
-
-            r = self.resources
-            self.estimator = make_latency_estimator(
-                self.spec.estimator, r.models, idle=r.idle.models, output_tokens=r.lengths.tokens
-            )
+            self.estimator = self._make_estimator(self.spec.estimator)
         return self.estimator
+
+    def _make_estimator(self, name: str):
+        from sysaware.estimators.latency import make_latency_estimator
+
+        r = self.resources
+        return make_latency_estimator(name, r.models, idle=r.idle.models, output_tokens=r.lengths.tokens)
+
+    def _shield_uses_own_estimator(self) -> bool:
+        name = self.spec.shield.estimator
+        return name is not None and name != self.spec.estimator
 
     def quality_row(self, role_id: str) -> np.ndarray:
         key = ("q", role_id)
@@ -291,11 +305,13 @@ class Encoder:
         rows[idx, 1] = np.clip((q - q.mean()) * QUALITY_SCALE, -3, 3)
         rows[idx, 2] = np.clip((q - q.max()) * QUALITY_SCALE, -3, 3)
         # v_estimates: T_hat and P90 against the per-step share and b_t
-        if spec.use_estimates:
+        keep = [a in index for a in ctx.candidates]
+        p90 = None
+        if spec.use_estimates or (spec.shield.on and not self._shield_uses_own_estimator()):
             ests = self.latency_estimator().estimate(self._step_query(ctx))
-            keep = [a in index for a in ctx.candidates]
             t = np.array([e.t_hat_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
             p90 = np.array([e.t_hat_p90_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
+        if spec.use_estimates:
             share = max(ctx.budget_share_s, 0.05)
             b = max(ctx.remaining_budget_s, 0.05)
             t, p90 = np.maximum(t, 1e-3), np.maximum(p90, 1e-3)
@@ -310,7 +326,31 @@ class Encoder:
         rows[idx, 9] = queue[model_of[idx]]
         rows[idx, 10] = kv[model_of[idx]]
         rows[idx, 11:] = onehot[idx]
+        if spec.shield.on:
+            mask = self._shield(ctx, mask, idx, keep, p90)
         return rows, mask
+
+    def _shield(self, ctx: StepContext, mask: np.ndarray, idx: np.ndarray, keep: list[bool], p90: np.ndarray | None) -> np.ndarray:
+        """The budget shield (shield.py) on the step's mask; its P90 from the shield's estimator."""
+        sh = self.spec.shield
+        if self._shield_uses_own_estimator():
+            if self.shield_estimator is None:
+                self.shield_estimator = self._make_estimator(sh.estimator)
+            from sysaware.orchestration.executors import step_query
+
+            ests = self.shield_estimator.estimate(step_query(ctx))
+            p90 = np.array([e.t_hat_p90_ms for e, k in zip(ests, keep) if k], np.float64) / 1e3
+        full = np.full(self.spec.num_actions, np.inf)
+        full[idx] = p90
+        if sh.split == "profile":
+            if not hasattr(self, "_profile_split"):
+                from sysaware.policy.shield import ProfileSplit
+
+                self._profile_split = ProfileSplit(self.resources)
+            allowance = self._profile_split.allowance_s(ctx)
+        else:
+            allowance = allowance_s(ctx.remaining_budget_s, ctx.steps_left)
+        return shield_mask(mask, full, allowance, sh.margin, sh.fallback)
 
     def _step_query(self, ctx: StepContext):
         """The estimator's view of the step; the queueing formula reads no prompt text, so it is not joined for it
