@@ -15,6 +15,11 @@ TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))  # test helpers (twin_factories) import as top-level modules
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Serve restarts an HTTP proxy that misses three 10 s health checks; on a starved 2-core machine (the suite's two
+# workers beside other jobs) a live proxy missed them, and every ingress test after it errored. Ray workers inherit
+# this environment from ray.init.
+os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "30")
+os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
 # Background answer files (sim/answer_stream.py) of this test run only: a test never reads another run's answers.
 os.environ.setdefault("SYSAWARE_ANSWER_STREAMS_DIR", tempfile.mkdtemp(prefix="sysaware-answer-streams-"))
 
