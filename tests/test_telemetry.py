@@ -177,7 +177,7 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
     telemetry = get_or_create_telemetry()
     assert ray.get_actor(TELEMETRY_ACTOR_NAME, namespace=TELEMETRY_NAMESPACE)._actor_id == telemetry._actor_id
     handle = serve.run(
-        deployment_for(model, graceful_shutdown_timeout_s=1.0, graceful_shutdown_wait_loop_s=0.1).bind(
+        deployment_for(model, graceful_shutdown_timeout_s=10.0, graceful_shutdown_wait_loop_s=0.1).bind(
             pool.model_dump(mode="json"), model.name, 20.0
         ),
         name=app,
@@ -220,8 +220,10 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
         assert tokens == result.output_tokens
     finally:
         serve.delete(app)
-    # A graceful stop leaves the snapshot instead of turning stale.
-    deadline = time.monotonic() + 5.0
+    # A graceful stop leaves the snapshot instead of turning stale. Serve kills a replica whose stop outlasts
+    # graceful_shutdown_timeout_s: at 1 s, on a starved machine, it was killed before its goodbye reached the actor
+    # (the snapshot then kept it, stale, last pushed just before the delete); the stop itself ends as soon as it is done.
+    deadline = time.monotonic() + 15.0
     while (left := ray.get(telemetry.snapshot.remote()).replicas.get(replica_id)) is not None:
         assert time.monotonic() < deadline, f"a deleted replica stayed in the telemetry snapshot: {left}"
         time.sleep(0.05)
