@@ -51,7 +51,7 @@ def test_an_earlier_deadline_gets_its_first_token_first_when_the_engine_is_satur
         # Two fillers with the best priority (deadline 0: never preempted for the others) and different lengths,
         # so one slot frees at a time; then a late-deadline request, then an early-deadline one, both queued.
         fillers = [asyncio.ensure_future(engine.generate(_request(f"filler{i}", n, 0.0)))
-                   for i, n in enumerate((240, 720))]
+                   for i, n in enumerate((600, 1200))]
         saturated = await _until(engine, lambda s: s.num_requests_running == SLOTS)
         late = asyncio.ensure_future(engine.generate(_request("late", 4, 100.0)))
         late_queued = await _until(engine, lambda s: s.num_requests_waiting >= 1)
