@@ -37,6 +37,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
+TEST_STALE_AFTER_S = 2.0  # the telemetry actor's staleness in the tests (see ray_session)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """A real local Ray cluster for the whole run; yields the ray.init context (dashboard_url for job tests)."""
@@ -51,6 +54,12 @@ def ray_session():
         logging_level="warning",
         _system_config={"metrics_report_interval_ms": 1000},
     )
+    from sysaware.serving.telemetry import get_or_create_telemetry
+
+    # Every test's telemetry actor, made here so that it is made with this setting: a replica is stale after 2 s of
+    # silence, not the production 0.5 s (5 push periods), which a starved 2-core machine running Ray, Serve and the
+    # suite can leave between two pushes of a live replica. No test waits for staleness within less than 2 s.
+    get_or_create_telemetry(stale_after_s=TEST_STALE_AFTER_S)
     yield ctx
     try:
         from ray import serve

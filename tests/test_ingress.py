@@ -151,7 +151,10 @@ def test_models_lists_the_pool(live):
 async def _flood(live, n: int) -> tuple[list[int], list[dict], float]:
     """``n`` concurrent requests to the flooded model while /v1/telemetry is polled every 50 ms; returns the
     statuses, the samples (seconds since the flood began, both models' state) and when the flood ended."""
-    bodies = [{"model": live.flooded, "messages": m, "seed": i} for i, m in enumerate(create_messages(n, seed=2))]
+    # 200 tokens each (~1 s of wall time at TIME_SCALE): the engine's slots stay full long enough for the ingress
+    # to queue the rest behind them on a slow machine too.
+    bodies = [{"model": live.flooded, "messages": m, "seed": i, "max_tokens": 200, "ignore_eos": True}
+              for i, m in enumerate(create_messages(n, seed=2))]
     samples: list[dict] = []
     async with httpx.AsyncClient(timeout=120.0, headers=AUTH, limits=httpx.Limits(max_connections=None)) as client:
         t0 = time.monotonic()
@@ -252,24 +255,15 @@ def test_malformed_json_and_the_openai_client_errors(live):
     assert reply.choices[0].message.content
 
 
-def long_answer(live, model: str, candidates: int = 6) -> tuple[list[dict], int, int]:
-    """(messages, seed, completion tokens) of the longest answer among a few MBPP chats: a request that stays in
-    the engine long enough (hundreds of tokens, about a second of wall time) to be interfered with."""
-    key = ("long_answer", model)
-    if key not in live.cache:
-        chats = create_messages(candidates, seed=4)
-        lengths = [
-            live.client.chat.completions.create(model=model, messages=m, seed=5).usage.completion_tokens for m in chats
-        ]
-        longest = max(range(candidates), key=lengths.__getitem__)
-        live.cache[key] = (chats[longest], 5, lengths[longest])
-    return live.cache[key]
+# A request that stays in the engine until the client closes it (ignore_eos: ~15 s of wall time at TIME_SCALE if left
+# alone), so whatever a test does to it meanwhile happens while it runs, however slow the machine.
+UNENDING = {"max_tokens": 3000, "ignore_eos": True}
 
 
 def test_engine_refusal_is_a_400_and_the_server_keeps_serving(live):
     """The engine refuses a second request with the id of one still in flight (a ValueError in the replica)."""
-    messages, seed, _ = long_answer(live, live.other)
-    body = {"model": live.other, "messages": messages, "seed": seed, "stream": True, "request_id": "dup-1"}
+    messages = create_messages(1, seed=4)[0]
+    body = {"model": live.other, "messages": messages, "seed": 5, "stream": True, "request_id": "dup-1", **UNENDING}
     url = f"{live.url}/chat/completions"
     with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as first:
         assert first.status_code == 200
@@ -285,16 +279,16 @@ def test_engine_refusal_is_a_400_and_the_server_keeps_serving(live):
 def test_a_client_that_goes_away_mid_stream_frees_its_request(live):
     """The stream is closed after its first event: the engine aborts it (not a success, fewer tokens generated
     than the whole answer) and its KV blocks are free again."""
-    messages, seed, length = long_answer(live, live.other)
+    messages = create_messages(1, seed=4)[0]
     before = wait_until_idle(live, live.other)
-    body = {"model": live.other, "messages": messages, "seed": seed, "stream": True}
+    body = {"model": live.other, "messages": messages, "seed": 5, "stream": True, **UNENDING}
     url = f"{live.url}/chat/completions"
     with httpx.Client(timeout=30.0, headers=AUTH) as client, client.stream("POST", url, json=body) as r:
         assert r.status_code == 200
         next(r.iter_lines())
     after = wait_until_idle(live, live.other)
     assert after["requests_finished_total"] == before["requests_finished_total"]
-    assert after["generation_tokens_total"] - before["generation_tokens_total"] < length
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] < UNENDING["max_tokens"]
 
 
 def test_metrics_parse_and_carry_the_vllm_names(live):
@@ -589,19 +583,18 @@ def test_routes_that_do_not_exist_get_openai_error_bodies(live, method, path, st
 
 
 def test_a_client_that_goes_away_frees_every_request_of_a_streamed_batch(live):
-    """Two prompts, each 400 tokens long under ignore_eos (~1.5 s of wall time): the stream is closed after its
-    first event, so both requests are aborted (no success, far fewer than 800 tokens generated) and their KV
-    blocks are free again."""
+    """Two prompts, each of an answer that only the client's leaving ends: the stream is closed after its first
+    event, so both requests are aborted (no success, fewer tokens generated than asked) and their KV blocks are
+    free again."""
     before = wait_until_idle(live, live.other)
-    body = {"model": live.other, "prompt": [HELLO, user_prompt()], "max_tokens": 400, "ignore_eos": True,
-            "stream": True}  # fmt: skip
+    body = {"model": live.other, "prompt": [HELLO, user_prompt()], "stream": True, **UNENDING}
     with httpx.Client(timeout=30.0, headers=AUTH) as client:
         with client.stream("POST", f"{live.url}/completions", json=body) as response:
             assert response.status_code == 200
             next(response.iter_lines())
     after = wait_until_idle(live, live.other)
     assert after["requests_finished_total"] == before["requests_finished_total"]
-    assert after["generation_tokens_total"] - before["generation_tokens_total"] < 2 * 400
+    assert after["generation_tokens_total"] - before["generation_tokens_total"] < 2 * UNENDING["max_tokens"]
 
 
 def stream_token_counts(live, n: int, **extra) -> list[int]:

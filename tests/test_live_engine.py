@@ -176,8 +176,9 @@ def test_cancelling_a_stream_or_a_call_frees_its_kv_blocks():
         assert engine.num_tracked == 0
 
         call = asyncio.create_task(engine.generate(create_request(6, request_id="cancelled")))
-        while engine.stats_now().kv_cache_usage_perc == 0:
+        while engine.stats_now().kv_cache_usage_perc == 0 and not call.done():
             await asyncio.sleep(0.005)
+        assert not call.done(), "the call ended before it was seen decoding"
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call

@@ -185,7 +185,7 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
     telemetry = get_or_create_telemetry()
     t0 = time.monotonic()
     handle = serve.run(
-        # Real time: the long request below must outlive a stats round trip and a few short requests.
+        # Real time, so that a stats round trip and a few short requests take a small part of the long one.
         deployment_for(model, **FAST_SHUTDOWN).bind(pool.model_dump(mode="json"), model.name, 1.0),
         name=app,
         route_prefix=None,
@@ -202,23 +202,41 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
         assert chunks[-1].finished and chunks[-1].result.output_tokens == 24
 
         # Occupy one replica from another process (whose own router we do not see): only the routing stats can
-        # tell this process's router that that replica is busy.
+        # tell this process's router that that replica is busy. The request runs until the checks are done and
+        # then is cancelled: work of a fixed length could end before the checks on a slow machine.
         @ray.remote(num_cpus=0)
-        def call_from_elsewhere(request):
-            from ray import serve as serve_elsewhere
+        class Elsewhere:
+            def start(self, request) -> None:
+                from ray import serve as serve_elsewhere
 
-            return serve_elsewhere.get_deployment_handle(model.name, app_name=app).generate.remote(request).result()
+                self.response = serve_elsewhere.get_deployment_handle(model.name, app_name=app).generate.remote(
+                    request)
+
+            def finish(self) -> str:
+                """How the request ends when cancelled now: "finished" if it had already run to its end."""
+                import ray as ray_elsewhere
+
+                self.response.cancel()
+                try:
+                    self.response.result()
+                    return "finished"
+                except ray_elsewhere.exceptions.TaskCancelledError:  # Serve's RequestCancelledError is one
+                    return "cancelled"
 
         prefix = f"{app}#{model.name}#"
 
-        def idle_after_the_first_two():
-            views = fresh_replicas(telemetry, prefix).values()
-            finished = sum(v.stats.requests_finished_total for v in views)
-            return len(views) == 2 and finished == 2 and all(v.stats.num_requests_running == 0 for v in views)
+        def idle_after_the_first_two() -> set[str]:
+            views = fresh_replicas(telemetry, prefix)
+            finished = sum(v.stats.requests_finished_total for v in views.values())
+            idle = all(v.stats.num_requests_running == 0 for v in views.values())
+            return set(views) if len(views) == 2 and finished == 2 and idle else set()
 
-        wait_for(idle_after_the_first_two, 30.0, "telemetry to show both replicas idle")
-        long_request = create_request(model.name, 13, "long", strategy=Strategy.DEEPTHINK)  # ~490 tokens, ~3.4 s
-        long_ref = call_from_elsewhere.remote(long_request)
+        both = wait_for(idle_after_the_first_two, 30.0, "telemetry to show both replicas idle")
+        # ~20 s if left alone (3000 tokens at ~7 ms each in real time)
+        long_request = create_request(model.name, 13, "long", strategy=Strategy.DEEPTHINK, max_tokens=3000,
+                                      ignore_eos=True)
+        elsewhere = Elsewhere.remote()
+        ray.get(elsewhere.start.remote(long_request))
         busy = wait_for(
             lambda: [rid for rid, v in fresh_replicas(telemetry, prefix).items() if v.stats.num_requests_running == 1],
             30.0,  # returns as soon as it starts; a loaded machine can take seconds to schedule the remote caller
@@ -229,7 +247,7 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
         busy_uid = busy.rsplit("#", 1)[1]
         wait_for(
             lambda: routers[0].routing_stats_seen().get(busy_uid, {}).get("queue_running") == 1,
-            5.0,
+            30.0,
             "record_routing_stats to reach the router",
         )
         short = []
@@ -237,9 +255,14 @@ def test_two_replicas_serve_stream_and_are_routed_by_their_stats(ray_session):
             request = create_request(model.name, 20 + i, f"short-{i}", max_tokens=2)
             short.append(handle.generate.remote(request).result())
             time.sleep(0.05)  # the router learns of a completion a moment after the caller does
-        assert not ray.wait([long_ref], timeout=0)[0], "the long request ended too early for the check to mean anything"
-        assert {r.replica_id for r in short} == set(fresh_replicas(telemetry, prefix)) - {busy}
-        assert ray.get(long_ref).replica_id == busy
+        assert {r.replica_id for r in short} == both - {busy}
+        assert ray.get(elsewhere.finish.remote()) == "cancelled", "the long request ended before the checks did"
+
+        def both_idle() -> bool:
+            views = fresh_replicas(telemetry, prefix).values()
+            return len(views) == 2 and all(v.stats.num_requests_running == 0 for v in views)
+
+        wait_for(both_idle, 30.0, "the cancelled request to leave its replica")
 
         # A flood from this process spreads over both replicas.
         requests = [create_request(model.name, 30 + i, f"flood-{i}", max_tokens=8) for i in range(16)]

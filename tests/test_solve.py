@@ -182,9 +182,27 @@ def test_an_orchestrator_that_dies_gives_its_client_an_error_not_a_hang(live):
         result["response"] = post(live, body(seed=2))
         result["wall_s"] = time.monotonic() - t0
 
+    from sysaware.serving.telemetry import get_or_create_telemetry
+
+    telemetry = get_or_create_telemetry()
+    models = {m.name for m in live.pool.models}
+
+    def calls_seen() -> tuple[int, int]:
+        """(in flight, finished) over this app's model replicas: only the orchestrator calls them."""
+        views = [v for rid, v in ray.get(telemetry.snapshot.remote()).replicas.items()
+                 if rid.startswith(f"{APP}#") and v.model in models]
+        return (sum(v.stats.num_requests_running + v.stats.num_requests_waiting for v in views),
+                sum(v.stats.requests_finished_total for v in views))
+
+    finished_before = calls_seen()[1]
     thread = threading.Thread(target=client)
     thread.start()
-    time.sleep(0.3)  # the solve is under way (a star takes a second or more here)
+    # The kill must land while the solve is under way (its calls are on the replicas), however long the POST takes
+    # to get there.
+    deadline = time.monotonic() + 60
+    while (seen := calls_seen())[0] == 0 and seen[1] == finished_before:
+        assert time.monotonic() < deadline, "the solve never reached the model replicas"
+        time.sleep(0.02)
     ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
     thread.join(60)
     assert not thread.is_alive()

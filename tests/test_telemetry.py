@@ -199,8 +199,8 @@ def test_the_telemetry_actor_lists_a_replica_deployed_with_serve(ray_session):
         assert isinstance(view, ReplicaView) and isinstance(view.stats, ReplicaStats)
         replica_id = view.replica_id
         assert replica_id.startswith(prefix) and snapshot.replicas[replica_id] == view
-        # Pushed within the last stale_after_s (0.5 s): the replica is live in the snapshot.
-        assert not view.stale and view.age_s < 0.5 and view.model == model.name
+        # Pushed within the last stale_after_s: the replica is live in the snapshot.
+        assert not view.stale and view.age_s < snapshot.stale_after_s and view.model == model.name
         assert view.stats.num_gpu_blocks > 0 and view.stats.block_size > 0
         assert snapshot_json(snapshot)["replicas"][replica_id]["model"] == model.name
 
