@@ -256,22 +256,15 @@ class LLMReplica:
             # push dropped the handle)
             try:
                 if self._telemetry is None:
-                    self._telemetry = await asyncio.to_thread(_existing_telemetry)
+                    from sysaware.serving.telemetry import existing_telemetry
+
+                    self._telemetry = await asyncio.to_thread(existing_telemetry)
                 await asyncio.wait_for(self._telemetry.forget.remote(self.replica_id), timeout=2.0)
             except Exception as e:  # the actor is gone or slow: the replica turns stale and is forgotten later
                 logger.warning("%s: could not leave the telemetry snapshot: %r", self.replica_id, e)
         close = getattr(self.engine, "close", None)
         if close is not None:
             await close()
-
-
-def _existing_telemetry():
-    """The cluster's telemetry actor if it exists (leaving must not create one)."""
-    import ray
-
-    from sysaware.serving.telemetry import TELEMETRY_ACTOR_NAME, TELEMETRY_NAMESPACE
-
-    return ray.get_actor(TELEMETRY_ACTOR_NAME, namespace=TELEMETRY_NAMESPACE)
 
 
 async def _wait_for(task: asyncio.Task) -> None:

@@ -390,3 +390,9 @@ def get_or_create_telemetry(stale_after_s: float = 0.5) -> "ray.actor.ActorHandl
         lifetime="detached",
         num_cpus=0,
     ).remote(stale_after_s)
+
+
+def existing_telemetry() -> "ray.actor.ActorHandle":
+    """The cluster's telemetry actor if it exists; raises ValueError if not (a replica leaving must not create
+    one)."""
+    return ray.get_actor(TELEMETRY_ACTOR_NAME, namespace=TELEMETRY_NAMESPACE)
