@@ -30,6 +30,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups (pytest-dev/pytest#13677)
 def pytest_collection_modifyitems(config, items):
     # Every test that touches Ray runs on the same xdist worker (see the Makefile's --dist loadgroup).
     for item in items:
@@ -37,13 +38,35 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
+UNGROUPED = pytest.StashKey[str]()
+
+
+def pytest_collection_finish(session):
+    """On an xdist worker under --dist loadgroup, check that the grouping took: xdist groups by a suffix it writes
+    into the node id, which some pytest versions silently drop (pytest-dev/pytest-xdist#1386). Two workers would then
+    each start a Ray session on the same 2 cores, and Ray tests would time out in ways that look random; instead
+    ray_session fails every Ray test with this message."""
+    if not session.config.getvalue("loadgroup"):
+        return
+    ungrouped = [item.nodeid for item in session.items
+                 if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid]
+    if ungrouped:
+        session.config.stash[UNGROUPED] = (
+            f"xdist did not group {len(ungrouped)} tests marked xdist_group (e.g. {ungrouped[0]}): pytest "
+            f"{pytest.__version__} with this pytest-xdist does not support --dist loadgroup; install the versions "
+            "that pyproject.toml's [test] extra allows")
+
+
 TEST_STALE_AFTER_S = 2.0  # the telemetry actor's staleness in the tests (see ray_session)
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(request):
     """A real local Ray cluster for the whole run; yields the ray.init context (dashboard_url for job tests)."""
     import ray
+
+    if UNGROUPED in request.config.stash:
+        pytest.fail(request.config.stash[UNGROUPED])
 
     ctx = ray.init(
         num_cpus=2,
