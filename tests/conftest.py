@@ -46,7 +46,7 @@ def pytest_collection_finish(session):
     into the node id, which some pytest versions silently drop (pytest-dev/pytest-xdist#1386). Two workers would then
     each start a Ray session on the same 2 cores, and Ray tests would time out in ways that look random; instead
     ray_session fails every Ray test with this message."""
-    if not session.config.getvalue("loadgroup"):
+    if not getattr(session.config.option, "loadgroup", False):  # set on xdist workers only
         return
     ungrouped = [item.nodeid for item in session.items
                  if item.get_closest_marker("xdist_group") is not None and "@" not in item.nodeid]

@@ -361,6 +361,7 @@ UPLOADS = [
     # 500,000 characters pass that bound for a 32768-token model; 100,000 words are counted off the event loop.
     ("500k-char prompt, counted", lambda live: chat_body(live.flooded, 500_000), True, 400, "context_length_exceeded"),
 ]
+COUNTED = {"500k-char prompt, counted"}  # refused after counting: how long that takes is CPU speed, not a guard
 
 
 @pytest.mark.parametrize("what,content,keyed,status,code", UPLOADS, ids=[u[0] for u in UPLOADS])
@@ -372,8 +373,9 @@ def test_an_oversized_upload_is_refused_at_once_while_health_answers(live, what,
     assert response.status_code == status, response.text[:300]
     error = response.json()["error"]
     assert error["code"] == code and error["type"] == "invalid_request_error", error
-    assert latency_s < UPLOAD_DEADLINE_S
-    assert max(health_s) < HEALTH_DEADLINE_S
+    if what not in COUNTED:  # refused before any prompt is counted (most before the body is read): at once
+        assert latency_s < UPLOAD_DEADLINE_S
+    assert max(health_s) < HEALTH_DEADLINE_S  # whatever the refusal costs, the event loop stays free
     good = live.client.chat.completions.create(model=live.other, messages=GOOD_MESSAGES, max_tokens=2)
     assert good.usage.completion_tokens == 2
 
