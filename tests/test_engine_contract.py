@@ -236,8 +236,11 @@ def test_cancelling_a_call_aborts_the_request_and_frees_its_blocks(eut: EngineUn
     async def main():
         before = await eut.wait_stats(_idle)
         task = asyncio.ensure_future(eut.engine.generate(eut.request(max_tokens=eut.long_output_tokens)))
-        await asyncio.sleep(0.3)  # admitted and decoding: the long request needs seconds on any backend here
-        assert not task.done()
+        # Cancelled once the engine shows it running, not after a fixed sleep: a remote vLLM once let a request
+        # cancelled 0.3 s after its POST run to its end (a success), the abort apparently landing while it was
+        # still being admitted. What this test pins down is the abort of a request that is decoding.
+        await eut.wait_stats(lambda s: s.num_requests_running >= 1)
+        assert not task.done()  # the long request needs seconds on any backend here
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
