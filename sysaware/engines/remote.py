@@ -5,7 +5,11 @@
     stats                        the latest scrape of GET {endpoint}/metrics (vLLM's Prometheus names), taken every
                                  ``scrape_period_s`` by a background task; ``timestamp_s`` is when the scrape was
                                  sent (the server's numbers are at least that old), so a reader sees an honest age
-    abort                        closing the HTTP stream (vLLM aborts a request whose client disconnected)
+    abort                        closing the HTTP stream (vLLM aborts a request whose client disconnected), then
+                                 POST {endpoint}/inference/v1/abort_requests, vLLM's own abort route: a disconnect
+                                 that lands while vLLM is still admitting the request leaks it to its end (0.32's
+                                 AsyncLLM.generate aborts only once add_request has returned). A server without the
+                                 route (404/405: SGLang, our ingress) is asked once.
 
 What a client cannot see is said as such: ``first_scheduled_s`` is None (the server's queue time is not on the
 wire; ``queue_time_s`` is then the whole latency, an upper bound), the step in progress is an unknown phase
@@ -143,6 +147,7 @@ class RemoteEngine:
         self._failures = 0
         self._last_error: BaseException | None = None
         self._closed = False
+        self._abort_route = True  # until the server says it has none
 
     # ---- plumbing ---------------------------------------------------------------------------------------------
 
@@ -197,40 +202,50 @@ class RemoteEngine:
         num_tokens = 0
         prompt_tokens = 0
         finish: FinishReason | None = None
-        async with client.stream("POST", "/v1/chat/completions", json=self._body(request)) as response:
-            if response.status_code >= 400:
-                body = (await response.aread()).decode(errors="replace")
-                raise _http_error(response.status_code, body, request.request_id)
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                event = json.loads(data)
-                if "error" in event:
-                    raise RuntimeError(f"{self.base_url}: request {request.request_id!r} failed: {event['error']}")
-                now = self.clock.now()
-                usage = event.get("usage") or {}
-                for choice in event.get("choices") or ():
-                    delta = (choice.get("delta") or {}).get("content") or ""
-                    reason = choice.get("finish_reason")
-                    if reason:
-                        finish = _FINISH.get(reason, FinishReason.STOP)
-                    new_tokens = max(int(usage.get("completion_tokens", num_tokens + bool(delta))) - num_tokens, 0)
-                    if delta or new_tokens:
-                        # A chunk may carry several tokens (the server batches what one step gave): each is stamped
-                        # with the chunk's arrival, the only time a client has.
-                        token_times.extend([now] * max(new_tokens, 1 if delta else 0))
-                        num_tokens = len(token_times)
-                        text_parts.append(delta)
-                        yield StreamChunk(text=delta, num_tokens=num_tokens)
-                if usage:
-                    prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
-                    done_tokens = int(usage.get("completion_tokens", num_tokens))
-                    if done_tokens > num_tokens and not event.get("choices"):  # the usage-only last event
-                        token_times.extend([now] * (done_tokens - num_tokens))
-                        num_tokens = done_tokens
+        ended = False  # the server said its last word; anything else (cancel, close, error) aborts
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json=self._body(request)) as response:
+                if response.status_code >= 400:
+                    ended = True  # refused: nothing to abort
+                    body = (await response.aread()).decode(errors="replace")
+                    raise _http_error(response.status_code, body, request.request_id)
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    event = json.loads(data)
+                    if "error" in event:
+                        ended = True
+                        raise RuntimeError(f"{self.base_url}: request {request.request_id!r} failed: "
+                                           f"{event['error']}")
+                    now = self.clock.now()
+                    usage = event.get("usage") or {}
+                    for choice in event.get("choices") or ():
+                        delta = (choice.get("delta") or {}).get("content") or ""
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            finish = _FINISH.get(reason, FinishReason.STOP)
+                        new_tokens = max(int(usage.get("completion_tokens", num_tokens + bool(delta))) - num_tokens, 0)
+                        if delta or new_tokens:
+                            # A chunk may carry several tokens (the server batches what one step gave): each is stamped
+                            # with the chunk's arrival, the only time a client has.
+                            token_times.extend([now] * max(new_tokens, 1 if delta else 0))
+                            num_tokens = len(token_times)
+                            text_parts.append(delta)
+                            yield StreamChunk(text=delta, num_tokens=num_tokens)
+                    if usage:
+                        prompt_tokens = int(usage.get("prompt_tokens", prompt_tokens))
+                        done_tokens = int(usage.get("completion_tokens", num_tokens))
+                        if done_tokens > num_tokens and not event.get("choices"):  # the usage-only last event
+                            token_times.extend([now] * (done_tokens - num_tokens))
+                            num_tokens = done_tokens
+            ended = True
+        finally:
+            if not ended:
+                # Shielded: a second cancel of the caller must not drop the abort halfway.
+                await asyncio.shield(self._abort(request.request_id))
         finished = self.clock.now()
         result = GenerationResult(
             request_id=request.request_id,
@@ -248,6 +263,19 @@ class RemoteEngine:
             token_times_s=tuple(token_times),
         )
         yield StreamChunk(text="", num_tokens=num_tokens, finished=True, result=result)
+
+    async def _abort(self, request_id: str) -> None:
+        """Best effort: vLLM's chat server names the request ``chatcmpl-<request_id>``; aborting one already gone is a
+        no-op there. Failures are logged, never raised: the caller is leaving already."""
+        if not self._abort_route or self._closed:
+            return
+        try:
+            response = await self._http().post("/inference/v1/abort_requests", timeout=5.0,
+                                               json={"request_ids": [f"chatcmpl-{request_id}"]})
+            if response.status_code in (404, 405):
+                self._abort_route = False
+        except Exception as e:  # the server is gone or slow: the disconnect is all it gets
+            logger.debug("%s: abort of %r failed: %r", self.replica_id, request_id, e)
 
     # ---- stats ------------------------------------------------------------------------------------------------
 

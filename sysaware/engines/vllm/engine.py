@@ -204,6 +204,7 @@ class VllmEngine:
             request.request_id,
             priority=vllm_priority(request.priority) if self.send_priority else 0,
         )
+        ended = False
         try:
             async for out in stream:
                 now = self.clock.now()
@@ -216,8 +217,14 @@ class VllmEngine:
                 metrics = out.metrics if out.metrics is not None else metrics
                 if new or completion.text:
                     yield StreamChunk(text=completion.text, num_tokens=len(token_times))
+            ended = True
         finally:
-            await stream.aclose()  # AsyncLLM.generate aborts the request when closed before its end
+            await stream.aclose()  # AsyncLLM.generate aborts the request when closed before its end ...
+            if not ended:
+                # ... but only once its add_request has returned (vLLM 0.32, v1/engine/async_llm.py: `if q is not
+                # None`): a cancel that lands while the request is being admitted leaks it to its end. An abort by
+                # our id covers that window (one already gone is a no-op); shielded, so a second cancel can't cut it.
+                await asyncio.shield(self.llm.abort(request.request_id))
         if metrics is not None:
             num_preemptions = int(getattr(metrics, "num_preemptions", 0))
         result = GenerationResult(
