@@ -9,7 +9,8 @@
                                  POST {endpoint}/inference/v1/abort_requests, vLLM's own abort route: a disconnect
                                  that lands while vLLM is still admitting the request leaks it to its end (0.32's
                                  AsyncLLM.generate aborts only once add_request has returned). A server without the
-                                 route (404/405: SGLang, our ingress) is asked once.
+                                 route (404/405: SGLang, our ingress; 403: vLLM without --enable-scale-out) is asked
+                                 once.
 
 What a client cannot see is said as such: ``first_scheduled_s`` is None (the server's queue time is not on the
 wire; ``queue_time_s`` is then the whole latency, an upper bound), the step in progress is an unknown phase
@@ -141,6 +142,7 @@ class RemoteEngine:
         self._scrape_client = None
         self.scrapes_total = 0  # successful scrapes
         self.scrape_failures_total = 0
+        self.aborts_sent_total = 0  # aborts the server's abort route accepted
         self._scraper: asyncio.Task | None = None
         self._last: Scrape | None = None
         self._previous: Scrape | None = None
@@ -272,8 +274,12 @@ class RemoteEngine:
         try:
             response = await self._http().post("/inference/v1/abort_requests", timeout=5.0,
                                                json={"request_ids": [f"chatcmpl-{request_id}"]})
-            if response.status_code in (404, 405):
+            if 400 <= response.status_code < 500:  # no such route (404/405), or vLLM without --enable-scale-out (403)
                 self._abort_route = False
+                logger.info("%s: %s has no abort route for us (HTTP %d): a disconnect is the only abort it gets",
+                            self.replica_id, self.base_url, response.status_code)
+            elif response.is_success:
+                self.aborts_sent_total += 1
         except Exception as e:  # the server is gone or slow: the disconnect is all it gets
             logger.debug("%s: abort of %r failed: %r", self.replica_id, request_id, e)
 

@@ -44,8 +44,11 @@ def server_command(model: ModelDeployment, port: int, host: str = "127.0.0.1", p
     from sysaware.engines.vllm.engine import engine_args_for
 
     args = engine_args_for(model)
+    # --enable-scale-out: vLLM's abort route (/inference/v1/abort_requests), which RemoteEngine calls after a cancel
+    # (a disconnect alone can miss a request still being admitted); it also opens the render and token-in/token-out
+    # routes, on a server bound to localhost by default.
     return [python or sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--host", host, "--port", str(port),
-            *server_args(args)]
+            "--enable-scale-out", *server_args(args)]
 
 
 class VllmServer:
