@@ -188,3 +188,94 @@ def test_the_tiny_model_is_built_in_code(tmp_path):
     assert tok.decode(tok.encode(text).ids) == text
     arch = tiny_pool().models[0].architecture
     assert (arch.num_layers, arch.hidden_size, arch.vocab_size) == (2, 128, config["vocab_size"])
+
+
+class _FakeChatServer:
+    """An OpenAI chat server in a thread: streams one token per 10 ms until max_tokens or the client leaves, and
+    records what reaches vLLM's abort route (answered with ``abort_status``)."""
+
+    def __init__(self, abort_status: int = 200):
+        import json
+        import threading
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.aborts: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path == "/inference/v1/abort_requests":
+                    fake.aborts.append(body)
+                    self.send_response(abort_status)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                try:
+                    for n in range(1, body["max_tokens"] + 1):
+                        last = n == body["max_tokens"]
+                        event = {"choices": [{"delta": {"content": "x"}, "finish_reason": "length" if last else None}],
+                                 "usage": {"prompt_tokens": 5, "completion_tokens": n}}
+                        self.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+                        self.wfile.flush()
+                        time.sleep(0.01)
+                    self.wfile.write(b"data: [DONE]\n\n")
+                except OSError:  # the client left
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("abort_status", [200, 403])
+def test_a_cancelled_remote_call_is_aborted_by_id_and_a_server_without_the_route_is_asked_once(abort_status):
+    import asyncio
+
+    from engine_contract import tiny_messages
+    from sysaware.engines.types import GenerationRequest
+
+    server = _FakeChatServer(abort_status)
+
+    def request(request_id, max_tokens):
+        return GenerationRequest(request_id=request_id, model="tiny-llama", messages=tiny_messages(),
+                                 max_tokens=max_tokens)
+
+    async def main():
+        engine = RemoteEngine(vllm_model("remote", server.url), "r#0", server.url + "/v1")
+        engine._ensure_scraper = lambda: None  # no /metrics here
+        done = await engine.generate(request("whole", 3))  # a call that ends: nothing to abort
+        for request_id in ("left-1", "left-2"):  # 100k tokens at 10 ms each: cancelled mid-stream
+            task = asyncio.ensure_future(engine.generate(request(request_id, 100_000)))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await engine.close()
+        return done, engine.aborts_sent_total
+
+    try:
+        done, accepted = asyncio.run(main())
+    finally:
+        server.close()
+    assert done.output_tokens == 3
+    if abort_status == 200:
+        assert server.aborts == [{"request_ids": ["chatcmpl-left-1"]}, {"request_ids": ["chatcmpl-left-2"]}]
+        assert accepted == 2
+    else:  # vLLM without --enable-scale-out: asked once, then the disconnect is all it gets
+        assert server.aborts == [{"request_ids": ["chatcmpl-left-1"]}]
+        assert accepted == 0
