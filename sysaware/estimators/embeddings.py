@@ -214,6 +214,18 @@ class _TorchEncoder:
                 torch.set_num_threads(before)
 
 
+def length_embedder(embedding: str, **kwargs):
+    """The embedder of F_len's ``embedding`` (``features.LENGTH_EMBEDDINGS``): MiniLM (``PromptEmbedder(**kwargs)``) or
+    the static table (``static_embedding.StaticEmbedder``, which takes no options: a lookup has no threads)."""
+    if embedding == "static":
+        from sysaware.estimators.static_embedding import StaticEmbedder
+
+        return StaticEmbedder()
+    if embedding != "minilm":
+        raise ValueError(f"unknown F_len embedding {embedding!r}; known: ['minilm', 'static']")
+    return PromptEmbedder(**kwargs)
+
+
 class PromptEmbedder:
     """Unit-norm MiniLM embeddings of texts, remembered per text (and on disk with ``cache_path``).
 
