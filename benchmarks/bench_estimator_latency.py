@@ -241,7 +241,9 @@ def main() -> None:
         t0 = time.perf_counter()
         estimator.warm_up()
         print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies); F_len embedding "
-              f"{embedding}; encoder {estimator.embedder.runtime} {estimator.embedder.precision} with {args.threads} thread(s), {args.max_word_pieces} word pieces, loaded in {time.perf_counter() - t0:.2f} s; "
+              f"{embedding}; encoder {estimator.embedder.runtime} {estimator.embedder.precision} with "
+              f"{estimator.embedder.threads} thread(s), {estimator.embedder.max_word_pieces} word pieces, "
+              f"loaded in {time.perf_counter() - t0:.2f} s; "
               f"cpus {sorted(os.sched_getaffinity(0))}, busy process {'on' if busy else 'off'}; "
               f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
