@@ -93,7 +93,7 @@ def fit(df: pd.DataFrame, which: str, out: Path, save_static: Path | None) -> No
             print(f"saved {est.save(save_static)}")
     pred = predictions(est, test)
     np.savez(out / f"pred-{split_name}-{embedding}.npz", pred=pred, y=test["output_tokens"].to_numpy(float),
-             task=test["task_id"].astype(str).to_numpy(), probe=test["probe_key"].astype(str).to_numpy())
+             task=test["task_id"].to_numpy(str), probe=test["probe_key"].to_numpy(str))
     print(f"{which}: {len(train)} train rows, {len(test)} test rows of {test['task_id'].nunique()} tasks, "
           f"{time.perf_counter() - t0:.0f} s")
 
