@@ -14,7 +14,7 @@ region.
 
     python benchmarks/bench_estimator_latency.py [--cpu 0] [--load] [--threads 1] [--runtime auto|onnx|torch]
                                                   [--precision fp32|int8] [--max-word-pieces 128]
-                                                  [--data PHASE2_RUN_DIR]
+                                                  [--length-embedder minilm|static] [--data PHASE2_RUN_DIR]
 
 ``--cpu N`` pins this process to core N (one core, as the issue asks); ``--load`` (alias ``--busy``) starts a second
 process spinning for the whole run (the issue's "machine loaded by a second busy process"). Wall time is what the
@@ -36,6 +36,9 @@ prompt split, one load level; ~5 min on the simulated cluster):
 
 ``--precision`` and ``--max-word-pieces`` set the decision path's encoder (default: the serving setting, fp32 and
 the whole 256); the encoder-alone lines compare torch, onnx fp32 and onnx int8 on the same texts, interleaved.
+``--length-embedder static`` (default: ``$SYSAWARE_LENGTH_EMBEDDER``, else minilm) prices with F_len on the static
+embedding (artifact length-v3-static, estimators/static_embedding.py): no MiniLM on the decision path; the
+encoder-alone lines then add the static table on the same texts.
 
 Targets (one core, a second busy process): new prompt p50 <= 10 ms and p99 <= 25 ms; cached p99 <= 2 ms. The last
 line gives the new-prompt p50 and p99, a new task's first step (p50, p99 and p99 / target: the call that embeds) and
@@ -56,7 +59,9 @@ import numpy as np
 
 from sysaware.config import DEFAULT_POOL, load_pool
 from sysaware.estimators.embeddings import PRECISION_ENV, PRECISIONS, precision_from_env
-from sysaware.estimators.predictor import SERVING_MAX_WORD_PIECES, ReplicaState, SystemEstimator
+from sysaware.estimators.features import LENGTH_EMBEDDINGS
+from sysaware.estimators.predictor import (LENGTH_EMBEDDER_ENV, SERVING_MAX_WORD_PIECES, ReplicaState, SystemEstimator,
+                                           length_embedder_from_env)
 from sysaware.tasks.prompts import ROLES, STRATEGY_INSTRUCTIONS, Strategy, task_prompt
 
 TARGET_NEW_P50_MS, TARGET_NEW_P99_MS, TARGET_CACHED_P99_MS = 10.0, 25.0, 2.0
@@ -121,10 +126,11 @@ def describe(name: str, ms: np.ndarray) -> str:
             f"cpu p50={c50:8.3f} ms  p99={c99:8.3f} ms")
 
 
-def encoder_runtimes(texts: list[str], threads: int, max_word_pieces: int) -> None:
+def encoder_runtimes(texts: list[str], threads: int, max_word_pieces: int, static: bool = False) -> None:
     """MiniLM alone on new task texts, runtimes and precisions interleaved (the same load on all): what ONNX Runtime
-    and int8 buy."""
+    and int8 buy (and the static table, with ``static``)."""
     from sysaware.estimators.embeddings import PromptEmbedder, onnx_available
+    from sysaware.estimators.static_embedding import StaticEmbedder
 
     if not onnx_available():
         print("encoder runtimes: onnxruntime not installed, torch only")
@@ -132,6 +138,8 @@ def encoder_runtimes(texts: list[str], threads: int, max_word_pieces: int) -> No
     variants = {"torch": ("torch", "fp32"), "onnx": ("onnx", "fp32"), "onnx int8": ("onnx", "int8")}
     runtimes = {name: PromptEmbedder(threads=threads, runtime=rt, precision=prec, max_word_pieces=max_word_pieces)
                 .warm_up() for name, (rt, prec) in variants.items()}
+    if static:
+        runtimes["static"] = StaticEmbedder().warm_up()
     ms = {rt: np.empty((len(texts), 2)) for rt in runtimes}
     for i, text in enumerate(texts):
         for rt, embedder in runtimes.items():
@@ -144,19 +152,22 @@ def encoder_runtimes(texts: list[str], threads: int, max_word_pieces: int) -> No
     int8 = np.median(ms["onnx"][:, 1]) / np.median(ms["onnx int8"][:, 1])
     print(f"encoder alone: onnx is {ratio:.2f}x torch, onnx int8 {int8:.2f}x onnx fp32 (median CPU ms per new task "
           f"text, {threads} thread(s), {max_word_pieces} word pieces at most)")
+    if static:
+        print(f"encoder alone: static is {np.median(ms['onnx'][:, 1]) / np.median(ms['static'][:, 1]):.0f}x onnx fp32 "
+              "(median CPU ms per new task text)")
 
 
 def held_out_mape(data: list[Path], latency, length, embedder) -> None:
     """Held-out error of the same artifacts through the reference path (before) and the decision path (after)."""
-    from sysaware.estimators.embeddings import PromptEmbedder
+    from sysaware.estimators.embeddings import PromptEmbedder, length_embedder
     from sysaware.estimators.train import TrainedEstimator, load_training_data
 
     df = load_training_data(data)
     actual = {"ttft": df["actual_ttft"].to_numpy(float), "tpot": df["actual_tpot"].to_numpy(float),
               "tokens": df["output_tokens"].to_numpy(float)}
     t0 = time.perf_counter()
-    reference_length = TrainedEstimator(length.kind, length.spec, length.network, length.cfg,
-                                        embedder=PromptEmbedder(runtime="torch"))
+    reference = embedder if embedder.runtime == "static" else PromptEmbedder(runtime="torch")  # static: one runtime
+    reference_length = TrainedEstimator(length.kind, length.spec, length.network, length.cfg, embedder=reference)
     lat, tok = latency.predict_frame(df), reference_length.predict_frame(df)
     before = {"ttft": lat[:, 0, 0], "tpot": lat[:, 1, 0], "tokens": tok[:, 0, 0]}
     t1 = time.perf_counter()
@@ -197,6 +208,8 @@ def main() -> None:
                    help=f"the ONNX encoder's precision (default: ${PRECISION_ENV}, else fp32)")
     p.add_argument("--max-word-pieces", type=int, default=SERVING_MAX_WORD_PIECES,
                    help="word pieces of a task text embedded (decision path: %(default)s; MiniLM's window: 256)")
+    p.add_argument("--length-embedder", choices=list(LENGTH_EMBEDDINGS), default=None,
+                   help=f"F_len's task embedding and artifact (default: ${LENGTH_EMBEDDER_ENV}, else minilm)")
     p.add_argument("--cpu", type=int, default=None, help="pin this process to this core")
     p.add_argument("--load", "--busy", dest="load", action="store_true",
                    help="run a second process spinning on the CPU meanwhile")
@@ -205,7 +218,7 @@ def main() -> None:
                         "path)")
     args = p.parse_args()
 
-    from sysaware.estimators.embeddings import PromptEmbedder
+    from sysaware.estimators.embeddings import PromptEmbedder, length_embedder
     from sysaware.estimators.train import TrainedEstimator
     from sysaware.estimators.artifacts import default_dir
 
@@ -217,16 +230,20 @@ def main() -> None:
         models = [m.name for m in pool.models]
         candidates = [(m, s.value) for m in models for s in Strategy]
         latency = TrainedEstimator.load(args.latency_dir or default_dir("latency"), "latency")
-        length = TrainedEstimator.load(args.length_dir or default_dir("length"), "length")
+        embedding = args.length_embedder or length_embedder_from_env()
+        length = TrainedEstimator.load(args.length_dir or default_dir("length", embedding), "length")
         precision = args.precision or precision_from_env()
-        make_embedder = lambda: PromptEmbedder(threads=args.threads, runtime=args.runtime, precision=precision,  # noqa: E731
-                                               max_word_pieces=args.max_word_pieces)
+        make_embedder = lambda: (length_embedder(embedding) if embedding != "minilm" else  # noqa: E731
+                                 PromptEmbedder(threads=args.threads, runtime=args.runtime, precision=precision,
+                                                max_word_pieces=args.max_word_pieces))
         estimator = SystemEstimator(latency, length, make_embedder())
         rng = random.Random(0)
         t0 = time.perf_counter()
         estimator.warm_up()
-        print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies); encoder "
-              f"{estimator.embedder.runtime} {precision} with {args.threads} thread(s), {args.max_word_pieces} word pieces, loaded in {time.perf_counter() - t0:.2f} s; "
+        print(f"{len(candidates)} candidates ({len(models)} models x {len(Strategy)} strategies); F_len embedding "
+              f"{embedding}; encoder {estimator.embedder.runtime} {estimator.embedder.precision} with "
+              f"{estimator.embedder.threads} thread(s), {estimator.embedder.max_word_pieces} word pieces, "
+              f"loaded in {time.perf_counter() - t0:.2f} s; "
               f"cpus {sorted(os.sched_getaffinity(0))}, busy process {'on' if busy else 'off'}; "
               f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
@@ -248,7 +265,8 @@ def main() -> None:
         calls = [("programmer", prompt("programmer", t)) for t in new_tasks[args.new_tasks:]]
         new_task = time_calls(estimator, calls, [random_states(models, rng) for _ in calls], candidates)
         print(describe("new task (worst case)", new_task))
-        encoder_runtimes([estimator.embedded_text(text) for _, text in calls[:100]], args.threads, args.max_word_pieces)
+        encoder_runtimes([estimator.embedded_text(text) for _, text in calls[:100]], args.threads, args.max_word_pieces,
+                         static=embedding == "static")
         print(describe("cached prompt, all", np.concatenate(rounds)))
         print(f"load average {os.getloadavg()[0]:.2f}")
     finally:
@@ -267,7 +285,9 @@ def main() -> None:
     print(f"T_hat call for {len(candidates)} candidates, wall: new prompt p50 {new50:.2f} ms (target {TARGET_NEW_P50_MS:g}), "
           f"p99 {new99:.2f} ms (target {TARGET_NEW_P99_MS:g}); new task p50 {task50:.2f}, p99 {task99:.2f}; cached p99 "
           f"{cached_p99:.3f} ms (target {TARGET_CACHED_P99_MS:g}, median of {len(rounds)} rounds): {verdict} the targets")
-    print(f"first step of a new task ({len(first)} tasks, encoder {precision}, {args.max_word_pieces} word pieces): wall "
+    encoder = ("static table" if embedding == "static" else
+               f"MiniLM {precision}, {args.max_word_pieces} word pieces")
+    print(f"first step of a new task ({len(first)} tasks, F_len embedding {encoder}): wall "
           f"p50 {first50:.2f} ms, p99 {first99:.2f} ms = {first99 / TARGET_NEW_P99_MS:.2f}x the {TARGET_NEW_P99_MS:g} ms "
           f"target; CPU p50 {cpu50:.2f} ms, p99 {cpu99:.2f} ms = {cpu99 / TARGET_NEW_P99_MS:.2f}x; cached p99 "
           f"{cached_p99:.3f} ms = {cached_p99 / TARGET_CACHED_P99_MS:.2f}x its target")

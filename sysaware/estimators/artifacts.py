@@ -18,15 +18,18 @@ from pathlib import Path
 
 import torch
 
-from sysaware.estimators.features import FeatureSpec, FeatureSpecError, expected_spec, spec_version
+from sysaware.estimators.features import (FeatureSpec, FeatureSpecError, expected_spec, length_embedding_of,
+                                          spec_version)
 from sysaware.estimators.models import QuantileMLP
 
 RESOURCE_DIR = Path(__file__).resolve().parent.parent / "resources" / "estimators"
 
 
-def default_dir(kind: str) -> Path:
-    """The shipped artifact of ``kind`` ("latency" | "length")."""
-    return RESOURCE_DIR / f"{kind}-v{spec_version(kind)}"
+def default_dir(kind: str, length_embedding: str = "minilm") -> Path:
+    """The shipped artifact of ``kind`` ("latency" | "length"); F_len on the static embedding is ``length-v3-static``
+    (``features.LENGTH_EMBEDDINGS``)."""
+    suffix = "" if kind != "length" or length_embedding == "minilm" else f"-{length_embedding}"
+    return RESOURCE_DIR / f"{kind}-v{spec_version(kind)}{suffix}"
 
 
 def build_network(spec: FeatureSpec, cfg) -> QuantileMLP:
@@ -63,7 +66,8 @@ def load_artifact(directory: str | Path, kind: str):
         if not (d / name).exists():
             raise FeatureSpecError(f"{d}: not a {kind} estimator artifact ({name} missing)")
     spec = FeatureSpec.from_json(json.loads((d / "feature_spec.json").read_text()))
-    spec.check_compatible(expected_spec(kind), source=str(d))
+    embedding = length_embedding_of(spec) if kind == "length" else "minilm"
+    spec.check_compatible(expected_spec(kind, embedding), source=str(d))
     cfg = TrainConfig(**{k: (tuple(v) if k == "quantiles" else v)
                          for k, v in json.loads((d / "config.json").read_text()).items()})
     network = build_network(spec, cfg)

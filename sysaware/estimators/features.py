@@ -37,6 +37,18 @@ STRICT_VOCABULARIES = frozenset({"model_id", "strategy_id"})
 EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 EMBEDDING_DIM = 384
 EMBEDDED_TEXTS = ("prompt", "task")  # what of a prompt F_len embeds: all of it (spec v2) or its task (v3)
+# F_len's task embeddings: name -> (model recorded in the spec, dimensions). "minilm" is the default and the reference;
+# "static" is MiniLM distilled into a table (estimators/static_embedding.py), an opt-in with its own artifact.
+LENGTH_EMBEDDINGS = {"minilm": (EMBEDDING_MODEL, EMBEDDING_DIM),
+                     "static": ("model2vec:sentence-transformers/all-MiniLM-L6-v2:pca256:sif0.0001", 256)}
+
+
+def length_embedding_of(spec: "FeatureSpec") -> str:
+    """Which of LENGTH_EMBEDDINGS an F_len spec reads ("minilm" for an unknown one, so its check names the mismatch)."""
+    for name, (model, dim) in LENGTH_EMBEDDINGS.items():
+        if spec.prompt_embedding == model and spec.prompt_embedding_dim == dim:
+            return name
+    return "minilm"
 
 
 def spec_version(kind: str) -> int:
@@ -160,21 +172,24 @@ def latency_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> Featur
     return spec
 
 
-def length_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...]) -> FeatureSpec:
+def length_spec(train_df: pd.DataFrame, quantiles: tuple[float, ...], embedding: str = "minilm") -> FeatureSpec:
+    model, dim = LENGTH_EMBEDDINGS[embedding]
     spec = FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS),
                        build_vocabularies(train_df, list(LENGTH_CATEGORICAL)), list(quantiles),
-                       prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM,
+                       prompt_embedding=model, prompt_embedding_dim=dim,
                        embedded_text=LENGTH_EMBEDDED_TEXT, version=spec_version("length"))
     spec.fit_normalisation(train_df)
     return spec
 
 
-def expected_spec(kind: str) -> FeatureSpec:
-    """The code's feature list for ``kind`` (vocabularies and normalisation come from the artifact)."""
+def expected_spec(kind: str, embedding: str = "minilm") -> FeatureSpec:
+    """The code's feature list for ``kind`` (vocabularies and normalisation come from the artifact); ``embedding``
+    (LENGTH_EMBEDDINGS) is F_len's task embedding."""
     if kind == "latency":
         return FeatureSpec("latency", list(LATENCY_NUMERIC), list(LATENCY_CATEGORICAL), list(LATENCY_TARGETS), {}, [])
     if kind == "length":
+        model, dim = LENGTH_EMBEDDINGS[embedding]
         return FeatureSpec("length", list(LENGTH_NUMERIC), list(LENGTH_CATEGORICAL), list(LENGTH_TARGETS), {}, [],
-                           prompt_embedding=EMBEDDING_MODEL, prompt_embedding_dim=EMBEDDING_DIM,
+                           prompt_embedding=model, prompt_embedding_dim=dim,
                            embedded_text=LENGTH_EMBEDDED_TEXT, version=spec_version("length"))
     raise FeatureSpecError(f"unknown estimator kind {kind!r}")

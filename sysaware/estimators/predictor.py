@@ -18,6 +18,7 @@ known, and read at half a step they covered 61% of live TTFTs instead of 90% (88
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -27,8 +28,8 @@ import numpy as np
 from sysaware.data.metrics_schema import replica_state_columns
 from sysaware.engines.types import ReplicaStats, step_phase_known
 from sysaware.estimators.artifacts import default_dir
-from sysaware.estimators.embeddings import MAX_SEQ_LENGTH, PromptEmbedder, precision_from_env
-from sysaware.estimators.features import embedded_text
+from sysaware.estimators.embeddings import MAX_SEQ_LENGTH, PromptEmbedder, length_embedder, precision_from_env
+from sysaware.estimators.features import LENGTH_EMBEDDINGS, embedded_text, length_embedding_of
 from sysaware.estimators.lru import LRUCache
 from sysaware.estimators.models import NumpyQuantileMLP
 from sysaware.estimators.train import TrainedEstimator
@@ -43,6 +44,17 @@ SERVING_THREADS = 1  # the encoder's intra-op threads on the decision path (see 
 SERVING_MAX_WORD_PIECES = MAX_SEQ_LENGTH
 EMBEDDING_CACHE_SIZE = 1 << 12  # embedded texts (tasks) remembered, least recently used evicted: ~6 MB
 LENGTH_CACHE_SIZE = 1 << 14  # F_len answers remembered per (task, role, candidates), least recently used evicted
+# F_len's task embedding on the decision path when the caller names no artifact: "minilm" (unset; the reference,
+# what the RL policy was trained on) or "static" (estimators/static_embedding.py, artifact length-v3-static)
+LENGTH_EMBEDDER_ENV = "SYSAWARE_LENGTH_EMBEDDER"
+
+
+def length_embedder_from_env() -> str:
+    """``SYSAWARE_LENGTH_EMBEDDER`` (minilm when unset); an unknown value is an error naming the variable."""
+    value = os.environ.get(LENGTH_EMBEDDER_ENV, "minilm").strip().lower() or "minilm"
+    if value not in LENGTH_EMBEDDINGS:
+        raise ValueError(f"{LENGTH_EMBEDDER_ENV}={value!r}: expected one of {list(LENGTH_EMBEDDINGS)}")
+    return value
 
 
 class ReplicaStateLike(Protocol):
@@ -91,9 +103,11 @@ class CandidateEstimate:
     out_tokens_p90: float
 
 
-def serving_embedder(precision: str | None = None) -> PromptEmbedder:
+def serving_embedder(precision: str | None = None, embedding: str = "minilm"):
     """The decision path's encoder: one thread, a bounded memory, fp32 unless ``precision`` (or
-    ``SYSAWARE_EMBEDDING_PRECISION``) says int8."""
+    ``SYSAWARE_EMBEDDING_PRECISION``) says int8; the static table when F_len reads it (``embedding``)."""
+    if embedding != "minilm":
+        return length_embedder(embedding)
     return PromptEmbedder(threads=SERVING_THREADS, max_entries=EMBEDDING_CACHE_SIZE,
                           precision=precision or precision_from_env(), max_word_pieces=SERVING_MAX_WORD_PIECES)
 
@@ -111,7 +125,7 @@ class SystemEstimator:
     def __init__(self, latency: TrainedEstimator, length: TrainedEstimator, embedder: PromptEmbedder | None = None):
         self.latency = latency
         self.length = length
-        self.embedder = embedder or length.embedder or serving_embedder()
+        self.embedder = embedder or length.embedder or serving_embedder(embedding=length_embedding_of(length.spec))
         self.length.embedder = self.embedder
         self._embedding_cache: LRUCache[str, np.ndarray] = LRUCache(EMBEDDING_CACHE_SIZE)  # text -> (1, 384) float64
         # (embedded text, role, candidates) -> F_len's output
@@ -122,10 +136,13 @@ class SystemEstimator:
         self._len_index = {c: _index(length.spec.vocabularies[c]) for c in length.spec.categorical}
 
     @classmethod
-    def load(cls, latency_dir: str | Path | None = None, length_dir: str | Path | None = None) -> "SystemEstimator":
-        """Defaults: the artifacts shipped in sysaware/resources/estimators."""
+    def load(cls, latency_dir: str | Path | None = None, length_dir: str | Path | None = None,
+             length_embedding: str | None = None) -> "SystemEstimator":
+        """Defaults: the artifacts shipped in sysaware/resources/estimators; F_len's is the one of ``length_embedding``
+        (else ``SYSAWARE_LENGTH_EMBEDDER``, else MiniLM's ``length-v3``)."""
         latency = TrainedEstimator.load(latency_dir or default_dir("latency"), "latency")
-        length = TrainedEstimator.load(length_dir or default_dir("length"), "length")
+        embedding = length_embedding or length_embedder_from_env()
+        length = TrainedEstimator.load(length_dir or default_dir("length", embedding), "length")
         return cls(latency, length)
 
     @property

@@ -14,8 +14,8 @@ import torch
 
 from sysaware.estimators.artifacts import build_network, load_artifact, save_artifact
 from sysaware.estimators.data import fingerprint
-from sysaware.estimators.embeddings import PromptEmbedder
-from sysaware.estimators.features import FeatureSpec, latency_spec, length_spec
+from sysaware.estimators.embeddings import PromptEmbedder, length_embedder
+from sysaware.estimators.features import FeatureSpec, latency_spec, length_embedding_of, length_spec
 from sysaware.estimators.models import QuantileMLP, estimator_loss
 
 OnEpoch = Callable[[int, dict], None]
@@ -76,7 +76,7 @@ class TrainedEstimator:
 
     def _embedder(self) -> PromptEmbedder | None:
         if self.spec.prompt_embedding and self.embedder is None:
-            self.embedder = PromptEmbedder()
+            self.embedder = length_embedder(length_embedding_of(self.spec))
         return self.embedder
 
 
@@ -163,11 +163,13 @@ def train_latency(train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: TrainConfig
 
 
 def train_length(train_df: pd.DataFrame, val_df: pd.DataFrame, cfg: TrainConfig | None = None,
-                 on_epoch: OnEpoch | None = None, embedder: PromptEmbedder | None = None) -> TrainedEstimator:
-    """F_len: prompt embedding + role/strategy/model -> output tokens."""
+                 on_epoch: OnEpoch | None = None, embedder: PromptEmbedder | None = None,
+                 embedding: str = "minilm") -> TrainedEstimator:
+    """F_len: task embedding (``embedding``: features.LENGTH_EMBEDDINGS; ``embedder`` must compute it) +
+    role/strategy/model -> output tokens."""
     cfg = cfg or TrainConfig()
-    embedder = embedder or PromptEmbedder()
-    spec = length_spec(train_df, cfg.quantiles)
+    embedder = embedder or length_embedder(embedding)
+    spec = length_spec(train_df, cfg.quantiles, embedding)
     est = _fit("length", spec, to_tensors(spec, train_df, embedder, True), to_tensors(spec, val_df, embedder, True),
                val_df[spec.targets].to_numpy(np.float64), cfg, on_epoch, embedder)
     est.data = fingerprint(train_df)
