@@ -68,6 +68,7 @@ def test_a_static_artifact_does_not_load_as_minilms(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("static-table")  # one worker builds the table, the other test then reads it
 @pytest.mark.timeout(900)  # a machine's first use builds the table (166 s on the loaded 2-core machine)
 def test_static_vectors_are_deterministic_and_unit_norm():
     texts = [task_prompt(t.text, t.example_test) for t in load_tasks()[:20]] + ["short", "x " * 700]
@@ -83,6 +84,7 @@ def test_static_vectors_are_deterministic_and_unit_norm():
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("static-table")
 @pytest.mark.timeout(900)  # as above, when this test is the first to need the table
 def test_the_opt_in_f_len_prices_candidates_and_differs_only_when_opted_in(monkeypatch):
     tasks = load_tasks()[:6]
