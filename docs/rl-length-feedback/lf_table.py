@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sysaware.pipelines.policy_compare import compare_table, load_runs
 
-SCENARIOS = ("mixed-slo", "uniform-150", "uniform-300")
+SCENARIOS = ("mixed-slo", "uniform-150", "uniform-300", "uniform-10", "idle", "skew-cheap-hot")
 
 
 def main() -> None:
