@@ -1,13 +1,17 @@
 """How much does the trained length-feedback executor react to its feedback columns? On real decision points of
 uniform-150 (the env, with the trained policy acting), the argmax with the actual features against the argmax with
-them zeroed, and with a strong overrun (2.7x length: +1 on each column)."""
+them zeroed, and with a strong overrun (2.7x length: +1 on each column). One episode (env seed 3, 24 requests):
+
+    PYTHONPATH=. python docs/rl-length-feedback/sensitivity.py [policy dir; default docs/rl-length-feedback/policy-s0]
+"""
 import numpy as np
 import sysaware.policy  # noqa
 from sysaware.orchestration.executors import make_executor
 from sysaware.policy.env import SysawareEnv
 from sysaware.policy.spaces import LENGTH_FEEDBACK_COLUMNS
 env = SysawareEnv({"scenarios": ["uniform-150"], "requests_per_episode": 24, "embed": "minilm", "planner": "random", "length_feedback": True, "task_dims": 8})
-ex = make_executor("rl@runs/rl-lf-s0/policy", env.resources)
+import sys
+ex = make_executor(f"rl@{sys.argv[1] if len(sys.argv) > 1 else 'docs/rl-length-feedback/policy-s0'}", env.resources)
 enc, head = ex.inference.encoder, ex.head
 k = len(LENGTH_FEEDBACK_COLUMNS)
 n = changed_zero = changed_over = with_hist = 0
