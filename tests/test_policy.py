@@ -3,8 +3,10 @@ Ray) a smoke training run whose checkpoint is served without the Algorithm."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -523,3 +525,87 @@ def test_init_policy_weights_reach_the_learner_and_the_env_runner(tmp_path, ray_
             assert torch.equal(runner[k], v), k
     finally:
         algo.stop()
+
+
+# --- length feedback in the executor's context (spaces.py, opt-in) --------------------------------------------------
+
+
+def test_shipped_policy_has_no_length_feedback_and_decides_as_before():
+    """The shipped encoder.json predates the switch: it loads with it off, the observation keeps the dims the module
+    was trained on, and a finished step that overran (4x its expected length) gives the same observation and action
+    as one that did not."""
+    import dataclasses
+
+    import sysaware.policy  # noqa: F401
+    from sysaware.orchestration.executors import make_executor
+    from sysaware.policy.serve import shipped_policy_dir
+    from sysaware.policy.spaces import EncoderSpec
+
+    env, point = _first_decision_point("uniform-150")
+    raw = json.loads((shipped_policy_dir(env.pool.name) / "encoder.json").read_text())
+    assert "length_feedback" not in raw
+    executor = make_executor("rl", env.resources, embed="hash")
+    enc = executor.inference.encoder
+    assert not enc.spec.length_feedback and enc.spec.executor_ctx_dim == executor.head.ctx_dim
+    ctx = point.context
+    on_len = dataclasses.replace(ctx, history=(_finished_step(env.resources, ctx, factor=1.0),))
+    overrun = dataclasses.replace(ctx, history=(_finished_step(env.resources, ctx, factor=4.0),))
+    assert enc.executor_obs(overrun)["observations"].shape == (enc.spec.executor_dim,)
+    assert np.array_equal(enc.executor_obs(on_len)["observations"], enc.executor_obs(overrun)["observations"])
+    assert executor.choose(on_len) == executor.choose(overrun)
+    assert EncoderSpec.load(shipped_policy_dir(env.pool.name) / "encoder.json") == enc.spec
+
+
+def _finished_step(resources, ctx, factor: float, model: str | None = None, finished_at_s: float = 1.0):
+    """A finished step of ``ctx``'s request whose output was ``factor`` x the profile's expected length."""
+    from sysaware.orchestration.trace import StepRecord
+
+    a = ctx.candidates[0] if model is None else next(c for c in ctx.candidates if c.model == model)
+    tokens = round(factor * resources.lengths.tokens(a.model, a.strategy, "programmer"))
+    idle = resources.idle[a.model]
+    latency = idle.ttft_s(200) + factor * tokens * idle.tpot_s
+    return StepRecord(ctx.run_id, 0, "s0", "programmer", a.model, a.strategy.value, (), 0.0, ctx.slo_s, 200, tokens,
+                      0.0, 0.1, idle.tpot_s, latency, finished_at_s, "stop", "r0")
+
+
+def test_length_feedback_grows_the_context_by_its_columns_and_moves_after_an_overrun(tmp_path):
+    """With the switch on: the context grows by exactly the feedback columns, which are 0 on a request's first
+    step (no finished step) and positive after an overrun; the env's observations carry them and lie in the space."""
+    import dataclasses
+
+    from sysaware.policy.env import SysawareEnv
+    from sysaware.policy.spaces import LENGTH_FEEDBACK_COLUMNS, EncoderSpec
+
+    env = SysawareEnv({"scenarios": ["uniform-150"], "requests_per_episode": 2, "embed": "hash", "planner": "chain:programmer,reviewer",
+                       "length_feedback": True, "warmup_s": 2.0})
+    off = dataclasses.replace(env.enc_spec, length_feedback=False)
+    k = len(LENGTH_FEEDBACK_COLUMNS)
+    assert env.enc_spec.executor_ctx_dim == off.executor_ctx_dim + k and env.enc_spec.executor_dim == off.executor_dim + k
+    obs, _ = env.reset(seed=0)
+    ctx_dim = env.enc_spec.executor_ctx_dim
+    seen_first = seen_later = 0
+    rng = np.random.default_rng(0)
+    while True:
+        (agent, o), = obs.items()
+        _, point = env._current
+        assert env.observation_spaces[agent].contains(o)
+        feats = o["observations"][ctx_dim - k: ctx_dim]
+        if not point.context.history:
+            assert np.all(feats == 0)
+            seen_first += 1
+        else:
+            assert np.any(feats != 0)
+            seen_later += 1
+        obs, _, term, *_ = env.step({agent: int(rng.choice(np.flatnonzero(o["action_mask"])))})
+        if term["__all__"]:
+            break
+    assert seen_first >= 2 and seen_later >= 2
+    # an overrun (4x the expected length) against an on-length step: the features rise, and the mean tracks both
+    enc, ctx = env.encoder, point.context
+    feats = lambda *steps: enc.executor_context(dataclasses.replace(ctx, history=steps))[-k:]  # noqa: E731
+    on_len = _finished_step(env.resources, ctx, factor=1.0, finished_at_s=1.0)
+    over = _finished_step(env.resources, ctx, factor=4.0, finished_at_s=2.0)
+    assert abs(feats(on_len)[0]) < 0.05 and feats(over)[0] > 1.0
+    last, mean, lat = feats(on_len, over)
+    assert last == pytest.approx(feats(over)[0]) and 0.5 < mean < last and lat > feats(on_len)[2]
+    assert EncoderSpec.load(env.enc_spec.save(tmp_path / "encoder.json")).length_feedback

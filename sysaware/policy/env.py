@@ -60,6 +60,7 @@ DEFAULT_ENV_CONFIG: dict[str, Any] = {
     "use_estimates": True,
     "estimator": "queueing",
     "shield": "off",  # the budget shield on the executor's mask (shield.py): "off", "share" or {mode, margin, estimator}
+    "length_feedback": False,  # the request's own length overruns in the executor's context (spaces.py); opt-in
     "lambda": 1.0,
     "reward": {},
     "split": "train",
@@ -83,7 +84,7 @@ class SysawareEnv(MultiAgentEnv):
         self.budgets = Budgets(self.resources)
         self.enc_spec = EncoderSpec(
             models=tuple(self.resources.models), task_dims=cfg["task_dims"], use_estimates=cfg["use_estimates"],
-            estimator=cfg["estimator"], shield=ShieldSpec.parse(cfg["shield"]),
+            estimator=cfg["estimator"], shield=ShieldSpec.parse(cfg["shield"]), length_feedback=bool(cfg["length_feedback"]),
         )
         self.encoder = Encoder.build(self.enc_spec, self.resources, hash_embed if cfg["embed"] == "hash" else None)
         self.reward_cfg = RewardConfig(**cfg["reward"])

@@ -42,6 +42,7 @@ import numpy as np
 from sysaware.data.telemetry import SystemSnapshot
 from sysaware.orchestration.context import Action, PolicyResources, StepContext
 from sysaware.orchestration.topology import Topology, chain, debate, io, reflection, star
+from sysaware.orchestration.trace import StepRecord
 from sysaware.policy.shield import ShieldSpec, allowance_s, shield_mask
 from sysaware.tasks.mbpp import MbppTask
 from sysaware.tasks.prompts import ROLES, Strategy
@@ -89,6 +90,9 @@ class EncoderSpec:
     use_estimates: bool = True  # the executor's v_estimates block (off: the "h_sem + b_t only" ablation)
     estimator: str = "queueing"  # estimators/latency.py name behind v_estimates
     shield: ShieldSpec = ShieldSpec()  # the budget shield on the executor's mask (shield.py); off by default
+    # the request's own length overruns in the context block (length_feedback_features); encoder.json files from
+    # before it carry no such key and load with it off, so their checkpoints see the observation they trained on
+    length_feedback: bool = False
 
     @property
     def actions(self) -> tuple[Action, ...]:
@@ -100,7 +104,7 @@ class EncoderSpec:
 
     @property
     def executor_ctx_dim(self) -> int:
-        return self.task_dims + len(ROLE_IDS) + 2 + 4
+        return self.task_dims + len(ROLE_IDS) + 2 + 4 + (len(LENGTH_FEEDBACK_COLUMNS) if self.length_feedback else 0)
 
     @property
     def executor_row_dim(self) -> int:
@@ -212,6 +216,37 @@ def _log_ratio(x: float, y: float) -> float:
     return float(np.clip(math.log(max(x, 1e-3) / max(y, 1e-3)), -5.0, 5.0))
 
 
+# The context's length-feedback columns (EncoderSpec.length_feedback), from the request's finished steps.
+LENGTH_FEEDBACK_COLUMNS: tuple[str, ...] = ("last_log_tokens_ratio", "mean_log_tokens_ratio", "last_log_latency_ratio")
+
+
+def length_feedback_features(history: Sequence[StepRecord], resources: PolicyResources) -> np.ndarray:
+    """Did this request's finished steps overrun what the profile expected? Output lengths have tails no estimator
+    sees coming (docs/rl-shield.md), but within one request they may persist (the same task; upstream answers
+    that grow): so a step that overran says the later ones may too. From the orchestration's own step records only
+    (what a live system observes), against the profile's mean output tokens of the step's (model, strategy, role):
+
+    - log(realised / expected output tokens) of the most recently finished step;
+    - the mean of that log ratio over the request's finished steps;
+    - log(realised latency / the idle latency of the expected length) of the most recently finished step (length
+      and load together).
+
+    All 0 before any step has finished (the request's first step), each clipped to [-3, 3]."""
+    if not history:
+        return np.zeros(len(LENGTH_FEEDBACK_COLUMNS), np.float32)
+    ratios = []
+    for s in history:
+        expected = resources.lengths.tokens(s.model, Strategy(s.strategy), s.role_id)
+        ratios.append(_log_ratio(s.output_tokens, expected))
+    last_i = max(range(len(history)), key=lambda i: history[i].finished_at_s)
+    last = history[last_i]
+    idle = resources.idle[last.model]
+    expected = resources.lengths.tokens(last.model, Strategy(last.strategy), last.role_id)
+    idle_s = idle.ttft_s(last.prompt_tokens) + max(expected - 1.0, 0.0) * idle.tpot_s
+    feats = [ratios[last_i], float(np.mean(ratios)), _log_ratio(last.latency_s, idle_s)]
+    return np.clip(np.array(feats, np.float32), -3.0, 3.0)
+
+
 @dataclass
 class Encoder:
     """Turns a StepContext (executor) or a request (planner) into the masked observation of ``spec``."""
@@ -287,6 +322,7 @@ class Encoder:
             role,
             np.array([len(ctx.history) / 4.0, ctx.steps_left / 4.0], np.float32),
             np.array([min(max(b / slo, -2.0), 2.0), min(max(share / slo, -2.0), 2.0), math.log1p(max(b, 0.0)) / 3.0, float(b > 0)], np.float32),
+            *([length_feedback_features(ctx.history, self.resources)] if self.spec.length_feedback else []),
         ]).astype(np.float32)
 
     def executor_rows(self, ctx: StepContext) -> tuple[np.ndarray, np.ndarray]:
