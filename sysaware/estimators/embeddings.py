@@ -80,14 +80,18 @@ def onnx_available() -> bool:
 from sysaware.runs import cache_dir  # noqa: E402  (one home; re-exported for callers of this module)
 
 
-def onnx_model_path() -> Path:
-    """The exported encoder, named after the weights it came from (a new package version exports again)."""
+def minilm_weights_tag() -> str:
+    """Names what is derived from the installed MiniLM weights (a new package version derives again)."""
     from sysaware.engines.tokens import minilm_model_dir
 
     weights = minilm_model_dir() / "model.safetensors"
     stat = weights.stat()
-    tag = hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / f"minilm-l6-v2-{tag}.onnx"
+    return hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+
+
+def onnx_model_path() -> Path:
+    """The exported encoder, named after the weights it came from."""
+    return cache_dir() / f"minilm-l6-v2-{minilm_weights_tag()}.onnx"
 
 
 def quantized_onnx_path() -> Path:
@@ -231,7 +235,9 @@ def length_embedder(embedding: str, **kwargs):
 
         return StaticEmbedder()
     if embedding != "minilm":
-        raise ValueError(f"unknown F_len embedding {embedding!r}; known: ['minilm', 'static']")
+        from sysaware.estimators.features import LENGTH_EMBEDDINGS
+
+        raise ValueError(f"unknown F_len embedding {embedding!r}; known: {list(LENGTH_EMBEDDINGS)}")
     return PromptEmbedder(**kwargs)
 
 

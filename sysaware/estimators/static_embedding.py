@@ -22,7 +22,6 @@ on these vectors is its own artifact (``resources/estimators/length-v3-static``)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from pathlib import Path
@@ -38,13 +37,10 @@ _BATCH = 512
 
 def static_table_path() -> Path:
     """The table, named after the weights it came from (a new package version builds again)."""
-    from sysaware.engines.tokens import minilm_model_dir
+    from sysaware.estimators.embeddings import minilm_weights_tag
     from sysaware.runs import cache_dir
 
-    weights = minilm_model_dir() / "model.safetensors"
-    stat = weights.stat()
-    tag = hashlib.sha256(f"{weights.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / f"minilm-l6-v2-{tag}-static{STATIC_DIMS}.npz"
+    return cache_dir() / f"minilm-l6-v2-{minilm_weights_tag()}-static{STATIC_DIMS}.npz"
 
 
 def _kept_ids(vocab: dict[str, int]) -> np.ndarray:

@@ -68,7 +68,7 @@ class ProfileBudget:
         prompt_tokens = count_prompt_tokens(build_messages(task, slot, (), None, REFERENCE_STRATEGY))
         prompt_tokens += sum(lengths.tokens(ref, REFERENCE_STRATEGY, topology.slot(i).role_id) for i in slot.inputs)
         output_tokens = lengths.tokens(ref, REFERENCE_STRATEGY, slot.role_id)
-        return idle.ttft_s(round(prompt_tokens)) + max(output_tokens - 1.0, 0.0) * idle.tpot_s
+        return idle.call_s(round(prompt_tokens), output_tokens)
 
     def idle_latency_s(self, task: MbppTask, topology: Topology) -> float:
         """The plan's critical path on an idle pool under the reference executor, s."""

@@ -27,6 +27,10 @@ class IdleLatency:
     def ttft_s(self, prompt_tokens: int) -> float:
         return self.ttft_base_s + self.ttft_per_prompt_token_s * prompt_tokens
 
+    def call_s(self, prompt_tokens: int, output_tokens: float) -> float:
+        """A whole call alone: the first token, then one TPOT per further token."""
+        return self.ttft_s(prompt_tokens) + max(output_tokens - 1.0, 0.0) * self.tpot_s
+
 
 @dataclass(frozen=True)
 class IdleProfile:

@@ -234,15 +234,11 @@ def length_feedback_features(history: Sequence[StepRecord], resources: PolicyRes
     All 0 before any step has finished (the request's first step), each clipped to [-3, 3]."""
     if not history:
         return np.zeros(len(LENGTH_FEEDBACK_COLUMNS), np.float32)
-    ratios = []
-    for s in history:
-        expected = resources.lengths.tokens(s.model, Strategy(s.strategy), s.role_id)
-        ratios.append(_log_ratio(s.output_tokens, expected))
+    expected = [resources.lengths.tokens(s.model, Strategy(s.strategy), s.role_id) for s in history]
+    ratios = [_log_ratio(s.output_tokens, e) for s, e in zip(history, expected)]
     last_i = max(range(len(history)), key=lambda i: history[i].finished_at_s)
     last = history[last_i]
-    idle = resources.idle[last.model]
-    expected = resources.lengths.tokens(last.model, Strategy(last.strategy), last.role_id)
-    idle_s = idle.ttft_s(last.prompt_tokens) + max(expected - 1.0, 0.0) * idle.tpot_s
+    idle_s = resources.idle[last.model].call_s(last.prompt_tokens, expected[last_i])
     feats = [ratios[last_i], float(np.mean(ratios)), _log_ratio(last.latency_s, idle_s)]
     return np.clip(np.array(feats, np.float32), -3.0, 3.0)
 
